@@ -1,0 +1,44 @@
+"""Typed dependencies shared by the routes: settings, store, detector and the inference limiter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import anyio
+from fastapi import Depends, Request
+
+from app.service import DetectorProtocol
+from app.settings import Settings
+from app.store import Store
+
+
+@dataclass
+class Runtime:
+    """Per-process state created by the lifespan and kept in ``app.state.runtime``."""
+
+    settings: Settings
+    store: Store
+    detector: DetectorProtocol | None
+    inference_limiter: anyio.CapacityLimiter
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The running app's :class:`Runtime`."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's settings."""
+    return get_runtime(request).settings
+
+
+def get_store(request: Request) -> Store:
+    """The app's store."""
+    return get_runtime(request).store
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(get_store)]

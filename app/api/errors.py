@@ -1,0 +1,80 @@
+"""Map core exceptions to HTTP answers: every refusal is JSON ``{"detail": "<reason>"}``.
+
+| exception                                   | status |
+|---------------------------------------------|--------|
+| request validation (missing/bad field)      | 422    |
+| ``InvalidInputError`` (incl. import rows)   | 422    |
+| ``EmptyImageError``, ``CorruptImageError``  | 422    |
+| ``UnsupportedImageError`` (not JPEG/PNG/TIFF) | 415  |
+| ``ImageTooLargeError``, body over the limit | 413    |
+| ``NotFoundError``                           | 404    |
+| ``ConflictError``                           | 409    |
+| ``ModelUnavailableError``                   | 503    |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.imaging import CorruptImageError, EmptyImageError, ImageError, ImageTooLargeError, UnsupportedImageError
+from app.service import (
+    ConflictError,
+    ImportValidationError,
+    InvalidInputError,
+    ModelUnavailableError,
+    NotFoundError,
+    ServiceError,
+)
+
+STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (InvalidInputError, 422),
+    (ModelUnavailableError, 503),
+    (EmptyImageError, 422),
+    (CorruptImageError, 422),
+    (UnsupportedImageError, 415),
+    (ImageTooLargeError, 413),
+)
+
+
+def status_for(exc: Exception) -> int:
+    """HTTP status of a core exception (400 for anything unlisted)."""
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return status
+    return 400
+
+
+def _loc(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")] or [str(x) for x in loc]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out
+
+
+async def _core_error(_request: Request, exc: Exception) -> JSONResponse:
+    body: dict[str, Any] = {"detail": str(exc)}
+    if isinstance(exc, ImportValidationError):
+        body["errors"] = exc.errors
+    return JSONResponse(body, status_code=status_for(exc))
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": _loc(e.get("loc", ())), "msg": str(e.get("msg", "invalid"))} for e in exc.errors()]
+    detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors) or "invalid request"
+    return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers above on ``app``."""
+    app.add_exception_handler(ServiceError, _core_error)
+    app.add_exception_handler(ImageError, _core_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

@@ -1,0 +1,79 @@
+"""App factory: settings, lifespan (store and model loaded once per process), middleware, routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app import __version__
+from app.api.deps import Runtime
+from app.api.errors import install_error_handlers
+from app.api.limits import BodySizeLimitMiddleware
+from app.api.routes import facilities, health, images, observations
+from app.api.schemas import ImportIn
+from app.service import DetectorProtocol, load_configured_detector
+from app.settings import MIB, Settings, get_settings
+from app.store import Store
+
+log = logging.getLogger("app.api")
+
+#: Allowance for multipart framing and form fields on top of the file-size limit.
+MULTIPART_OVERHEAD_BYTES = 1 * MIB
+
+
+def create_app(settings: Settings | None = None, detector: DetectorProtocol | None = None) -> FastAPI:
+    """Build the FastAPI app. ``detector`` injects an already-loaded model (tests); otherwise the lifespan loads
+    it from ``settings.model_path`` unless ``settings.load_model`` is false."""
+    settings = settings or get_settings()
+    logging.getLogger("app").setLevel(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = Store(settings.database_url)
+        model = detector
+        if model is None and settings.load_model:
+            model = await anyio.to_thread.run_sync(load_configured_detector, settings)
+        app.state.runtime = Runtime(
+            settings=settings,
+            store=store,
+            detector=model,
+            inference_limiter=anyio.CapacityLimiter(settings.max_concurrent_inferences),
+        )
+        log.info("wagon-detector %s ready (model: %s)", __version__, "none" if model is None else model.name)
+        try:
+            yield
+        finally:
+            store.dispose()
+
+    app = FastAPI(
+        title="wagon-detector",
+        version=__version__,
+        summary="Count railcars and containers in satellite image chips and score counts against history.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    for module in (facilities, observations, images):
+        app.include_router(module.router, prefix="/v1")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """OpenAPI document, plus the schemas of the JSON import body (that route reads its body itself)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    import_schema = ImportIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(import_schema.pop("$defs", {}))
+    components["ImportIn"] = import_schema
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,84 @@
+"""Observations: import historical counts, read a facility's time series, show one observation."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from app import service
+from app.api.deps import StoreDep
+from app.api.routes.common import FacilityId, errors
+from app.api.schemas import ImportOut, ObservationDetailOut, ObservationOut
+
+router = APIRouter(tags=["observations"])
+
+_IMPORT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ImportIn"}},
+            "text/csv": {
+                "schema": {"type": "string"},
+                "example": "captured_at,railcar,container\n2021-03-04T09:30:00Z,12,\n2021-04-02T09:31:00Z,15,3\n",
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/facilities/{facility_id}/observations",
+    status_code=201,
+    response_model=ImportOut,
+    responses=errors(404, 413, 415, 422),
+    openapi_extra=_IMPORT_BODY,
+)
+async def import_observations(facility_id: FacilityId, request: Request, store: StoreDep) -> ImportOut:
+    """Import historical counts without images, as JSON or CSV (``Content-Type: text/csv``, header
+    ``captured_at,railcar,container``; an empty cell is unknown). All rows are validated first; if any is bad
+    nothing is imported and the error names each bad row. Later observations are rescored."""
+    await run_in_threadpool(service.get_facility, store, facility_id)
+    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    body = await request.body()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPException(status_code=422, detail="body is not UTF-8 text") from None
+    if media_type in ("text/csv", "application/csv"):
+        rows = await run_in_threadpool(service.parse_csv_import, text)
+    elif media_type == "application/json" or media_type.endswith("+json"):
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise HTTPException(status_code=422, detail=f"body is not valid JSON: {exc}") from None
+        rows = await run_in_threadpool(service.parse_json_import, payload)
+    else:
+        raise HTTPException(status_code=415, detail=f"unsupported content type {media_type!r}; "
+                            "send application/json or text/csv")
+    records = await run_in_threadpool(service.import_observations, store, facility_id, rows)
+    return ImportOut(imported=len(records), observations=[ObservationOut.model_validate(r.to_dict()) for r in records])
+
+
+@router.get("/facilities/{facility_id}/observations", response_model=list[ObservationOut],
+            responses=errors(404, 422))
+def list_observations(
+    facility_id: FacilityId,
+    store: StoreDep,
+    start: Annotated[str | None, Query(description="Earliest captured_at (inclusive), ISO 8601 with timezone.")] = None,
+    end: Annotated[str | None, Query(description="Latest captured_at (inclusive), ISO 8601 with timezone.")] = None,
+) -> list[ObservationOut]:
+    """A facility's time series, oldest first, with counts and per-class anomaly scores."""
+    lo = service.parse_timestamp(start, "start") if start else None  # empty parameter = not given
+    hi = service.parse_timestamp(end, "end") if end else None
+    records = service.list_observations(store, facility_id, lo, hi)
+    return [ObservationOut.model_validate(r.to_dict()) for r in records]
+
+
+@router.get("/observations/{observation_id}", response_model=ObservationDetailOut, responses=errors(404))
+def get_observation(observation_id: int, store: StoreDep) -> ObservationDetailOut:
+    """One observation with its detections."""
+    rec = service.get_observation(store, observation_id)
+    return ObservationDetailOut.model_validate(rec.to_dict(with_detections=True))

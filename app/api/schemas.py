@@ -1,0 +1,150 @@
+"""Request and response models of API v1 (the OpenAPI schema is generated from these)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from app.service import FACILITY_ID_PATTERN
+
+Point = tuple[float, float]
+
+
+class ErrorOut(BaseModel):
+    """Every refusal: a human-readable reason."""
+
+    detail: str
+
+
+class FacilityCreate(BaseModel):
+    """A facility to create."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=FACILITY_ID_PATTERN, description="Lowercase slug, e.g. `tumangang`.",
+                    examples=["tumangang"])
+    name: str = Field(min_length=1, max_length=200, examples=["Tumangang rail yard"])
+    kind: Literal["rail", "port", "mixed"]
+
+
+class FacilityOut(BaseModel):
+    """A facility."""
+
+    id: str
+    name: str
+    kind: str
+    created_at: datetime
+    observation_count: int
+
+
+class AnomalyOut(BaseModel):
+    """Score of one class count against the facility's earlier counts of that class."""
+
+    score: float | None = Field(description="-log10 of the mid-p upper-tail probability; null below 8 history points.")
+    expected: float | None = Field(description="Mean of the history (the fitted mean).")
+    history_size: int
+    history_max: int | None
+    exceeds_history_max: bool
+    history_span_days: float | None
+    reason: str
+
+
+class DetectionOut(BaseModel):
+    """One oriented detection in pixel coordinates of the (EXIF-oriented) image."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_name: str = Field(alias="class", serialization_alias="class")
+    confidence: float
+    obb: list[Point] = Field(min_length=4, max_length=4, description="Four corner points [x, y].")
+    bbox: tuple[float, float, float, float] = Field(description="Axis-aligned box [x1, y1, x2, y2].")
+
+
+class ModelOut(BaseModel):
+    """The detector that produced the counts."""
+
+    name: str
+    version: str
+
+
+class ImageOut(BaseModel):
+    """The analysed image."""
+
+    width: int
+    height: int
+    format: str | None = None
+    gsd_m: float | None
+    sha256: str
+
+
+class ObservationOut(BaseModel):
+    """One observation of a facility. A class with null count is unknown (not counted), not zero."""
+
+    id: int
+    facility_id: str
+    captured_at: datetime
+    source: str
+    has_image: bool
+    counts: dict[str, int | None]
+    anomaly: dict[str, AnomalyOut | None]
+    image: ImageOut | None
+    model: ModelOut | None
+
+
+class ObservationDetailOut(ObservationOut):
+    """One observation with its detections."""
+
+    detections: list[DetectionOut]
+
+
+class TimingOut(BaseModel):
+    """Where the time went, in milliseconds."""
+
+    decode: float
+    detect: float
+    store: float
+    total: float
+
+
+class UploadOut(ObservationDetailOut):
+    """Result of an image upload."""
+
+    timing_ms: TimingOut
+
+
+class ImportRowIn(BaseModel):
+    """One historical observation (documentation of the JSON import body)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    captured_at: AwareDatetime = Field(examples=["2021-03-04T09:30:00Z"])
+    counts: dict[Literal["railcar", "container"], int | None] = Field(
+        description="Known counts; a class left out (or null) is unknown, not zero.", examples=[{"railcar": 12}]
+    )
+    source: str = Field("import", min_length=1, max_length=64, examples=["analyst"])
+
+
+class ImportIn(BaseModel):
+    """JSON import body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    observations: list[ImportRowIn]
+
+
+class ImportOut(BaseModel):
+    """Result of an import."""
+
+    imported: int
+    observations: list[ObservationOut]
+
+
+class HealthOut(BaseModel):
+    """Liveness and readiness."""
+
+    status: Literal["ok", "degraded"]
+    db: bool
+    model: ModelOut | None
+    version: str

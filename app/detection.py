@@ -1,0 +1,55 @@
+"""Plain values for detections, shared by the detector, the store, the API and the evaluator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One oriented detection in image pixel coordinates (origin top-left, y down)."""
+
+    class_name: str
+    confidence: float
+    obb: tuple[Point, Point, Point, Point]
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        """Axis-aligned box ``(x1, y1, x2, y2)`` enclosing the oriented box."""
+        xs = [p[0] for p in self.obb]
+        ys = [p[1] for p in self.obb]
+        return (min(xs), min(ys), max(xs), max(ys))
+
+    @property
+    def center(self) -> Point:
+        """Centre of the oriented box."""
+        return (sum(p[0] for p in self.obb) / 4.0, sum(p[1] for p in self.obb) / 4.0)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form used by the API and the CLI."""
+        return {
+            "class": self.class_name,
+            "confidence": round(self.confidence, 4),
+            "obb": [[round(x, 2), round(y, 2)] for x, y in self.obb],
+            "bbox": [round(v, 2) for v in self.bbox],
+        }
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    """Everything one detector pass over an image yields."""
+
+    detections: list[Detection]
+    width: int
+    height: int
+    gsd_m: float | None
+    timing_ms: float
+
+    def counts(self, class_names: tuple[str, ...]) -> dict[str, int]:
+        """Number of detections per class, every class present (zero when none)."""
+        out = {name: 0 for name in class_names}
+        for d in self.detections:
+            out[d.class_name] = out.get(d.class_name, 0) + 1
+        return out

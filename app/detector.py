@@ -1,0 +1,168 @@
+"""The one place that loads the model and the one function that turns an image into detections.
+
+Used by the API, the CLI, the evaluator and the benchmarks alike. Images larger than the model input are cut into
+overlapping tiles; each detection is kept only from the tile whose core holds its centre, then a rotated NMS
+removes any duplicate left at a seam. When the ground sample distance is known, the image is first resampled to the
+model's working resolution and boxes are mapped back to the original pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from app.detection import Detection, DetectionResult
+from app.geometry import greedy_rotated_nms, tile_core, tile_origins
+from app.offline import CLASS_NAMES, configure_offline
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the sidecar ``<weights>.json`` says about a checkpoint."""
+
+    name: str
+    version: str
+    imgsz: int = 640
+    working_gsd_m: float | None = 0.4
+    conf: float = 0.3
+    iou: float = 0.5
+    tile_overlap_px: int = 128
+
+
+def read_model_info(weights: Path) -> ModelInfo:
+    """Read the sidecar JSON next to the weights; fall back to a name and a content hash as version."""
+    sidecar = weights.with_suffix(".json")
+    if sidecar.exists():
+        data = json.loads(sidecar.read_text())
+        fields = ModelInfo.__dataclass_fields__
+        return ModelInfo(**{k: v for k, v in data.items() if k in fields})
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    return ModelInfo(name=weights.stem, version=digest)
+
+
+class Detector:
+    """A loaded OBB model with tiling, GSD resampling and duplicate removal."""
+
+    def __init__(self, weights: str | Path, threads: int | None = None, conf: float | None = None) -> None:
+        configure_offline()
+        import torch
+        from ultralytics import YOLO
+
+        self.weights = Path(weights)
+        if not self.weights.exists():
+            raise FileNotFoundError(f"model weights not found: {self.weights}")
+        self.info = read_model_info(self.weights)
+        self.name = self.info.name
+        self.version = self.info.version
+        self.class_names: tuple[str, ...] = CLASS_NAMES
+        self.conf = conf if conf is not None else self.info.conf
+        self.threads = threads or torch.get_num_threads()
+        self._torch = torch
+        self._model = YOLO(str(self.weights), task="obb")
+        names = tuple(self._model.names[i] for i in sorted(self._model.names))
+        if names != CLASS_NAMES:
+            raise ValueError(f"model classes {names} are not {CLASS_NAMES}")
+        self._lock = threading.Lock()
+        self._predict([np.full((self.info.imgsz, self.info.imgsz, 3), 114, np.uint8)])  # warm up
+
+    def _predict(self, tiles_bgr: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Run the network on equally sized BGR tiles; return (corners, conf, cls) per tile."""
+        with self._lock:
+            results = self._model.predict(tiles_bgr, imgsz=self.info.imgsz, conf=self.conf, iou=self.info.iou,
+                                          device="cpu", max_det=2000, verbose=False)
+            # Ultralytics drops to one thread in select_device; put ours back for the next call
+            self._torch.set_num_threads(self.threads)
+        out = []
+        for r in results:
+            obb = r.obb
+            out.append((obb.xyxyxyxy.cpu().numpy().astype(np.float64), obb.conf.cpu().numpy(),
+                        obb.cls.cpu().numpy().astype(int)))
+        return out
+
+    def detect(self, image: np.ndarray, gsd_m: float | None = None) -> DetectionResult:
+        """Detect railcars and containers in an H x W x 3 uint8 RGB image (any size)."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError("image must be H x W x 3 uint8 RGB")
+        t0 = time.perf_counter()
+        height, width = image.shape[:2]
+        scale = 1.0
+        work = image
+        if gsd_m is not None and self.info.working_gsd_m:
+            scale = gsd_m / self.info.working_gsd_m
+            if abs(scale - 1.0) > 0.02:
+                size = (max(1, round(width * scale)), max(1, round(height * scale)))
+                interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+                work = cv2.resize(image, size, interpolation=interp)
+            else:
+                scale = 1.0
+        corners, scores, classes = self._detect_tiled(np.ascontiguousarray(work[..., ::-1]))
+        if scale != 1.0:
+            corners = corners / scale
+        detections = [
+            Detection(class_name=CLASS_NAMES[c], confidence=float(s), obb=tuple((float(x), float(y)) for x, y in q))
+            for q, s, c in zip(corners, scores, classes)
+        ]
+        detections.sort(key=lambda d: -d.confidence)
+        return DetectionResult(detections=detections, width=width, height=height, gsd_m=gsd_m,
+                               timing_ms=(time.perf_counter() - t0) * 1000.0)
+
+    def _detect_tiled(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        tile = self.info.imgsz
+        h, w = bgr.shape[:2]
+        overlap = self.info.tile_overlap_px
+        xs, ys = tile_origins(w, tile, overlap), tile_origins(h, tile, overlap)
+        all_c, all_s, all_k = [], [], []
+        batch: list[tuple[int, int, np.ndarray]] = []
+
+        def flush() -> None:
+            preds = self._predict([b[2] for b in batch])
+            for (x0, y0, _), (c, s, k) in zip(batch, preds):
+                if len(s) == 0:
+                    continue
+                c = c + np.array([x0, y0], np.float64)
+                cx0, cx1 = tile_core(x0, tile, w, xs)
+                cy0, cy1 = tile_core(y0, tile, h, ys)
+                centre = c.mean(axis=1)
+                own = (centre[:, 0] >= cx0) & (centre[:, 0] < cx1) & (centre[:, 1] >= cy0) & (centre[:, 1] < cy1)
+                all_c.append(c[own])
+                all_s.append(s[own])
+                all_k.append(k[own])
+            batch.clear()
+
+        for y0 in ys:
+            for x0 in xs:
+                crop = bgr[y0:y0 + tile, x0:x0 + tile]
+                if crop.shape[0] != tile or crop.shape[1] != tile:  # pad: never let the model rescale a tile
+                    padded = np.full((tile, tile, 3), 114, np.uint8)
+                    padded[:crop.shape[0], :crop.shape[1]] = crop
+                    crop = padded
+                batch.append((x0, y0, crop))
+                if len(batch) == 4:
+                    flush()
+        if batch:
+            flush()
+        if not all_s:
+            return np.zeros((0, 4, 2)), np.zeros(0), np.zeros(0, int)
+        c, s, k = np.concatenate(all_c), np.concatenate(all_s), np.concatenate(all_k)
+        if len(xs) * len(ys) > 1:
+            keep = greedy_rotated_nms(c, s, k, self.info.iou)
+            c, s, k = c[keep], s[keep], k[keep]
+        return c, s, k
+
+
+_CACHE: dict[tuple[str, int | None, float | None], Detector] = {}
+
+
+def load_detector(weights: str | Path, threads: int | None = None, conf: float | None = None) -> Detector:
+    """Load (once per process) and warm up the detector for these weights."""
+    key = (str(Path(weights).resolve()), threads, conf)
+    if key not in _CACHE:
+        _CACHE[key] = Detector(weights, threads=threads, conf=conf)
+    return _CACHE[key]

@@ -1,0 +1,221 @@
+"""Turn uploaded bytes into an RGB ``uint8`` array, refusing anything that is not a whole JPEG, PNG or TIFF.
+
+The format is decided from the content (magic bytes), never from a file name. The pixel count is checked from the
+header before any pixel is decoded. Every refusal raises a subclass of :class:`ImageError` whose message is fit to
+show to the user; the API maps each subclass to one HTTP status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Formats accepted, as Pillow names them.
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "TIFF")
+
+
+
+def _pillow_open() -> Callable[..., Image.Image]:
+    """Pillow's own ``Image.open``, unwrapped if a library replaced it.
+
+    Ultralytics wraps ``PIL.Image.open`` on import so that an unidentified file makes it import (or try to install)
+    ``pi-heif``; that must never happen here, so this module calls the original.
+    """
+    fn: Any = Image.open
+    for _ in range(5):
+        if getattr(fn, "__module__", "PIL.Image") == "PIL.Image":
+            break
+        inner = getattr(fn, "__wrapped__", None) or getattr(fn, "__globals__", {}).get("_image_open")
+        if inner is None:
+            break
+        fn = inner
+    return fn  # type: ignore[no-any-return]
+
+
+_OPEN = _pillow_open()
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, MemoryError)
+
+
+class ImageError(ValueError):
+    """Base class: the bytes cannot be used as an image."""
+
+
+class EmptyImageError(ImageError):
+    """No bytes at all."""
+
+
+class UnsupportedImageError(ImageError):
+    """Not an image, or an image in a format other than JPEG, PNG or TIFF."""
+
+
+class CorruptImageError(ImageError):
+    """Recognised as JPEG/PNG/TIFF but cannot be fully decoded (truncated or damaged)."""
+
+
+class ImageTooLargeError(ImageError):
+    """More pixels than allowed."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded image ready for the detector."""
+
+    array: np.ndarray  # H x W x 3, uint8, RGB
+    format: str  # "JPEG", "PNG" or "TIFF"
+    sha256: str  # of the uploaded bytes
+    original_mode: str  # Pillow mode before conversion, e.g. "RGB", "P", "I;16", "CMYK"
+
+    @property
+    def width(self) -> int:
+        """Width in pixels (after EXIF orientation)."""
+        return int(self.array.shape[1])
+
+    @property
+    def height(self) -> int:
+        """Height in pixels (after EXIF orientation)."""
+        return int(self.array.shape[0])
+
+
+def decode_image(data: bytes, max_pixels: int = 100_000_000) -> DecodedImage:
+    """Decode JPEG/PNG/TIFF bytes to an RGB ``uint8`` array, applying EXIF orientation.
+
+    Raises :class:`EmptyImageError`, :class:`UnsupportedImageError`, :class:`CorruptImageError` or
+    :class:`ImageTooLargeError`.
+    """
+    if not data:
+        raise EmptyImageError("the uploaded file is empty")
+    im = _open(data, max_pixels)
+    try:
+        original_mode = im.mode
+        _load_fully(im)
+        try:
+            oriented = ImageOps.exif_transpose(im)
+        except _DECODE_ERRORS:
+            oriented = im  # unreadable EXIF: keep the pixels as stored
+        array = to_rgb_array(oriented if oriented is not None else im)
+    finally:
+        im.close()
+    return DecodedImage(
+        array=array, format=str(im.format), sha256=hashlib.sha256(data).hexdigest(), original_mode=original_mode
+    )
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open lazily (header only) and check format and pixel count."""
+    _raise_pillow_bomb_limit(max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = _OPEN(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image has more than {max_pixels} pixels") from exc
+    except (UnidentifiedImageError, ImportError) as exc:  # ImportError: a wrapper's plugin hook failed
+        other = _identify_any(data)
+        if other is not None:
+            raise UnsupportedImageError(
+                f"unsupported image format {other}; send JPEG, PNG or TIFF"
+            ) from exc
+        if _looks_like_accepted(data):
+            raise CorruptImageError("the image header is damaged or incomplete") from exc
+        raise UnsupportedImageError("the file is not a recognised image; send JPEG, PNG or TIFF") from exc
+    except _DECODE_ERRORS as exc:
+        raise CorruptImageError(f"the image header cannot be read: {exc}") from exc
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        im.close()
+        raise CorruptImageError(f"the image has an invalid size {width}x{height}")
+    if width * height > max_pixels:
+        im.close()
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+    return im
+
+
+def _load_fully(im: Image.Image) -> None:
+    """Force decoding of every pixel so truncated files are caught now.
+
+    Relies on Pillow's default ``ImageFile.LOAD_TRUNCATED_IMAGES = False``; nothing in this project changes it.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im.load()
+    except _DECODE_ERRORS as exc:
+        raise CorruptImageError(f"the {im.format} image is truncated or damaged: {exc}") from exc
+
+
+def _raise_pillow_bomb_limit(max_pixels: int) -> None:
+    """Let our own limit govern: Pillow's bomb guard must not refuse images we accept."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and current < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _identify_any(data: bytes) -> str | None:
+    """Name of the image format if Pillow knows it at all (used only for error messages)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _OPEN(io.BytesIO(data)) as other:
+                return str(other.format)
+    except Exception:  # noqa: BLE001 - any failure means "not an image Pillow knows"
+        return None
+
+
+def _looks_like_accepted(data: bytes) -> bool:
+    """Whether the bytes start with a JPEG, PNG or TIFF signature."""
+    return data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"))
+
+
+def to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Convert any Pillow image (palette, grey, alpha, CMYK, 16-bit, float) to an ``H x W x 3`` RGB uint8 array.
+
+    Integer data deeper than 8 bits is scaled by its apparent bit depth: the smallest of 8, 10, 12, 14 or 16 bits
+    that holds the image maximum (so 12-bit sensor data spans the full 8-bit range). Float data in ``[0, 1]`` is
+    scaled by 255, other float data is clipped to ``[0, 255]``. Alpha is dropped (colour kept as stored).
+    """
+    mode = im.mode
+    if mode == "RGB":
+        return _contiguous(np.asarray(im, dtype=np.uint8))
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F") or mode.startswith("I;"):
+        grey = _scale_to_uint8(np.asarray(im))
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA")
+    try:
+        rgb = im.convert("RGB")
+    except _DECODE_ERRORS as exc:
+        raise UnsupportedImageError(f"unsupported pixel mode {mode}") from exc
+    return _contiguous(np.asarray(rgb, dtype=np.uint8))
+
+
+def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Map one band of >8-bit integer or float samples to uint8."""
+    if values.dtype.kind == "f":
+        arr = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+            arr = arr * 255.0
+        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    arr = values.astype(np.int64)
+    arr = np.clip(arr, 0, None)
+    top = int(arr.max()) if arr.size else 0
+    if top <= 255:
+        return arr.astype(np.uint8)
+    bits = next((b for b in (10, 12, 14, 16) if top < (1 << b)), 16)
+    arr = np.clip(arr, 0, (1 << bits) - 1)
+    return np.rint(arr * (255.0 / ((1 << bits) - 1))).astype(np.uint8)
+
+
+def _contiguous(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise UnsupportedImageError(f"unexpected decoded shape {arr.shape}")
+    return np.ascontiguousarray(arr)

@@ -1,0 +1,643 @@
+"""The service's use cases, shared by the API and the CLI: facilities, image analysis, imports, time series.
+
+Nothing here knows about HTTP. Failures raise :class:`ServiceError` subclasses (or
+:class:`app.imaging.ImageError`) whose messages are fit to show to the user.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import store as db
+from app.anomaly import AnomalyScore, score_series
+from app.detection import Detection, DetectionResult
+from app.imaging import DecodedImage, decode_image
+from app.offline import CLASS_NAMES
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FACILITY_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+FACILITY_KINDS: tuple[str, ...] = ("rail", "port", "mixed")
+#: Most rows one import may carry.
+MAX_IMPORT_ROWS = 100_000
+#: Largest count accepted in an import.
+MAX_COUNT = 1_000_000
+#: At most this many row errors are spelled out in one message.
+MAX_REPORTED_ERRORS = 20
+SOURCE_IMAGE = "image"
+SOURCE_IMPORT = "import"
+
+
+# ----------------------------------------------------------------------------------------------------- errors
+
+
+class ServiceError(Exception):
+    """Base class of the service's refusals."""
+
+
+class NotFoundError(ServiceError):
+    """The named facility or observation does not exist."""
+
+
+class ConflictError(ServiceError):
+    """The thing to create exists already."""
+
+
+class InvalidInputError(ServiceError, ValueError):
+    """Input is well-formed transport-wise but its content is invalid."""
+
+
+class ImportValidationError(InvalidInputError):
+    """Some import rows are invalid; nothing was imported. ``errors`` names each bad row."""
+
+    def __init__(self, errors: Sequence[str], total: int) -> None:
+        self.errors = list(errors)
+        shown = "; ".join(self.errors[:MAX_REPORTED_ERRORS])
+        more = len(self.errors) - MAX_REPORTED_ERRORS
+        suffix = f"; and {more} more" if more > 0 else ""
+        noun = "row is" if len(self.errors) == 1 else "rows are"
+        super().__init__(f"{len(self.errors)} of {total} {noun} invalid; nothing was imported: {shown}{suffix}")
+
+
+class ModelUnavailableError(ServiceError):
+    """No detector is loaded in this process."""
+
+
+# ----------------------------------------------------------------------------------------------------- values
+
+
+class DetectorProtocol(Protocol):
+    """What the service needs from :class:`app.detector.Detector`."""
+
+    name: str
+    version: str
+    class_names: tuple[str, ...]
+
+    def detect(self, image: np.ndarray, gsd_m: float | None = None) -> DetectionResult:
+        """Detect objects in an ``H x W x 3`` RGB uint8 image."""
+        ...
+
+
+@dataclass(frozen=True)
+class FacilityRecord:
+    """A facility as shown to users."""
+
+    id: str
+    name: str
+    kind: str
+    created_at: datetime
+    observation_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"id": self.id, "name": self.name, "kind": self.kind, "created_at": _iso(self.created_at),
+                "observation_count": self.observation_count}
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    """One validated historical observation to import. ``counts`` holds only the known classes."""
+
+    captured_at: datetime
+    counts: dict[str, int]
+    source: str = SOURCE_IMPORT
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Result of decoding and detecting one image (no database involved)."""
+
+    image: DecodedImage
+    result: DetectionResult
+    model_name: str
+    model_version: str
+    class_names: tuple[str, ...]
+    gsd_m: float | None
+    decode_ms: float
+    detect_ms: float
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Detections per class, every class present."""
+        return self.result.counts(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON shape used by ``wagon-detector detect`` (same field shapes as the API)."""
+        return {
+            "counts": self.counts,
+            "detections": [d.to_dict() for d in self.result.detections],
+            "model": {"name": self.model_name, "version": self.model_version},
+            "image": {"width": self.image.width, "height": self.image.height, "format": self.image.format,
+                      "gsd_m": self.gsd_m, "sha256": self.image.sha256},
+            "timing_ms": {"decode": round(self.decode_ms, 1), "detect": round(self.detect_ms, 1)},
+        }
+
+
+@dataclass(frozen=True)
+class ObservationRecord:
+    """One observation as shown to users. Unknown classes have ``None`` count and anomaly."""
+
+    id: int
+    facility_id: str
+    captured_at: datetime
+    source: str
+    counts: dict[str, int | None]
+    anomaly: dict[str, AnomalyScore | None]
+    image: dict[str, Any] | None
+    model: dict[str, str] | None
+    detections: list[Detection] | None = field(default=None)
+
+    @property
+    def has_image(self) -> bool:
+        """Whether the observation came from an analysed image."""
+        return self.image is not None
+
+    def to_dict(self, with_detections: bool = False) -> dict[str, Any]:
+        """JSON-ready form."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "facility_id": self.facility_id,
+            "captured_at": _iso(self.captured_at),
+            "source": self.source,
+            "has_image": self.has_image,
+            "counts": dict(self.counts),
+            "anomaly": {k: (None if v is None else v.to_dict()) for k, v in self.anomaly.items()},
+            "image": self.image,
+            "model": self.model,
+        }
+        if with_detections:
+            out["detections"] = [d.to_dict() for d in (self.detections or [])]
+        return out
+
+
+# -------------------------------------------------------------------------------------------------- helpers
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_timestamp(value: str, name: str = "captured_at") -> datetime:
+    """Parse an ISO 8601 datetime that carries a timezone; return it in UTC.
+
+    Raises :class:`InvalidInputError` for malformed or naive values.
+    """
+    text = (value or "").strip()
+    if not text:
+        raise InvalidInputError(f"{name} is required (ISO 8601 with timezone, e.g. 2024-05-01T10:30:00Z)")
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(
+            f"{name} {value!r} is not an ISO 8601 datetime (expected e.g. 2024-05-01T10:30:00Z)"
+        ) from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise InvalidInputError(
+            f"{name} {value!r} has no timezone; add one, e.g. 'Z' or '+00:00' (2024-05-01T10:30:00Z)"
+        )
+    return parsed.astimezone(UTC)
+
+
+def validate_facility_id(facility_id: str) -> str:
+    """Return the id if it is a lowercase slug, else raise :class:`InvalidInputError`."""
+    if not isinstance(facility_id, str) or not re.fullmatch(FACILITY_ID_PATTERN, facility_id):
+        raise InvalidInputError(
+            f"facility id {facility_id!r} must be a lowercase slug matching {FACILITY_ID_PATTERN}"
+        )
+    return facility_id
+
+
+# ------------------------------------------------------------------------------------------------ facilities
+
+
+def create_facility(store: db.Store, facility_id: str, name: str, kind: str) -> FacilityRecord:
+    """Create a facility; :class:`ConflictError` if the id is taken."""
+    validate_facility_id(facility_id)
+    if kind not in FACILITY_KINDS:
+        raise InvalidInputError(f"kind {kind!r} must be one of {', '.join(FACILITY_KINDS)}")
+    if not name or not name.strip():
+        raise InvalidInputError("name must not be empty")
+    try:
+        with store.transaction() as session:
+            if db.get_facility(session, facility_id) is not None:
+                raise ConflictError(f"facility {facility_id!r} exists already")
+            row = db.Facility(id=facility_id, name=name.strip(), kind=kind, created_at=db.utcnow())
+            session.add(row)
+            session.flush()
+            return _facility_record(row, 0)
+    except IntegrityError as exc:  # lost a race with a concurrent create
+        raise ConflictError(f"facility {facility_id!r} exists already") from exc
+
+
+def get_facility(store: db.Store, facility_id: str) -> FacilityRecord:
+    """One facility; :class:`NotFoundError` if unknown."""
+    with store.session() as session:
+        row = _require_facility(session, facility_id)
+        return _facility_record(row, db.count_observations(session, facility_id))
+
+
+def list_facilities(store: db.Store) -> list[FacilityRecord]:
+    """All facilities ordered by id."""
+    with store.session() as session:
+        return [_facility_record(f, n) for f, n in db.list_facilities(session)]
+
+
+def _require_facility(session: Session, facility_id: str) -> db.Facility:
+    row = db.get_facility(session, facility_id)
+    if row is None:
+        raise NotFoundError(f"facility {facility_id!r} not found")
+    return row
+
+
+def _facility_record(row: db.Facility, n: int) -> FacilityRecord:
+    return FacilityRecord(id=row.id, name=row.name, kind=row.kind, created_at=row.created_at, observation_count=n)
+
+
+# ---------------------------------------------------------------------------------------------------- images
+
+
+def load_configured_detector(settings: Settings) -> DetectorProtocol:
+    """The one place that loads the model: weights and threads from settings."""
+    path = settings.resolved_model_path
+    if not path.exists():
+        raise FileNotFoundError(f"model weights not found at {path} (set WAGON_MODEL_PATH)")
+    from app.detector import load_detector  # heavy import (torch), deferred until needed
+    log.info("loading detector from %s", path)
+    detector: DetectorProtocol = load_detector(path, threads=settings.inference_threads)
+    log.info("detector %s %s ready", detector.name, detector.version)
+    return detector
+
+
+def analyse_image(
+    detector: DetectorProtocol | None, data: bytes, gsd_m: float | None = None, max_pixels: int = 100_000_000
+) -> Analysis:
+    """Decode image bytes and run the detector (CPU-bound: call it from a worker thread, not an event loop).
+
+    The image is validated before the model's presence is checked, so bad input is reported as such even on a
+    service running without a model (which then raises :class:`ModelUnavailableError`).
+    """
+    check_gsd(gsd_m)
+    t0 = time.perf_counter()
+    image = decode_image(data, max_pixels=max_pixels)
+    decode_ms = (time.perf_counter() - t0) * 1000.0
+    if detector is None:
+        raise ModelUnavailableError("no detector is loaded in this service (WAGON_LOAD_MODEL is false)")
+    return detect_decoded(detector, image, gsd_m, decode_ms=decode_ms)
+
+
+def detect_decoded(
+    detector: DetectorProtocol, image: DecodedImage, gsd_m: float | None = None, decode_ms: float = 0.0
+) -> Analysis:
+    """Run the detector on an already decoded image (CPU-bound)."""
+    check_gsd(gsd_m)
+    t0 = time.perf_counter()
+    result = detector.detect(image.array, gsd_m=gsd_m)
+    return Analysis(
+        image=image,
+        result=result,
+        model_name=detector.name,
+        model_version=detector.version,
+        class_names=tuple(detector.class_names),
+        gsd_m=gsd_m,
+        decode_ms=decode_ms,
+        detect_ms=(time.perf_counter() - t0) * 1000.0,
+    )
+
+
+def check_gsd(gsd_m: float | None) -> None:
+    """Raise :class:`InvalidInputError` unless ``gsd_m`` is None or within 0.05-10 m/pixel."""
+    if gsd_m is not None and not (math.isfinite(gsd_m) and 0.05 <= gsd_m <= 10):
+        raise InvalidInputError(f"gsd_m {gsd_m} must be between 0.05 and 10 metres per pixel")
+
+
+def record_analysis(
+    store: db.Store, facility_id: str, captured_at: datetime, analysis: Analysis, source: str = SOURCE_IMAGE
+) -> ObservationRecord:
+    """Store an analysed image as an observation with its detections, score it and rescore later ones.
+
+    One transaction: on any failure nothing is stored.
+    """
+    captured_at = _require_aware(captured_at)
+    with store.transaction() as session:
+        _require_facility(session, facility_id)
+        obs = db.Observation(
+            facility_id=facility_id,
+            captured_at=captured_at,
+            source=source,
+            created_at=db.utcnow(),
+            image_sha256=analysis.image.sha256,
+            image_width=analysis.image.width,
+            image_height=analysis.image.height,
+            image_format=analysis.image.format,
+            gsd_m=analysis.gsd_m,
+            model_name=analysis.model_name,
+            model_version=analysis.model_version,
+        )
+        obs.counts = [db.ObservationCount(class_name=c, count=int(n)) for c, n in analysis.counts.items()]
+        obs.detections = [
+            db.DetectionRow(class_name=d.class_name, confidence=float(d.confidence),
+                            obb=[[float(x), float(y)] for x, y in d.obb])
+            for d in analysis.result.detections
+        ]
+        session.add(obs)
+        session.flush()
+        rescore(session, facility_id, since=captured_at, classes=analysis.counts.keys())
+        record = _observation_record(obs, with_detections=True)
+    log.info("facility %s: observation %d at %s counts %s", facility_id, record.id, _iso(captured_at), record.counts)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------- imports
+
+
+def parse_json_import(payload: Any) -> list[ImportRow]:
+    """Validate a JSON import body ``{"observations": [{"captured_at", "counts", "source"?}, ...]}``.
+
+    Every row is checked before anything is returned; :class:`ImportValidationError` names each bad row as
+    ``observations[i]`` (0-based). A class absent from ``counts`` (or given as null) is unknown.
+    """
+    if not isinstance(payload, Mapping):
+        raise InvalidInputError('body must be a JSON object {"observations": [...]}')
+    extra = sorted(set(payload) - {"observations"})
+    if extra:
+        raise InvalidInputError(f"unknown field(s) in body: {', '.join(extra)}")
+    items = payload.get("observations")
+    if not isinstance(items, list):
+        raise InvalidInputError('body must contain "observations": a list of observations')
+    _check_row_total(len(items))
+    rows: list[ImportRow] = []
+    errors: list[str] = []
+    for i, item in enumerate(items):
+        where = f"observations[{i}]"
+        try:
+            rows.append(_json_row(item))
+        except InvalidInputError as exc:
+            errors.append(f"{where}: {exc}")
+    if errors:
+        raise ImportValidationError(errors, len(items))
+    return rows
+
+
+def _json_row(item: Any) -> ImportRow:
+    if not isinstance(item, Mapping):
+        raise InvalidInputError("must be an object with captured_at and counts")
+    problems: list[str] = []
+    extra = sorted(set(item) - {"captured_at", "counts", "source"})
+    if extra:
+        problems.append(f"unknown field(s) {', '.join(extra)}")
+    captured_at: datetime | None = None
+    raw_time = item.get("captured_at")
+    if not isinstance(raw_time, str):
+        problems.append("captured_at is required (ISO 8601 string with timezone)")
+    else:
+        try:
+            captured_at = parse_timestamp(raw_time)
+        except InvalidInputError as exc:
+            problems.append(str(exc))
+    counts: dict[str, int] = {}
+    raw_counts = item.get("counts")
+    if not isinstance(raw_counts, Mapping):
+        problems.append("counts is required (an object such as {\"railcar\": 12})")
+    else:
+        for cls, value in raw_counts.items():
+            if cls not in CLASS_NAMES:
+                problems.append(f"unknown class {cls!r} (known: {', '.join(CLASS_NAMES)})")
+            elif value is None:
+                continue  # explicitly unknown
+            elif isinstance(value, bool) or not isinstance(value, int) and not _integral_float(value):
+                problems.append(f"count of {cls} must be a whole number, got {value!r}")
+            elif not 0 <= int(value) <= MAX_COUNT:
+                problems.append(f"count of {cls} must be between 0 and {MAX_COUNT}, got {value}")
+            else:
+                counts[cls] = int(value)
+        if not counts and not problems:
+            problems.append("no known count (at least one class must have a number)")
+    source = item.get("source", SOURCE_IMPORT)
+    if not isinstance(source, str) or not 1 <= len(source.strip()) <= 64:
+        problems.append("source must be a string of 1 to 64 characters")
+    if problems:
+        raise InvalidInputError("; ".join(problems))
+    assert captured_at is not None
+    return ImportRow(captured_at=captured_at, counts=counts, source=source.strip())
+
+
+def _integral_float(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value.is_integer()
+
+
+def parse_csv_import(text: str, source: str = SOURCE_IMPORT) -> list[ImportRow]:
+    """Validate a CSV import: header ``captured_at`` plus class columns (and optionally ``source``).
+
+    An empty cell is an unknown count. Every row is checked first; :class:`ImportValidationError` names each bad
+    row by its line number in the file (the header is line 1). Blank lines are skipped.
+    """
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InvalidInputError("CSV body is empty; expected a header such as captured_at,railcar,container") from None
+    except csv.Error as exc:
+        raise InvalidInputError(f"CSV header cannot be read: {exc}") from None
+    columns = [h.strip().lower() for h in header]
+    if "captured_at" not in columns:
+        raise InvalidInputError("CSV header must contain captured_at (e.g. captured_at,railcar,container)")
+    unknown = [c for c in columns if c not in ("captured_at", "source", *CLASS_NAMES)]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown CSV column(s) {', '.join(map(repr, unknown))}; allowed: captured_at, source, "
+            + ", ".join(CLASS_NAMES)
+        )
+    if len(set(columns)) != len(columns):
+        raise InvalidInputError("CSV header repeats a column")
+    if not any(c in CLASS_NAMES for c in columns):
+        raise InvalidInputError(f"CSV header needs at least one class column ({', '.join(CLASS_NAMES)})")
+    rows: list[ImportRow] = []
+    errors: list[str] = []
+    total = 0
+    try:
+        for cells in reader:
+            line = reader.line_num
+            if not cells or all(not c.strip() for c in cells):
+                continue
+            total += 1
+            _check_row_total(total)
+            try:
+                rows.append(_csv_row(columns, cells, source))
+            except InvalidInputError as exc:
+                errors.append(f"line {line}: {exc}")
+    except csv.Error as exc:
+        errors.append(f"line {reader.line_num}: {exc}")
+    if errors:
+        raise ImportValidationError(errors, max(total, len(errors)))
+    if not rows:
+        raise InvalidInputError("CSV body has a header but no rows")
+    return rows
+
+
+def _csv_row(columns: list[str], cells: list[str], default_source: str) -> ImportRow:
+    if len(cells) != len(columns):
+        raise InvalidInputError(f"has {len(cells)} cells, the header has {len(columns)}")
+    problems: list[str] = []
+    captured_at: datetime | None = None
+    counts: dict[str, int] = {}
+    source = default_source
+    for col, cell in zip(columns, cells, strict=True):
+        cell = cell.strip()
+        if col == "captured_at":
+            try:
+                captured_at = parse_timestamp(cell)
+            except InvalidInputError as exc:
+                problems.append(str(exc))
+        elif col == "source":
+            if cell:
+                if len(cell) > 64:
+                    problems.append("source is longer than 64 characters")
+                source = cell
+        elif cell:
+            if not re.fullmatch(r"\d+", cell):
+                problems.append(f"count of {col} must be a whole number >= 0, got {cell!r}")
+            elif int(cell) > MAX_COUNT:
+                problems.append(f"count of {col} must be at most {MAX_COUNT}, got {cell}")
+            else:
+                counts[col] = int(cell)
+    if not counts and not problems:
+        problems.append("no known count (every class cell is empty)")
+    if problems:
+        raise InvalidInputError("; ".join(problems))
+    assert captured_at is not None
+    return ImportRow(captured_at=captured_at, counts=counts, source=source)
+
+
+def _check_row_total(n: int) -> None:
+    if n > MAX_IMPORT_ROWS:
+        raise InvalidInputError(f"an import may hold at most {MAX_IMPORT_ROWS} observations")
+
+
+def import_observations(store: db.Store, facility_id: str, rows: Sequence[ImportRow]) -> list[ObservationRecord]:
+    """Store historical counts (no images) in one transaction and rescore every later observation.
+
+    Returns the imported observations, oldest first, with their scores.
+    """
+    if not rows:
+        raise InvalidInputError("nothing to import: no observations given")
+    with store.transaction() as session:
+        _require_facility(session, facility_id)
+        created = db.utcnow()
+        objs: list[db.Observation] = []
+        for row in rows:
+            obs = db.Observation(facility_id=facility_id, captured_at=_require_aware(row.captured_at),
+                                 source=row.source, created_at=created)
+            obs.counts = [db.ObservationCount(class_name=c, count=int(n)) for c, n in row.counts.items()]
+            objs.append(obs)
+        session.add_all(objs)
+        session.flush()
+        for cls in CLASS_NAMES:
+            times = [r.captured_at for r in rows if cls in r.counts]
+            if times:
+                rescore(session, facility_id, since=min(times), classes=[cls])
+        objs.sort(key=lambda o: (o.captured_at, o.id))
+        records = [_observation_record(o) for o in objs]
+    log.info("facility %s: imported %d observations", facility_id, len(records))
+    return records
+
+
+# ----------------------------------------------------------------------------------------------- scoring/read
+
+
+def rescore(session: Session, facility_id: str, since: datetime, classes: Iterable[str]) -> int:
+    """Recompute and store the anomaly scores of every count at or after ``since`` for the given classes.
+
+    Runs inside the caller's transaction (after a flush, so new rows are visible). Returns rows updated.
+    """
+    updated = 0
+    for cls in classes:
+        history = db.count_history(session, facility_id, cls)
+        if not history:
+            continue
+        ids = [h[0] for h in history]
+        scores = score_series([h[1] for h in history], [h[2] for h in history], since=since)
+        changed = {oid: s for oid, s in zip(ids, scores, strict=True) if s is not None}
+        for row in db.count_rows(session, cls, list(changed)):
+            s = changed[row.observation_id]
+            row.score = s.score
+            row.expected = s.expected
+            row.history_size = s.history_size
+            row.history_max = s.history_max
+            row.exceeds_history_max = s.exceeds_history_max
+            row.history_span_days = s.history_span_days
+            row.reason = s.reason
+            updated += 1
+    session.flush()
+    return updated
+
+
+def list_observations(
+    store: db.Store, facility_id: str, start: datetime | None = None, end: datetime | None = None
+) -> list[ObservationRecord]:
+    """A facility's time series (``start <= captured_at <= end``), oldest first, with stored scores."""
+    if start is not None and end is not None and start > end:
+        raise InvalidInputError("start must not be after end")
+    with store.session() as session:
+        _require_facility(session, facility_id)
+        return [_observation_record(o) for o in db.list_observations(session, facility_id, start, end)]
+
+
+def get_observation(store: db.Store, observation_id: int) -> ObservationRecord:
+    """One observation with its detections; :class:`NotFoundError` if unknown."""
+    with store.session() as session:
+        obs = db.get_observation(session, observation_id)
+        if obs is None:
+            raise NotFoundError(f"observation {observation_id} not found")
+        return _observation_record(obs, with_detections=True)
+
+
+def _observation_record(obs: db.Observation, with_detections: bool = False) -> ObservationRecord:
+    by_class = {c.class_name: c for c in obs.counts}
+    classes = list(CLASS_NAMES) + sorted(set(by_class) - set(CLASS_NAMES))
+    counts: dict[str, int | None] = {}
+    anomaly: dict[str, AnomalyScore | None] = {}
+    for cls in classes:
+        row = by_class.get(cls)
+        counts[cls] = None if row is None else row.count
+        anomaly[cls] = None if row is None else AnomalyScore(
+            score=row.score, expected=row.expected, history_size=row.history_size, history_max=row.history_max,
+            exceeds_history_max=bool(row.exceeds_history_max), history_span_days=row.history_span_days,
+            reason=row.reason,
+        )
+    image = None
+    model = None
+    if obs.image_sha256 is not None:
+        image = {"width": obs.image_width, "height": obs.image_height, "format": obs.image_format,
+                 "gsd_m": obs.gsd_m, "sha256": obs.image_sha256}
+        model = {"name": obs.model_name or "", "version": obs.model_version or ""}
+    detections = None
+    if with_detections:
+        detections = [
+            Detection(class_name=d.class_name, confidence=d.confidence,
+                      obb=tuple((float(p[0]), float(p[1])) for p in d.obb))  # type: ignore[arg-type]
+            for d in obs.detections
+        ]
+    return ObservationRecord(id=obs.id, facility_id=obs.facility_id, captured_at=obs.captured_at, source=obs.source,
+                             counts=counts, anomaly=anomaly, image=image, model=model, detections=detections)
+
+
+def _require_aware(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInputError("captured_at must include a timezone")
+    return value.astimezone(UTC)

@@ -1,0 +1,83 @@
+"""The one settings object: every knob of the service, read from ``WAGON_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Directory holding the ``app`` package; relative model paths are resolved against it.
+PROJECT_ROOT: Path = Path(__file__).resolve().parent.parent
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Service configuration. Each field ``x`` is set by the environment variable ``WAGON_X``."""
+
+    model_config = SettingsConfigDict(env_prefix="WAGON_", extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        default="sqlite:///./var/wagon.db",
+        description="SQLAlchemy database URL. For SQLite files the parent directory is created on start-up; "
+        "tables are created on first start.",
+    )
+    model_path: Path = Field(
+        default=Path("models/wagon-obb.pt"),
+        description="Detector weights. A relative path is resolved against the project directory "
+        "(the directory that contains the `app` package), not the working directory.",
+    )
+    load_model: bool = Field(
+        default=True,
+        description="Load the detector at start-up. When false the service runs without a model "
+        "(facility and observation-import routes work; image uploads answer 503).",
+    )
+    max_upload_mb: float = Field(
+        default=512, gt=0, description="Largest accepted image upload in MiB; larger requests are refused with 413."
+    )
+    max_pixels: int = Field(
+        default=100_000_000,
+        gt=0,
+        description="Largest accepted image in pixels (width x height), checked from the image header "
+        "before decoding; larger images are refused with 413.",
+    )
+    inference_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads the detector may use per inference (passed to the model loader). "
+        "Unset: the loader decides. Keep workers x threads <= CPU cores.",
+    )
+    max_concurrent_inferences: int = Field(
+        default=1,
+        ge=1,
+        description="How many detector passes may run at once in one process; further uploads wait their turn "
+        "without blocking the event loop.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="Logging level of the service and the CLI."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def resolved_model_path(self) -> Path:
+        """``model_path`` made absolute (relative paths are taken from the project directory)."""
+        path = Path(self.model_path).expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """``max_upload_mb`` in bytes."""
+        return int(self.max_upload_mb * MIB)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings read once from the environment (cached for the process)."""
+    return Settings()

@@ -1,0 +1,297 @@
+"""Persistence: SQLAlchemy 2 tables, engine set-up and the queries the service needs.
+
+Tables: ``facilities``; ``observations`` (one per uploaded image or imported row, with image and model metadata
+when there was an image); ``observation_counts`` (one row per observation and *known* class count, with the stored
+anomaly score; a class absent here is unknown, not zero); ``detections`` (oriented boxes of uploaded images).
+All datetimes are stored as UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    TypeDecorator,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+_IMMEDIATE = "wagon_sqlite_immediate"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetimes stored as naive UTC; naive input is refused."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    """Current time, aware, UTC."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of all tables."""
+
+
+class Facility(Base):
+    """A rail yard, port or mixed site whose counts form one history."""
+
+    __tablename__ = "facilities"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Observation(Base):
+    """One point in a facility's history: an analysed image or an imported count."""
+
+    __tablename__ = "observations"
+    __table_args__ = (Index("ix_observations_facility_time", "facility_id", "captured_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"))
+    captured_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    image_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    image_width: Mapped[int | None] = mapped_column(Integer, default=None)
+    image_height: Mapped[int | None] = mapped_column(Integer, default=None)
+    image_format: Mapped[str | None] = mapped_column(String(8), default=None)
+    gsd_m: Mapped[float | None] = mapped_column(Float, default=None)
+    model_name: Mapped[str | None] = mapped_column(String(100), default=None)
+    model_version: Mapped[str | None] = mapped_column(String(100), default=None)
+
+    counts: Mapped[list[ObservationCount]] = relationship(
+        back_populates="observation", cascade="all, delete-orphan", order_by="ObservationCount.class_name"
+    )
+    detections: Mapped[list[DetectionRow]] = relationship(
+        back_populates="observation", cascade="all, delete-orphan", order_by="DetectionRow.id"
+    )
+
+
+class ObservationCount(Base):
+    """Known count of one class in one observation, with its stored anomaly score."""
+
+    __tablename__ = "observation_counts"
+    __table_args__ = (Index("ix_counts_class", "class_name", "observation_id"),)
+
+    observation_id: Mapped[int] = mapped_column(
+        ForeignKey("observations.id", ondelete="CASCADE"), primary_key=True
+    )
+    class_name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float | None] = mapped_column(Float, default=None)
+    expected: Mapped[float | None] = mapped_column(Float, default=None)
+    history_size: Mapped[int] = mapped_column(Integer, default=0)
+    history_max: Mapped[int | None] = mapped_column(Integer, default=None)
+    exceeds_history_max: Mapped[bool] = mapped_column(Boolean, default=False)
+    history_span_days: Mapped[float | None] = mapped_column(Float, default=None)
+    reason: Mapped[str] = mapped_column(String(200), default="not scored yet")
+
+    observation: Mapped[Observation] = relationship(back_populates="counts")
+
+
+class DetectionRow(Base):
+    """One oriented detection of an uploaded image (pixel coordinates)."""
+
+    __tablename__ = "detections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    observation_id: Mapped[int] = mapped_column(ForeignKey("observations.id", ondelete="CASCADE"), index=True)
+    class_name: Mapped[str] = mapped_column(String(32))
+    confidence: Mapped[float] = mapped_column(Float)
+    obb: Mapped[list[list[float]]] = mapped_column(JSON)
+
+    observation: Mapped[Observation] = relationship(back_populates="detections")
+
+
+class Store:
+    """Engine and session factory for one database URL; creates tables on construction."""
+
+    def __init__(self, database_url: str) -> None:
+        self.url = database_url
+        self.engine: Engine = make_engine(database_url)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session for reading (or writing without the SQLite write lock up front)."""
+        with self._sessions() as session:
+            yield session
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session in one write transaction: commits on success, rolls back on any exception.
+
+        On SQLite the transaction starts with ``BEGIN IMMEDIATE`` so read-then-write sequences (rescoring) never
+        race another writer.
+        """
+        with self._sessions() as session:
+            session.connection(execution_options={_IMMEDIATE: True})
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def ping(self) -> bool:
+        """Whether the database answers a trivial query."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception:  # noqa: BLE001 - health check reports, never raises
+            return False
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+
+def make_engine(database_url: str) -> Engine:
+    """Create an engine; for SQLite create the file's directory, enable foreign keys, WAL and a busy timeout."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(database_url, pool_pre_ping=True)
+    database = url.database
+    in_memory = not database or database == ":memory:" or database.startswith("file::memory:")
+    if database and not in_memory:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    if in_memory:
+        from sqlalchemy.pool import StaticPool
+
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(database_url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let SQLAlchemy emit BEGIN itself (see "begin" below)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        if not in_memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+# ---------------------------------------------------------------------------------------------------- queries
+
+
+def get_facility(session: Session, facility_id: str) -> Facility | None:
+    """The facility with this id, or ``None``."""
+    return session.get(Facility, facility_id)
+
+
+def list_facilities(session: Session) -> list[tuple[Facility, int]]:
+    """All facilities ordered by id, each with its number of observations."""
+    n_obs = (
+        select(Observation.facility_id, func.count(Observation.id).label("n"))
+        .group_by(Observation.facility_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Facility, func.coalesce(n_obs.c.n, 0))
+        .outerjoin(n_obs, n_obs.c.facility_id == Facility.id)
+        .order_by(Facility.id)
+    ).all()
+    return [(f, int(n)) for f, n in rows]
+
+
+def count_observations(session: Session, facility_id: str | None = None) -> int:
+    """Number of observations (of one facility, or in total)."""
+    stmt = select(func.count(Observation.id))
+    if facility_id is not None:
+        stmt = stmt.where(Observation.facility_id == facility_id)
+    return int(session.scalar(stmt) or 0)
+
+
+def get_observation(session: Session, observation_id: int) -> Observation | None:
+    """One observation (counts and detections load lazily), or ``None``."""
+    return session.get(Observation, observation_id)
+
+
+def list_observations(
+    session: Session, facility_id: str, start: datetime | None = None, end: datetime | None = None
+) -> Sequence[Observation]:
+    """A facility's observations with ``start <= captured_at <= end``, oldest first, counts loaded."""
+    from sqlalchemy.orm import selectinload
+
+    stmt = (
+        select(Observation)
+        .where(Observation.facility_id == facility_id)
+        .options(selectinload(Observation.counts))
+        .order_by(Observation.captured_at, Observation.id)
+    )
+    if start is not None:
+        stmt = stmt.where(Observation.captured_at >= start)
+    if end is not None:
+        stmt = stmt.where(Observation.captured_at <= end)
+    return session.scalars(stmt).all()
+
+
+def count_history(session: Session, facility_id: str, class_name: str) -> list[tuple[int, datetime, int]]:
+    """``(observation_id, captured_at, count)`` of every known count of a class at a facility, oldest first."""
+    rows = session.execute(
+        select(Observation.id, Observation.captured_at, ObservationCount.count)
+        .join(ObservationCount, ObservationCount.observation_id == Observation.id)
+        .where(Observation.facility_id == facility_id, ObservationCount.class_name == class_name)
+        .order_by(Observation.captured_at, Observation.id)
+    ).all()
+    return [(int(i), t, int(c)) for i, t, c in rows]
+
+
+def count_rows(session: Session, class_name: str, observation_ids: Sequence[int]) -> list[ObservationCount]:
+    """The stored counts of one class for the given observations (queried in chunks)."""
+    out: list[ObservationCount] = []
+    ids = list(observation_ids)
+    for i in range(0, len(ids), 500):
+        out.extend(
+            session.scalars(
+                select(ObservationCount).where(
+                    ObservationCount.class_name == class_name, ObservationCount.observation_id.in_(ids[i : i + 500])
+                )
+            ).all()
+        )
+    return out

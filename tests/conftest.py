@@ -1,0 +1,207 @@
+"""Shared fixtures: a network guard (loopback only), temporary stores and apps, the real detector, image bytes."""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import socket
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.settings import PROJECT_ROOT, Settings
+from app.store import Store
+
+MODEL_PATH = PROJECT_ROOT / "models" / "wagon-obb.pt"
+LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", "testserver", ""}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Starlette 1.x nags about httpx in its TestClient; not our concern here.
+    config.addinivalue_line("filterwarnings", "ignore::starlette.exceptions.StarletteDeprecationWarning")
+
+
+# ------------------------------------------------------------------------------------------- network guard
+
+
+class NetworkAccessError(RuntimeError):
+    """Raised (and recorded) when code under test reaches for a non-loopback address."""
+
+
+NETWORK_ATTEMPTS: list[str] = []
+
+
+def _is_local_host(host: Any) -> bool:
+    if isinstance(host, bytes):
+        host = host.decode(errors="replace")
+    if host is None:
+        return True
+    host = str(host).strip("[]").lower()
+    if host in LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_local_address(address: Any) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    if isinstance(address, tuple) and address:
+        return _is_local_host(address[0])
+    return False
+
+
+def _blocked(what: str) -> NetworkAccessError:
+    NETWORK_ATTEMPTS.append(what)
+    return NetworkAccessError(f"network access blocked in tests: {what}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _network_guard() -> Iterator[None]:
+    """For the whole session: any socket connection or name lookup that is not loopback raises."""
+    real_connect = socket.socket.connect
+    real_connect_ex = socket.socket.connect_ex
+    real_create_connection = socket.create_connection
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(self: socket.socket, address: Any) -> Any:
+        if self.family != getattr(socket, "AF_UNIX", None) and not _is_local_address(address):
+            raise _blocked(f"connect {address!r}")
+        return real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> Any:
+        if self.family != getattr(socket, "AF_UNIX", None) and not _is_local_address(address):
+            raise _blocked(f"connect_ex {address!r}")
+        return real_connect_ex(self, address)
+
+    def create_connection(address: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _is_local_address(address):
+            raise _blocked(f"create_connection {address!r}")
+        return real_create_connection(address, *args, **kwargs)
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _is_local_host(host):
+            raise _blocked(f"getaddrinfo {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", connect)
+        mp.setattr(socket.socket, "connect_ex", connect_ex)
+        mp.setattr(socket, "create_connection", create_connection)
+        mp.setattr(socket, "getaddrinfo", getaddrinfo)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _no_network_attempts() -> Iterator[None]:
+    """Fail any test during which something tried to reach the network (even if it swallowed the error)."""
+    NETWORK_ATTEMPTS.clear()
+    yield
+    attempts = list(NETWORK_ATTEMPTS)
+    NETWORK_ATTEMPTS.clear()
+    assert not attempts, f"non-loopback network access attempted: {attempts}"
+
+
+@pytest.fixture
+def network_attempts() -> list[str]:
+    """The list the guard records blocked attempts into (tests of the guard clear it themselves)."""
+    return NETWORK_ATTEMPTS
+
+
+# ------------------------------------------------------------------------------------------- stores and apps
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with a fresh SQLite file and no model loading."""
+    return Settings(database_url=f"sqlite:///{tmp_path / 'db' / 'wagon.db'}", load_model=False)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    """A store on a fresh SQLite file."""
+    st = Store(settings.database_url)
+    yield st
+    st.dispose()
+
+
+@pytest.fixture
+def make_client(settings: Settings) -> Iterator[Callable[..., Any]]:
+    """Factory: ``make_client(detector=None, **settings_overrides)`` -> started ``TestClient`` on a fresh DB."""
+    from fastapi.testclient import TestClient
+
+    from app.api import create_app
+
+    opened: list[Any] = []
+
+    def factory(detector: Any = None, **overrides: Any) -> Any:
+        app = create_app(settings.model_copy(update=overrides), detector=detector)
+        client = TestClient(app)
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield factory
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., Any]) -> Any:
+    """A started app without a model (uploads answer 503 after validating the input)."""
+    return make_client()
+
+
+@pytest.fixture(scope="session")
+def detector() -> Any:
+    """The real detector, loaded once per session (skips when the weights or the module are absent)."""
+    if not MODEL_PATH.exists():
+        pytest.skip(f"model weights not found at {MODEL_PATH}")
+    try:
+        from app.detector import load_detector
+    except ImportError as exc:  # pragma: no cover - only before app/detector.py exists
+        pytest.skip(f"app.detector not importable: {exc}")
+    return load_detector(MODEL_PATH)
+
+
+# ------------------------------------------------------------------------------------------- images
+
+
+def encode_image(image: Image.Image | np.ndarray, fmt: str = "PNG", **save_kwargs: Any) -> bytes:
+    """Encode a Pillow image or array to bytes in ``fmt``."""
+    im = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **save_kwargs)
+    return buf.getvalue()
+
+
+def gradient_rgb(width: int = 64, height: int = 48) -> np.ndarray:
+    """A small RGB test image whose pixels identify their position."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)),
+                     np.full_like(x, 128)], axis=2).astype(np.uint8)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def crafted_png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width x height`` RGB pixels but carries almost no data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+            + _png_chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def png_bytes() -> bytes:
+    """A small valid RGB PNG."""
+    return encode_image(gradient_rgb(), "PNG")

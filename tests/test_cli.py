@@ -1,0 +1,114 @@
+"""The ``wagon-detector`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import encode_image, gradient_rgb
+
+from app import __version__, cli, service
+from app.settings import get_settings
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("WAGON_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("serve", "detect", "train", "evaluate"):
+        assert cmd in out
+
+
+def test_no_command_is_usage_error() -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert exc.value.code == 2
+
+
+def test_detect_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["detect", str(tmp_path / "nope.png")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_detect_bad_image_fails_before_loading_model(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(_settings: Any) -> Any:
+        raise AssertionError("model must not be loaded for bad input")
+
+    monkeypatch.setattr(service, "load_configured_detector", boom)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert cli.main(["detect", str(bad)]) == 2
+    assert "not a recognised image" in capsys.readouterr().err
+    good = tmp_path / "good.png"
+    good.write_bytes(encode_image(gradient_rgb(), "PNG"))
+    assert cli.main(["detect", str(good), "--gsd-m", "50"]) == 2
+    assert "gsd_m" in capsys.readouterr().err
+
+
+def test_detect_missing_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.png"
+    good.write_bytes(encode_image(gradient_rgb(), "PNG"))
+    assert cli.main(["detect", str(good), "--model", str(tmp_path / "missing.pt")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, module", [("train", "training.train"), ("evaluate", "training.evaluate")])
+def test_train_and_evaluate_delegate(command: str, module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    fake = types.ModuleType(module)
+
+    def fake_main(argv: list[str]) -> int:
+        seen.append(list(argv))
+        return 3
+
+    fake.main = fake_main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module, fake)
+    assert cli.main([command, "--epochs", "2", "--help"]) == 3
+    assert seen == [["--epochs", "2", "--help"]]
+
+
+def test_serve_runs_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "8123"]) == 0
+    (call,) = calls
+    assert call["host"] == "0.0.0.0" and call["port"] == 8123
+    assert call["app"].title == "wagon-detector"
+
+
+@pytest.mark.slow
+def test_detect_prints_json(detector: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "load_configured_detector", lambda _settings: detector)  # reuse the loaded model
+    chip = tmp_path / "chip.png"
+    chip.write_bytes(encode_image(gradient_rgb(), "PNG"))
+    assert cli.main(["detect", str(chip), "--gsd-m", "0.5", "--pretty"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"counts", "detections", "model", "image", "timing_ms"}
+    assert set(out["counts"]) >= {"railcar", "container"}
+    assert sum(out["counts"].values()) == len(out["detections"])
+    assert out["image"]["width"] == 64 and out["image"]["gsd_m"] == 0.5
+    assert out["model"] == {"name": detector.name, "version": detector.version}

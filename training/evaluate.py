@@ -1,0 +1,248 @@
+"""Evaluate the detector on a held-out synthetic set and on the real labelled images in ``../shared/real-eval``.
+
+Figures per class: OBB mAP50 (all-point interpolated AP at rotated IoU >= 0.5; containers on real images matched
+loosely, rotated IoU >= 0.3 or centre inside, as the real-eval README asks), precision and recall at the model's
+operating confidence, and the mean absolute count error per image. On real images ``uncertain`` objects are ignore
+regions and the true count is a range (labels .. labels + uncertain): a count inside it has zero error.
+
+    wagon-detector evaluate --synthetic 200 --real ../shared/real-eval --json models/eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from app.detection import Detection
+from app.detector import Detector, load_detector
+from app.geometry import rotated_iou
+from app.offline import CLASS_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+HELD_OUT_SEED = 9_000_000  # synthetic test seeds; training uses 0.. and validation 5,000,000..
+LOW_CONF = 0.01  # detections kept for AP
+
+
+@dataclass
+class Truth:
+    """Labels of one image for one class."""
+
+    boxes: list[np.ndarray]
+    ignore: list[np.ndarray] = field(default_factory=list)
+    exhaustive: bool = True  # False: a lower bound; precision and AP are not scored
+
+
+@dataclass
+class ClassTally:
+    """Accumulates matches of one class across images."""
+
+    scores: list[float] = field(default_factory=list)
+    hits: list[bool] = field(default_factory=list)
+    n_truth: int = 0
+    tp_at_op: int = 0
+    fp_at_op: int = 0
+    count_abs_err: list[float] = field(default_factory=list)
+    count_rel_err: list[float] = field(default_factory=list)
+
+    def ap50(self) -> float | None:
+        if self.n_truth == 0:
+            return None
+        order = np.argsort(-np.asarray(self.scores))
+        hits = np.asarray(self.hits, float)[order]
+        tp = np.cumsum(hits)
+        fp = np.cumsum(1 - hits)
+        recall = tp / self.n_truth
+        precision = tp / np.maximum(tp + fp, 1e-9)
+        mrec = np.concatenate([[0.0], recall, [1.0]])
+        mpre = np.concatenate([[1.0], precision, [0.0]])
+        mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
+        idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
+        return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+    def summary(self) -> dict[str, float | int | None]:
+        tp, fp = self.tp_at_op, self.fp_at_op
+        ap = self.ap50()
+        return {
+            "map50": None if ap is None else round(ap, 4),
+            "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+            "recall": round(tp / self.n_truth, 4) if self.n_truth else None,
+            "count_mae": round(float(np.mean(self.count_abs_err)), 3) if self.count_abs_err else None,
+            "count_mean_rel_err": round(float(np.mean(self.count_rel_err)), 4) if self.count_rel_err else None,
+            "n_truth": self.n_truth,
+        }
+
+
+def _matches(det: np.ndarray, truth: np.ndarray, loose: bool) -> float:
+    """Match quality between a detection and a truth box (IoU, or 1 for a loose centre-inside match)."""
+    iou = rotated_iou(det, truth)
+    if loose and iou < 0.3:
+        import cv2
+
+        inside = cv2.pointPolygonTest(truth.astype(np.float32), tuple(map(float, det.mean(0))), False) >= 0
+        return 1.0 if inside else iou
+    return iou
+
+
+def match_image(dets: list[Detection], truth: Truth, op_conf: float, loose: bool, tally: ClassTally) -> dict:
+    """Greedy match of one image's detections (one class) to its truth; update the tally; return per-image figures."""
+    thr = 0.3 if loose else 0.5
+    used = [False] * len(truth.boxes)
+    n_pred_op = 0
+    tp_op = 0
+    for d in sorted(dets, key=lambda d: -d.confidence):
+        q = np.asarray(d.obb)
+        best, best_j = 0.0, -1
+        for j, t in enumerate(truth.boxes):
+            if not used[j]:
+                m = _matches(q, t, loose)
+                if m > best:
+                    best, best_j = m, j
+        if best >= thr:
+            used[best_j] = True
+            hit = True
+        else:
+            if any(_matches(q, ig, True) >= 0.3 for ig in truth.ignore):
+                if d.confidence >= op_conf:
+                    n_pred_op += 1  # counted as predicted (it is in the count range) but neither TP nor FP
+                continue
+            hit = False
+        if d.confidence >= op_conf:
+            n_pred_op += 1
+            tp_op += hit
+            if truth.exhaustive:
+                tally.tp_at_op += hit
+                tally.fp_at_op += not hit
+            elif hit:
+                tally.tp_at_op += 1
+        if truth.exhaustive:
+            tally.scores.append(d.confidence)
+            tally.hits.append(hit)
+    if truth.exhaustive:
+        tally.n_truth += len(truth.boxes)
+    lo, hi = len(truth.boxes), len(truth.boxes) + len(truth.ignore)
+    err = 0 if lo <= n_pred_op <= hi else min(abs(n_pred_op - lo), abs(n_pred_op - hi))
+    if truth.exhaustive:
+        tally.count_abs_err.append(err)
+        tally.count_rel_err.append(err / max(lo, 1))
+    return {"true": lo, "true_max": hi, "predicted": n_pred_op, "count_error": err, "tp": tp_op,
+            "exhaustive": truth.exhaustive}
+
+
+def _split(dets: list[Detection], name: str) -> list[Detection]:
+    return [d for d in dets if d.class_name == name]
+
+
+def evaluate_synthetic(detector: Detector, n: int, use_gsd: bool = True) -> dict:
+    """Figures on ``n`` held-out synthetic chips (seeds never used in training or validation)."""
+    from training.synth import generate_chip
+
+    op = detector.conf
+    low = load_detector(detector.weights, threads=detector.threads, conf=LOW_CONF)
+    tallies = {c: ClassTally() for c in CLASS_NAMES}
+    for i in range(n):
+        chip = generate_chip(HELD_OUT_SEED + i)
+        dets = low.detect(chip.image, chip.gsd_m if use_gsd else None).detections
+        for k, name in enumerate(CLASS_NAMES):
+            truth = Truth([o.corners for o in chip.objects if o.class_id == k])
+            match_image(_split(dets, name), truth, op, loose=False, tally=tallies[name])
+    return {"images": n, "seeds": [HELD_OUT_SEED, HELD_OUT_SEED + n - 1], "use_gsd": use_gsd, "operating_conf": op,
+            "classes": {c: t.summary() for c, t in tallies.items()},
+            "map50": _mean([t.ap50() for t in tallies.values()])}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(float(np.mean(vals)), 4) if vals else None
+
+
+# which classes each real image labels exhaustively (see ../shared/real-eval/README.md)
+REAL_EXHAUSTIVE = {
+    "swiss_yard_left_0p25m": {"railcar": True, "container": True},
+    "swiss_yard_left_0p5m": {"railcar": True, "container": True},
+    "kari_port": {"railcar": False, "container": None},  # railcars a lower bound; containers not labelled
+    "kari_containers_1": {"railcar": True, "container": True},
+    "kari_containers_2": {"railcar": False, "container": True},
+}
+
+
+def _rbox_corners(obj: dict) -> np.ndarray:
+    poly = np.asarray(obj["polygon"], float)
+    if len(poly) >= 5 and np.allclose(poly[0], poly[-1]):
+        poly = poly[:-1]
+    if len(poly) != 4:
+        import cv2
+
+        r = obj["rbox"]
+        poly = cv2.boxPoints(((r["cx"], r["cy"]), (r["w"], r["h"]), r["angle_deg"])).astype(float)
+    return poly
+
+
+def _gsd(value: float | str) -> float:
+    """The GSD of a real-eval image: a number, or the first number in an estimate such as '~0.65 m/px'."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    import re
+
+    found = re.search(r"\d+\.\d+", value)
+    if not found:
+        raise ValueError(f"no ground sample distance in {value!r}")
+    return float(found.group())
+
+
+def evaluate_real(detector: Detector, real_dir: Path, use_gsd: bool = True) -> dict:
+    """Figures on every labelled image of ``real_dir`` (each at its own ground sample distance)."""
+    op = detector.conf
+    low = load_detector(detector.weights, threads=detector.threads, conf=LOW_CONF)
+    tallies = {c: ClassTally() for c in CLASS_NAMES}
+    per_image = {}
+    for js in sorted(real_dir.glob("*.json")):
+        meta = json.loads(js.read_text())
+        image = np.asarray(Image.open(js.with_suffix(".png")).convert("RGB"))
+        gsd = _gsd(meta["gsd_m_per_px"]) if use_gsd else None
+        dets = low.detect(image, gsd).detections
+        rows = {}
+        for name in CLASS_NAMES:
+            exhaustive = REAL_EXHAUSTIVE.get(js.stem, {}).get(name, True)
+            if exhaustive is None:
+                continue
+            truth = Truth([_rbox_corners(o) for o in meta["objects"] if o["class"] == name],
+                          [_rbox_corners(o) for o in meta.get("uncertain", []) if o["class"] == name], exhaustive)
+            per_class = ClassTally()
+            row = match_image(_split(dets, name), truth, op, loose=(name == "container"), tally=per_class)
+            match_image(_split(dets, name), truth, op, loose=(name == "container"), tally=tallies[name])
+            row["map50"] = None if per_class.ap50() is None else round(per_class.ap50(), 4)
+            rows[name] = row
+        per_image[js.stem] = {"gsd_m": _gsd(meta["gsd_m_per_px"]), **rows}
+    return {"use_gsd": use_gsd, "operating_conf": op, "classes": {c: t.summary() for c, t in tallies.items()},
+            "images": per_image}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point (``wagon-detector evaluate``)."""
+    ap = argparse.ArgumentParser(prog="wagon-detector evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", type=Path, default=ROOT / "models" / "wagon-obb.pt")
+    ap.add_argument("--synthetic", type=int, default=200, help="number of held-out synthetic chips (0: skip)")
+    ap.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "real-eval")
+    ap.add_argument("--no-gsd", action="store_true", help="do not resample to the working GSD")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    a = ap.parse_args(argv)
+    det = load_detector(a.weights, threads=a.threads)
+    out: dict[str, object] = {"model": {"name": det.name, "version": det.version}}
+    if a.synthetic:
+        out["synthetic"] = evaluate_synthetic(det, a.synthetic, use_gsd=not a.no_gsd)
+    if a.real and a.real.is_dir():
+        out["real"] = evaluate_real(det, a.real, use_gsd=not a.no_gsd)
+    text = json.dumps(out, indent=2)
+    print(text)
+    if a.json:
+        a.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

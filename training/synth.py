@@ -1,0 +1,753 @@
+"""Synthetic overhead chips of rail yards and ports, with oriented-box labels.
+
+Every chip is drawn at true scale: a ground sample distance (GSD) is drawn per chip and every object is sized in
+metres (wagons 14-20 m x 3 m, locomotives 18-23 m, containers 6.06 or 12.19 m x 2.44 m). Scenes hold parallel and
+branching tracks on ballast with coupled rows of wagons of several kinds (box, tank, hopper, gondola, flat, flat
+carrying containers) and locomotives, container lots, and distractors (roads, buildings, trucks, cars, storage
+tanks, catenary masts). One sun direction per chip casts every shadow. The chip then goes through a sensor model
+(blur, haze, colour shift, noise, pan-sharpening fringes, JPEG).
+
+All knobs live in :class:`SynthConfig`. The same seed gives the same chip, byte for byte.
+
+Labels are returned as oriented boxes (4 corners in pixels) and written in Ultralytics OBB format:
+``class x1 y1 x2 y2 x3 y3 x4 y4`` normalised to [0, 1].
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+RAILCAR, CONTAINER = 0, 1
+CLASS_NAMES = ("railcar", "container")
+
+Corners = np.ndarray  # (4, 2) float array of x, y in pixels
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Every knob of the generator, in one place (lengths in metres unless named ``_px``)."""
+
+    size_px: int = 640
+    supersample: int = 2
+    gsd_range: tuple[float, float] = (0.3, 0.8)
+    # scene mix: probabilities of rail yard, port (container lots with some rail), mixed, and empty (no targets)
+    scene_weights: tuple[float, float, float, float] = (0.5, 0.2, 0.22, 0.08)
+    # rail geometry
+    track_gauge_m: float = 1.435
+    track_spacing_m: tuple[float, float] = (4.3, 6.5)
+    ballast_width_m: tuple[float, float] = (2.8, 3.8)
+    tracks_per_bundle: tuple[int, int] = (2, 14)
+    branch_probability: float = 0.5
+    track_occupancy: tuple[float, float] = (0.15, 0.95)
+    # rolling stock
+    wagon_length_m: tuple[float, float] = (14.0, 20.0)
+    wagon_width_m: tuple[float, float] = (2.8, 3.2)
+    loco_length_m: tuple[float, float] = (17.0, 23.0)
+    coupling_gap_m: tuple[float, float] = (0.6, 1.8)
+    kind_weights: dict[str, float] = field(default_factory=lambda: {
+        "box": 0.22, "tank": 0.16, "hopper": 0.16, "gondola": 0.16, "flat": 0.08, "flat_containers": 0.12,
+        "locomotive": 0.10})
+    # containers
+    container_lengths_m: tuple[float, float] = (6.06, 12.19)
+    container_width_m: float = 2.44
+    container_gap_m: tuple[float, float] = (0.05, 0.5)
+    lot_rows: tuple[int, int] = (2, 12)
+    lot_columns: tuple[int, int] = (2, 10)
+    lot_fill: tuple[float, float] = (0.4, 1.0)
+    # distractors (expected number per chip)
+    buildings: tuple[int, int] = (0, 6)
+    trucks: tuple[int, int] = (0, 10)
+    cars: tuple[int, int] = (0, 25)
+    storage_tanks: tuple[int, int] = (0, 8)
+    roads: tuple[int, int] = (0, 3)
+    # chips whose ground is per-pixel colour noise or speckle (teaches the model that noise is not containers)
+    noise_ground_probability: float = 0.06
+    # sun and shadows
+    sun_elevation_deg: tuple[float, float] = (25.0, 75.0)
+    # brightness left in a shadow (real shadows next to wagons are near black)
+    shadow_factor: tuple[float, float] = (0.12, 0.5)
+    # share of tracks in a bundle that hold a train (real yards have many empty tracks)
+    bundle_occupancy: tuple[float, float] = (0.15, 0.9)
+    # sensor model
+    blur_sigma_px: tuple[float, float] = (0.0, 1.1)
+    noise_sigma: tuple[float, float] = (1.0, 9.0)
+    heavy_noise_probability: float = 0.04
+    haze: tuple[float, float] = (0.0, 0.35)
+    brightness: tuple[float, float] = (0.55, 1.2)
+    contrast: tuple[float, float] = (0.6, 1.2)
+    saturation: tuple[float, float] = (0.4, 1.2)
+    channel_gain: float = 0.12
+    fringe_probability: float = 0.35
+    cloud_shadow_probability: float = 0.15
+    jpeg_quality: tuple[int, int] = (35, 95)
+    # labels
+    min_visible_fraction: float = 0.6
+
+
+@dataclass
+class SynthObject:
+    """One labelled object: class id and its 4 corners in output pixels."""
+
+    class_id: int
+    corners: Corners
+
+
+@dataclass
+class SynthChip:
+    """A rendered chip and its labels."""
+
+    image: np.ndarray  # H x W x 3 uint8 RGB
+    objects: list[SynthObject]
+    gsd_m: float
+    seed: int
+
+    def counts(self) -> dict[str, int]:
+        """Objects per class name."""
+        out = {name: 0 for name in CLASS_NAMES}
+        for o in self.objects:
+            out[CLASS_NAMES[o.class_id]] += 1
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# palettes (RGB), read off real imagery: dull, desaturated roofs; rust browns dominate wagons
+WAGON_COLOURS = {
+    "box": [(120, 62, 45), (95, 70, 60), (70, 80, 95), (140, 140, 140), (150, 60, 50), (60, 90, 120),
+            (170, 165, 155), (90, 100, 80), (215, 212, 205), (200, 185, 165), (185, 150, 120), (225, 225, 222)],
+    "tank": [(35, 35, 38), (200, 200, 200), (160, 160, 165), (60, 60, 62), (210, 205, 190), (120, 120, 125)],
+    "hopper": [(130, 130, 130), (110, 95, 80), (160, 155, 145), (90, 85, 80), (140, 110, 70), (200, 195, 185)],
+    "gondola": [(85, 60, 45), (70, 70, 70), (100, 80, 60), (60, 65, 75), (170, 150, 120)],
+    "flat": [(95, 80, 65), (70, 65, 60), (110, 100, 85)],
+    "locomotive": [(170, 40, 35), (40, 70, 140), (210, 180, 40), (60, 110, 60), (200, 200, 200), (50, 50, 55),
+                   (200, 90, 30)],
+}
+CONTAINER_COLOURS = [(175, 50, 40), (200, 80, 40), (40, 70, 130), (60, 110, 160), (220, 220, 215), (150, 150, 150),
+                     (45, 110, 75), (110, 70, 45), (200, 170, 50), (40, 130, 130), (90, 90, 95), (160, 40, 60),
+                     (230, 120, 40), (30, 30, 35)]
+GROUND_COLOURS = [(118, 112, 98), (95, 108, 70), (130, 122, 105), (85, 85, 82), (140, 135, 125), (105, 95, 75),
+                  (70, 85, 55), (150, 145, 135), (60, 62, 64)]
+BALLAST_COLOURS = [(120, 112, 104), (100, 92, 85), (135, 128, 120), (90, 80, 72), (145, 140, 130)]
+ROOF_COLOURS = [(150, 150, 150), (110, 110, 115), (180, 175, 170), (90, 80, 75), (130, 70, 60), (200, 200, 200),
+                (70, 90, 110), (60, 60, 60)]
+
+
+class _Canvas:
+    """A supersampled float canvas that draws in output-pixel coordinates."""
+
+    def __init__(self, size_px: int, supersample: int) -> None:
+        self.ss = supersample
+        self.size = size_px
+        self.img = np.zeros((size_px * supersample, size_px * supersample, 3), np.float32)
+
+    def poly(self, pts: np.ndarray, colour: tuple[float, float, float] | np.ndarray, alpha: float = 1.0) -> None:
+        """Fill a polygon (output pixel coords) with a colour, optionally blended."""
+        p = np.round(np.asarray(pts, np.float64) * self.ss * 16).astype(np.int32).reshape(-1, 1, 2)
+        col = tuple(float(c) for c in colour)
+        if alpha >= 1.0:
+            cv2.fillPoly(self.img, [p], col, lineType=cv2.LINE_AA, shift=4)
+        else:
+            x0, y0 = np.clip(p[:, 0, :].min(0) // 16 - 2, 0, None)
+            x1, y1 = np.clip(p[:, 0, :].max(0) // 16 + 3, None, self.img.shape[1])
+            if x1 <= x0 or y1 <= y0:
+                return
+            sub = self.img[y0:y1, x0:x1]
+            mask = np.zeros(sub.shape[:2], np.float32)
+            q = p.copy()
+            q[:, 0, 0] -= x0 * 16
+            q[:, 0, 1] -= y0 * 16
+            cv2.fillPoly(mask, [q], 1.0, lineType=cv2.LINE_AA, shift=4)
+            m = (mask * alpha)[..., None]
+            sub[:] = sub * (1 - m) + np.asarray(col, np.float32) * m
+
+    def darken(self, pts: np.ndarray, factor: float) -> None:
+        """Multiply the colours inside a polygon by ``factor`` (a shadow)."""
+        p = np.round(np.asarray(pts, np.float64) * self.ss * 16).astype(np.int32).reshape(-1, 1, 2)
+        x0, y0 = np.clip(p[:, 0, :].min(0) // 16 - 2, 0, None)
+        x1, y1 = np.clip(p[:, 0, :].max(0) // 16 + 3, None, self.img.shape[1])
+        if x1 <= x0 or y1 <= y0:
+            return
+        sub = self.img[y0:y1, x0:x1]
+        mask = np.zeros(sub.shape[:2], np.float32)
+        q = p.copy()
+        q[:, 0, 0] -= x0 * 16
+        q[:, 0, 1] -= y0 * 16
+        cv2.fillPoly(mask, [q], 1.0, lineType=cv2.LINE_AA, shift=4)
+        sub *= (1 - mask * (1 - factor))[..., None]
+
+    def line(self, a: np.ndarray, b: np.ndarray, width_px: float, colour: tuple[float, float, float],
+             alpha: float = 1.0) -> None:
+        """A straight band from a to b of the given width (output pixels)."""
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        ok, pa, pb = cv2.clipLine((-8, -8, self.size + 16, self.size + 16),
+                                  (int(round(a[0])), int(round(a[1]))), (int(round(b[0])), int(round(b[1]))))
+        if not ok:
+            return
+        d = b - a
+        n = np.hypot(*d)
+        if n < 1e-6:
+            return
+        perp = np.array([-d[1], d[0]]) / n * width_px / 2
+        self.poly(np.array([a + perp, b + perp, b - perp, a - perp]), colour, alpha)
+
+    def result(self) -> np.ndarray:
+        """Downsample to output size (area averaging = anti-aliasing)."""
+        return cv2.resize(self.img, (self.size, self.size), interpolation=cv2.INTER_AREA)
+
+
+def _rect(cx: float, cy: float, length: float, width: float, angle: float) -> Corners:
+    """Corners of a rectangle centred at (cx, cy), long side along ``angle`` (radians)."""
+    u = np.array([math.cos(angle), math.sin(angle)])
+    v = np.array([-u[1], u[0]])
+    c = np.array([cx, cy])
+    hl, hw = length / 2, width / 2
+    return np.array([c + u * hl + v * hw, c - u * hl + v * hw, c - u * hl - v * hw, c + u * hl - v * hw])
+
+
+def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: float = 18) -> np.ndarray:
+    return np.clip(np.asarray(colour, np.float32) + rng.normal(0, amount, 3), 0, 255)
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, scale: int, channels: int = 1) -> np.ndarray:
+    """Low-frequency noise in [-1, 1] roughly, made by upsampling a small random grid."""
+    small = rng.normal(0, 1, (max(2, size // scale), max(2, size // scale), channels)).astype(np.float32)
+    big = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+    return big.reshape(size, size, channels)
+
+
+class _Scene:
+    """State for drawing one chip."""
+
+    def __init__(self, cfg: SynthConfig, rng: np.random.Generator) -> None:
+        self.cfg = cfg
+        self.rng = rng
+        self.gsd = float(rng.uniform(*cfg.gsd_range))
+        self.px = 1.0 / self.gsd  # pixels per metre
+        self.canvas = _Canvas(cfg.size_px, cfg.supersample)
+        az = rng.uniform(0, 2 * math.pi)
+        elev = math.radians(rng.uniform(*cfg.sun_elevation_deg))
+        # shadow falls away from the sun: offset per metre of height, in pixels
+        self.shadow_dir = -np.array([math.cos(az), math.sin(az)])
+        self.shadow_per_m = self.px / math.tan(elev)
+        self.shadow_strength = rng.uniform(*cfg.shadow_factor)
+        self.objects: list[SynthObject] = []
+        self.occupied: list[Corners] = []  # footprints of solid objects, to keep distractors off them
+        self.deferred: list = []  # object drawing that must wait until every ground surface is down
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def shadow(self, corners: Corners, height_m: float) -> None:
+        off = self.shadow_dir * self.shadow_per_m * height_m
+        hull = cv2.convexHull(np.vstack([corners, corners + off]).astype(np.float32)).reshape(-1, 2)
+        self.canvas.darken(hull, self.shadow_strength)
+
+    def label(self, class_id: int, corners: Corners) -> None:
+        self.objects.append(SynthObject(class_id, corners.copy()))
+
+    def overlaps(self, corners: Corners, margin_px: float = 2.0) -> bool:
+        """Whether a footprint would overlap a solid object already drawn."""
+        if not self.occupied:
+            return False
+        c = corners.mean(0)
+        r = np.linalg.norm(corners - c, axis=1).max() + margin_px
+        self._occ_cache()
+        centres = np.array(self._occ_centres)
+        radii = self._occ_radii
+        near = np.nonzero(np.linalg.norm(centres - c, axis=1) < r + radii)[0]
+        poly_a = corners.astype(np.float32)
+        for i in near:
+            inter, _ = cv2.intersectConvexConvex(poly_a, self.occupied[i].astype(np.float32))
+            if inter > 0.5:
+                return True
+        return False
+
+    def _occ_cache(self) -> list[Corners]:
+        n = len(self.occupied)
+        if getattr(self, "_occ_n", 0) != n:
+            self._occ_centres = [o.mean(0) for o in self.occupied]
+            self._occ_radii = np.array([np.linalg.norm(o - o.mean(0), axis=1).max() for o in self.occupied])
+            self._occ_n = n
+        return self.occupied
+
+    # -- ground ----------------------------------------------------------------------------------------------
+    def ground(self) -> None:
+        s = self.cfg.size_px * self.cfg.supersample
+        base = _jitter(self.rng, GROUND_COLOURS[self.rng.integers(len(GROUND_COLOURS))], 12)
+        tex = (_smooth_noise(self.rng, s, 64, 1) * self.rng.uniform(6, 18)
+               + _smooth_noise(self.rng, s, 8, 1) * self.rng.uniform(2, 8))
+        tint = _smooth_noise(self.rng, s, 128, 3) * self.rng.uniform(2, 10)
+        self.canvas.img[:] = base + tex + tint
+        if self.rng.random() < self.cfg.noise_ground_probability:
+            block = int(self.rng.integers(1, 4)) * self.cfg.supersample
+            small = self.rng.uniform(0, 255, (s // block + 1, s // block + 1, 3)).astype(np.float32)
+            speckle = np.kron(small, np.ones((block, block, 1), np.float32))[:s, :s]
+            mix = self.rng.uniform(0.3, 1.0)
+            self.canvas.img[:] = self.canvas.img * (1 - mix) + speckle * mix
+        # patches of a second ground type (grass, dirt, asphalt)
+        for _ in range(self.rng.integers(0, 5)):
+            other = _jitter(self.rng, GROUND_COLOURS[self.rng.integers(len(GROUND_COLOURS))], 10)
+            c = self.rng.uniform(0, self.cfg.size_px, 2)
+            pts = c + self.rng.normal(0, self.rng.uniform(30, 160), (6, 2))
+            hull = cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2)
+            self.canvas.poly(hull, other, alpha=self.rng.uniform(0.4, 0.9))
+
+    # -- rail --------------------------------------------------------------------------------------------------
+    def track(self, a: np.ndarray, b: np.ndarray, ballast: np.ndarray) -> None:
+        cfg = self.cfg
+        bw = self.rng.uniform(*cfg.ballast_width_m) * self.px
+        self.canvas.line(a, b, bw, ballast)
+        d = (b - a) / max(np.linalg.norm(b - a), 1e-6)
+        perp = np.array([-d[1], d[0]])
+        g = cfg.track_gauge_m * self.px / 2
+        rail_w = max(0.25, 0.12 * self.px)
+        # sleepers: a darker band on the ballast (blended colour computed directly: ballast is known)
+        tie = np.clip(ballast * (1 - self.rng.uniform(0.1, 0.3)), 0, 255)
+        self.canvas.line(a, b, 2.4 * self.px, tie)
+        rail = np.clip(tie * 0.2 + ballast * self.rng.uniform(0.45, 1.35) * 0.8, 0, 255)
+        for sgn in (-1, 1):
+            self.canvas.line(a + perp * g * sgn, b + perp * g * sgn, rail_w, rail)
+
+    def wagon(self, centre: np.ndarray, length_m: float, angle: float, kind: str) -> None:
+        cfg, rng, px = self.cfg, self.rng, self.px
+        width_m = rng.uniform(*cfg.wagon_width_m)
+        L, W = length_m * px, width_m * px
+        body = _rect(centre[0], centre[1], L, W, angle)
+        if self.overlaps(body, 0.0):
+            return
+        height = {"box": 4.2, "tank": 4.0, "hopper": 3.8, "gondola": 2.8, "flat": 1.3, "flat_containers": 3.9,
+                  "locomotive": 4.3}[kind] * rng.uniform(0.9, 1.1)
+        self.shadow(body, height)
+        u = np.array([math.cos(angle), math.sin(angle)])
+        v = np.array([-u[1], u[0]])
+        palette = WAGON_COLOURS["flat" if kind == "flat_containers" else kind]
+        col = _jitter(rng, palette[rng.integers(len(palette))], 14)
+        if kind == "tank":
+            # cylinder: bands across the width from dark edge to bright crest
+            self.canvas.poly(_rect(centre[0], centre[1], L * 0.97, W * 0.92, angle), col * 0.7)
+            light = rng.uniform(1.1, 1.45)
+            for k, f in enumerate(np.linspace(-0.35, 0.35, 5)):
+                shade = col * (light - abs(f) * 1.4)
+                c = centre + v * f * W
+                self.canvas.poly(_rect(c[0], c[1], L * 0.95, W * 0.2, angle), np.clip(shade, 0, 255))
+            if rng.random() < 0.7:  # dome / walkway
+                self.canvas.poly(_rect(centre[0], centre[1], W * 0.5, W * 0.4, angle), np.clip(col * 0.6, 0, 255))
+        elif kind == "gondola":
+            self.canvas.poly(body, col)
+            load = [(25, 25, 28), (90, 70, 55), (120, 110, 95), (60, 55, 50), col * 0.5][rng.integers(5)]
+            self.canvas.poly(_rect(centre[0], centre[1], L - 0.8 * px, W - 0.6 * px, angle), _jitter(rng, load, 8))
+        elif kind == "hopper":
+            self.canvas.poly(body, col)
+            n = rng.integers(2, 5)
+            for k in range(1, n):
+                c = centre + u * (k / n - 0.5) * L
+                self.canvas.line(c - v * W / 2, c + v * W / 2, max(0.6, 0.3 * px), col * 0.65)
+            for sgn in (-1, 1):
+                c = centre + v * sgn * W * 0.42
+                self.canvas.poly(_rect(c[0], c[1], L * 0.98, W * 0.12, angle), col * 1.15)
+        elif kind in ("flat", "flat_containers"):
+            self.canvas.poly(body, col)
+            if kind == "flat_containers":
+                n = 2 if length_m > 15 and rng.random() < 0.6 else 1
+                clen = cfg.container_lengths_m[0] if n == 2 else cfg.container_lengths_m[rng.integers(2)]
+                clen = min(clen, length_m / n - 0.3)
+                for k in range(n):
+                    c = centre + u * ((k + 0.5) / n - 0.5) * L
+                    self.container(c, clen, angle, shadow=False)
+        elif kind == "locomotive":
+            self.canvas.poly(body, col)
+            roof = _jitter(rng, (120, 120, 120), 20)
+            for f in (-0.3, 0.0, 0.28):
+                c = centre + u * f * L
+                self.canvas.poly(_rect(c[0], c[1], L * rng.uniform(0.12, 0.22), W * 0.55, angle), roof)
+            c = centre + u * 0.46 * L
+            self.canvas.poly(_rect(c[0], c[1], L * 0.06, W * 0.9, angle), np.clip(col * 0.5, 0, 255))
+        else:  # box
+            self.canvas.poly(body, col)
+            self.canvas.poly(_rect(centre[0], centre[1], L * 0.96, W * 0.18, angle), np.clip(col * 1.12, 0, 255))
+            if rng.random() < 0.5:
+                n = rng.integers(4, 12)
+                for k in range(1, n):
+                    c = centre + u * (k / n - 0.5) * L
+                    self.canvas.line(c - v * W / 2, c + v * W / 2, max(0.3, 0.08 * px), col * 0.8, alpha=0.6)
+        self.label(RAILCAR, body)
+        self.occupied.append(body)
+
+    def train_row(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Coupled wagons along the track from a to b, occupying a random part of it."""
+        cfg, rng = self.cfg, self.rng
+        d = b - a
+        total = np.linalg.norm(d)
+        if total < 5:
+            return
+        u = d / total
+        angle = math.atan2(u[1], u[0])
+        occ = rng.uniform(*cfg.track_occupancy)
+        run = total * occ
+        start = rng.uniform(-0.2 * total, total - run * 0.8)
+        pos = start
+        with_loco = rng.random() < 0.35
+        uniform_kind = rng.random() < 0.55
+        kinds = list(cfg.kind_weights)
+        p = np.array([cfg.kind_weights[k] for k in kinds])
+        p = p / p.sum()
+        row_kind = kinds[rng.choice(len(kinds), p=p)]
+        if row_kind == "locomotive":
+            row_kind = "box"
+        row_len = rng.uniform(*cfg.wagon_length_m)
+        first = True
+        while pos < start + run:
+            if first and with_loco:
+                kind, length = "locomotive", rng.uniform(*cfg.loco_length_m)
+            else:
+                kind = row_kind if uniform_kind else kinds[rng.choice(len(kinds), p=p)]
+                if kind == "locomotive" and rng.random() < 0.7:
+                    kind = "box"
+                length = (row_len * rng.uniform(0.98, 1.02) if uniform_kind else rng.uniform(*cfg.wagon_length_m))
+                if kind == "locomotive":
+                    length = rng.uniform(*cfg.loco_length_m)
+            first = False
+            L = length * self.px
+            c = a + u * (pos + L / 2)
+            self.wagon(c, length, angle, kind)
+            pos += L + rng.uniform(*cfg.coupling_gap_m) * self.px
+
+    def rail_bundle(self, centre: np.ndarray, angle: float, n_tracks: int, extent: float,
+                    occupied_share: float) -> None:
+        rng, cfg = self.rng, self.cfg
+        spacing = rng.uniform(*cfg.track_spacing_m) * self.px
+        u = np.array([math.cos(angle), math.sin(angle)])
+        v = np.array([-u[1], u[0]])
+        ballast = _jitter(rng, BALLAST_COLOURS[rng.integers(len(BALLAST_COLOURS))], 10)
+        tracks = []
+        for k in range(n_tracks):
+            off = (k - (n_tracks - 1) / 2) * spacing * rng.uniform(0.95, 1.05)
+            if rng.random() < 0.1:
+                off += spacing * rng.uniform(0.5, 1.5)  # a wider gap (platform, road)
+            a = centre + v * off - u * extent
+            b = centre + v * off + u * extent
+            tracks.append((a, b))
+            self.track(a, b, ballast)
+        if rng.random() < cfg.branch_probability:
+            for _ in range(rng.integers(1, 4)):  # diagonal switch tracks
+                t = tracks[rng.integers(len(tracks))]
+                da = rng.uniform(0.08, 0.25) * rng.choice([-1, 1])
+                ua = np.array([math.cos(angle + da), math.sin(angle + da)])
+                s = t[0] + u * rng.uniform(0.2, 1.5) * extent
+                self.track(s, s + ua * extent * rng.uniform(0.5, 1.2), ballast)
+        self.deferred.append(lambda: self.masts(tracks, angle, spacing))
+        for a, b in tracks:
+            if rng.random() < occupied_share:
+                self.deferred.append(lambda a=a, b=b: self.train_row(a, b))
+
+    def masts(self, tracks: list[tuple[np.ndarray, np.ndarray]], angle: float, spacing: float) -> None:
+        """Catenary masts and cross-spans: thin bright lines with long thin shadows."""
+        if self.rng.random() > 0.45 or len(tracks) < 2:
+            return
+        u = np.array([math.cos(angle), math.sin(angle)])
+        v = np.array([-u[1], u[0]])
+        a0, b0 = tracks[0]
+        a1, _ = tracks[-1]
+        width = np.dot(a1 - a0, v)
+        step = self.rng.uniform(40, 70) * self.px
+        n = int(np.linalg.norm(b0 - a0) / step) + 1
+        col = _jitter(self.rng, (150, 150, 150), 20)
+        for k in range(n):
+            p0 = a0 + u * k * step - v * spacing * 0.5
+            p1 = p0 + v * (width + spacing)
+            off = self.shadow_dir * self.shadow_per_m * 9
+            d = (p1 - p0) / max(np.linalg.norm(p1 - p0), 1e-6)
+            n = np.array([-d[1], d[0]]) * max(0.2, 0.15 * self.px)
+            self.canvas.darken(np.array([p0 + off + n, p1 + off + n, p1 + off - n, p0 + off - n]), 0.75)
+            self.canvas.line(p0, p1, max(0.3, 0.2 * self.px), col)
+
+    # -- containers ----------------------------------------------------------------------------------------------
+    def container(self, centre: np.ndarray, length_m: float, angle: float, shadow: bool = True,
+                  colour: np.ndarray | None = None, height_m: float = 2.6) -> Corners:
+        rng, px = self.rng, self.px
+        body = _rect(centre[0], centre[1], length_m * px, self.cfg.container_width_m * px, angle)
+        if shadow:
+            self.shadow(body, height_m)
+        col = colour if colour is not None else _jitter(rng, CONTAINER_COLOURS[rng.integers(len(CONTAINER_COLOURS))], 14)
+        self.canvas.poly(body, col)
+        if rng.random() < 0.6:  # roof corrugation / end frames
+            u = np.array([math.cos(angle), math.sin(angle)])
+            v = np.array([-u[1], u[0]])
+            for sgn in (-1, 1):
+                e = centre + u * sgn * (length_m * px / 2 - 0.15 * px)
+                self.canvas.line(e - v * 1.2 * px, e + v * 1.2 * px, max(0.3, 0.2 * px), col * 0.7, alpha=0.7)
+        self.label(CONTAINER, body)
+        return body
+
+    def container_lot(self, centre: np.ndarray, angle: float) -> None:
+        rng, cfg, px = self.rng, self.cfg, self.px
+        u = np.array([math.cos(angle), math.sin(angle)])
+        v = np.array([-u[1], u[0]])
+        rows = rng.integers(*cfg.lot_rows, endpoint=True)
+        cols = rng.integers(*cfg.lot_columns, endpoint=True)
+        length = cfg.container_lengths_m[int(rng.random() < 0.55)]
+        gap = rng.uniform(*cfg.container_gap_m)
+        block_gap = rng.uniform(1.0, 4.0)
+        fill = rng.uniform(*cfg.lot_fill)
+        pitch_w = (cfg.container_width_m + gap) * px
+        pitch_l = (length + block_gap) * px
+        # pavement under the lot
+        pave = _jitter(rng, (115, 115, 112), 15)
+        self.canvas.poly(_rect(centre[0], centre[1], cols * pitch_l + 6 * px, rows * pitch_w * 1.0 + 6 * px, angle),
+                         pave, alpha=rng.uniform(0.5, 1.0))
+        self.deferred.append(lambda: self._fill_lot(centre, u, v, rows, cols, length, pitch_l, pitch_w, fill, angle))
+
+    def _fill_lot(self, centre: np.ndarray, u: np.ndarray, v: np.ndarray, rows: int, cols: int, length: float,
+                  pitch_l: float, pitch_w: float, fill: float, angle: float) -> None:
+        rng, cfg, px = self.rng, self.cfg, self.px
+        same_colour_runs = rng.random() < 0.35
+        run_col = None
+        for i in range(cols):
+            for j in range(rows):
+                if rng.random() > fill:
+                    continue
+                c = centre + u * (i - (cols - 1) / 2) * pitch_l + v * (j - (rows - 1) / 2) * pitch_w
+                body = _rect(c[0], c[1], length * px, cfg.container_width_m * px, angle)
+                if self.overlaps(body, 0.0):
+                    continue
+                if same_colour_runs:
+                    if run_col is None or rng.random() < 0.3:
+                        run_col = _jitter(rng, CONTAINER_COLOURS[rng.integers(len(CONTAINER_COLOURS))], 10)
+                    col = run_col
+                else:
+                    col = None
+                stack_h = 2.6 * rng.integers(1, 5)
+                self.container(c, length, angle, colour=col, height_m=stack_h)
+                self.occupied.append(body)
+
+    # -- distractors -----------------------------------------------------------------------------------------------
+    def road(self) -> None:
+        rng, px = self.rng, self.px
+        a = rng.uniform(-100, self.cfg.size_px + 100, 2)
+        ang = rng.uniform(0, math.pi)
+        d = np.array([math.cos(ang), math.sin(ang)]) * self.cfg.size_px * 2
+        w = rng.uniform(6, 20) * px
+        self.canvas.line(a - d, a + d, w, _jitter(rng, (75, 75, 78), 12))
+        if rng.random() < 0.6:
+            self.canvas.line(a - d, a + d, max(0.3, 0.15 * px), (200, 200, 190), alpha=0.6)
+
+    def building(self, long_shed: bool = False) -> None:
+        rng, px, size = self.rng, self.px, self.cfg.size_px
+        c = rng.uniform(0, size, 2)
+        if long_shed:  # long narrow buildings / platforms look like trains
+            L, W = rng.uniform(60, 250) * px, rng.uniform(4, 14) * px
+        else:
+            L, W = rng.uniform(15, 120) * px, rng.uniform(10, 70) * px
+        ang = rng.uniform(0, math.pi)
+        body = _rect(c[0], c[1], L, W, ang)
+        if self.overlaps(body):
+            return
+        self.shadow(body, rng.uniform(3, 20) if not long_shed else rng.uniform(0.5, 8))
+        col = _jitter(rng, ROOF_COLOURS[rng.integers(len(ROOF_COLOURS))], 15)
+        self.canvas.poly(body, col)
+        if rng.random() < 0.5:
+            self.canvas.poly(_rect(c[0], c[1], L, W * 0.05, ang), col * 0.8)
+        self.occupied.append(body)
+
+    def vehicle(self, truck: bool) -> None:
+        rng, px, size = self.rng, self.px, self.cfg.size_px
+        c = rng.uniform(0, size, 2)
+        ang = rng.uniform(0, 2 * math.pi)
+        if truck:
+            L, W = rng.uniform(8, 17), rng.uniform(2.3, 2.6)
+        else:
+            L, W = rng.uniform(3.8, 5.2), rng.uniform(1.7, 2.0)
+        body = _rect(c[0], c[1], L * px, W * px, ang)
+        if self.overlaps(body):
+            return
+        self.shadow(body, 3.5 if truck else 1.5)
+        col = _jitter(rng, [(200, 200, 200), (40, 40, 45), (150, 30, 30), (40, 60, 120), (170, 170, 170),
+                            (220, 220, 210)][rng.integers(6)], 15)
+        self.canvas.poly(body, col)
+        if truck:
+            u = np.array([math.cos(ang), math.sin(ang)])
+            cab = c + u * (L * px / 2 - 1.2 * px)
+            self.canvas.poly(_rect(cab[0], cab[1], 2.2 * px, W * px, ang), _jitter(rng, (180, 180, 180), 40))
+        self.occupied.append(body)
+
+    def storage_tank(self) -> None:
+        rng, px, size = self.rng, self.px, self.cfg.size_px
+        c = rng.uniform(0, size, 2)
+        r = rng.uniform(4, 25) * px
+        square = _rect(c[0], c[1], 2 * r, 2 * r, 0)
+        if self.overlaps(square):
+            return
+        h = rng.uniform(6, 18)
+        off = self.shadow_dir * self.shadow_per_m * h
+        circle = np.array([c + r * np.array([math.cos(t), math.sin(t)]) for t in np.linspace(0, 2 * math.pi, 40)])
+        hull = cv2.convexHull(np.vstack([circle, circle + off]).astype(np.float32)).reshape(-1, 2)
+        self.canvas.darken(hull, self.shadow_strength)
+        col = _jitter(rng, (205, 205, 200), 20)
+        self.canvas.poly(circle, col)
+        self.canvas.poly(circle * 0.75 + c * 0.25, col * 0.93)
+        self.occupied.append(square)
+
+    # -- sensor ----------------------------------------------------------------------------------------------------
+    def sensor(self, img: np.ndarray) -> np.ndarray:
+        rng, cfg = self.rng, self.cfg
+        size = img.shape[0]
+        if rng.random() < cfg.cloud_shadow_probability:
+            blob = _smooth_noise(rng, size, rng.integers(64, 256), 1)[..., 0]
+            mask = np.clip((blob - rng.uniform(0.0, 0.8)) * 2, 0, 1)[..., None]
+            img = img * (1 - mask * rng.uniform(0.2, 0.5))
+        # colour: per-channel gain, saturation, brightness, contrast
+        gain = 1 + rng.uniform(-cfg.channel_gain, cfg.channel_gain, 3)
+        img = img * gain
+        grey = img.mean(2, keepdims=True)
+        img = grey + (img - grey) * rng.uniform(*cfg.saturation)
+        mean = img.mean()
+        img = (img - mean) * rng.uniform(*cfg.contrast) + mean * rng.uniform(*cfg.brightness)
+        haze = rng.uniform(*cfg.haze)
+        if haze > 0:
+            img = img * (1 - haze) + np.array([170, 175, 185], np.float32) * haze
+        sigma = rng.uniform(*cfg.blur_sigma_px)
+        if sigma > 0.15:
+            img = cv2.GaussianBlur(img, (0, 0), sigma)
+        if rng.random() < cfg.fringe_probability:  # pan-sharpening colour misregistration
+            ch = rng.integers(3)
+            dx, dy = rng.integers(-1, 2, 2)
+            img[..., ch] = np.roll(img[..., ch], (int(dy), int(dx)), axis=(0, 1))
+        sigma_noise = rng.uniform(*cfg.noise_sigma)
+        if rng.random() < cfg.heavy_noise_probability:
+            sigma_noise = rng.uniform(25, 70)
+        img = img + rng.normal(0, sigma_noise, img.shape).astype(np.float32)
+        if rng.random() < 0.2:  # 11-bit radiometry squeezed to 8 bits: coarse quantisation in the shadows
+            q = rng.choice([2, 4, 8])
+            img = np.round(img / q) * q
+        out = np.clip(img, 0, 255).astype(np.uint8)
+        quality = int(rng.integers(*cfg.jpeg_quality, endpoint=True))
+        ok, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
+
+
+def _visible_label(corners: Corners, size: int, min_fraction: float) -> Corners | None:
+    """Clip an oriented box to the chip; return the min-area box of the visible part, or None if mostly hidden."""
+    poly = corners.astype(np.float32)
+    area = abs(cv2.contourArea(poly))
+    if area <= 0:
+        return None
+    frame = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float32)
+    inter, clipped = cv2.intersectConvexConvex(poly, frame)
+    if inter <= 0 or clipped is None:
+        return None
+    if inter / area >= 0.999:
+        return corners
+    if inter / area < min_fraction:
+        return None
+    box = cv2.boxPoints(cv2.minAreaRect(clipped.reshape(-1, 2)))
+    return np.clip(box.astype(np.float64), 0, size)
+
+
+def generate_chip(seed: int, cfg: SynthConfig | None = None) -> SynthChip:
+    """Render one chip. The same seed and config give the same chip."""
+    cfg = cfg or SynthConfig()
+    rng = np.random.default_rng(seed)
+    sc = _Scene(cfg, rng)
+    size = cfg.size_px
+    sc.ground()
+    scene = rng.choice(4, p=np.array(cfg.scene_weights) / sum(cfg.scene_weights))
+    main_angle = rng.uniform(0, math.pi)
+    for _ in range(rng.integers(*cfg.roads, endpoint=True)):
+        sc.road()
+    if scene in (0, 2):  # rail yard (and mixed)
+        n_bundles = 1 if scene == 2 else rng.integers(1, 3)
+        for b in range(n_bundles):
+            centre = rng.uniform(0.2 * size, 0.8 * size, 2)
+            ang = main_angle + (0 if b == 0 else rng.uniform(-0.4, 0.4))
+            n = rng.integers(*cfg.tracks_per_bundle, endpoint=True)
+            sc.rail_bundle(centre, ang, int(n), size * 0.9, rng.uniform(*cfg.bundle_occupancy))
+    if scene in (1, 2):  # container lots
+        for _ in range(rng.integers(1, 4)):
+            sc.container_lot(rng.uniform(0.1 * size, 0.9 * size, 2), main_angle + rng.choice([0, math.pi / 2]))
+        if scene == 1 and rng.random() < 0.5:
+            sc.rail_bundle(rng.uniform(0.2 * size, 0.8 * size, 2), main_angle, int(rng.integers(1, 5)), size,
+                           rng.uniform(0.3, 1.0))
+    for draw in sc.deferred:
+        draw()
+    for _ in range(rng.integers(*cfg.buildings, endpoint=True)):
+        sc.building(long_shed=rng.random() < 0.35)
+    for _ in range(rng.integers(*cfg.storage_tanks, endpoint=True)):
+        if rng.random() < 0.5:
+            sc.storage_tank()
+    for _ in range(rng.integers(*cfg.trucks, endpoint=True)):
+        sc.vehicle(truck=True)
+    for _ in range(rng.integers(*cfg.cars, endpoint=True)):
+        sc.vehicle(truck=False)
+    image = sc.sensor(sc.canvas.result())
+    objects = []
+    for o in sc.objects:
+        vis = _visible_label(o.corners, size, cfg.min_visible_fraction)
+        if vis is not None:
+            objects.append(SynthObject(o.class_id, vis))
+    return SynthChip(image=image, objects=objects, gsd_m=sc.gsd, seed=seed)
+
+
+def obb_label_lines(chip: SynthChip) -> list[str]:
+    """Ultralytics OBB label lines for a chip."""
+    size = chip.image.shape[0]
+    lines = []
+    for o in chip.objects:
+        pts = np.clip(o.corners / size, 0, 1).reshape(-1)
+        lines.append(f"{o.class_id} " + " ".join(f"{v:.6f}" for v in pts))
+    return lines
+
+
+def _write_one(args: tuple[int, Path, str, SynthConfig]) -> dict[str, object]:
+    seed, root, split, cfg = args
+    chip = generate_chip(seed, cfg)
+    name = f"synth_{seed:07d}"
+    cv2.imwrite(str(root / "images" / split / f"{name}.jpg"), chip.image[..., ::-1],
+                [cv2.IMWRITE_JPEG_QUALITY, 95])
+    (root / "labels" / split / f"{name}.txt").write_text("\n".join(obb_label_lines(chip)) + "\n")
+    return {"name": name, "seed": seed, "gsd_m": chip.gsd_m, **chip.counts()}
+
+
+def write_dataset(root: Path, n_train: int, n_val: int, seed: int = 0, workers: int = 2,
+                  cfg: SynthConfig | None = None) -> Path:
+    """Write a YOLO-OBB dataset (images, labels, data.yaml, manifest.json) under ``root``; return data.yaml."""
+    cfg = cfg or SynthConfig()
+    root = Path(root)
+    jobs: list[tuple[int, Path, str, SynthConfig]] = []
+    # train and val seeds never overlap: val seeds start far above any train seed
+    for split, n, base in (("train", n_train, seed), ("val", n_val, seed + 5_000_000)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        jobs += [(base + i, root, split, cfg) for i in range(n)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            manifest = list(pool.map(_write_one, jobs, chunksize=8))
+    else:
+        manifest = [_write_one(j) for j in jobs]
+    (root / "manifest.json").write_text(json.dumps({"config": asdict(cfg), "chips": manifest}, indent=1))
+    data_yaml = root / "data.yaml"
+    data_yaml.write_text(
+        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n  0: railcar\n  1: container\n")
+    return data_yaml
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: ``python -m training.synth OUT --train N --val N --seed S --workers W``."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--train", type=int, default=2000)
+    ap.add_argument("--val", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--size", type=int, default=640)
+    a = ap.parse_args(argv)
+    cfg = SynthConfig(size_px=a.size)
+    print(write_dataset(a.out, a.train, a.val, a.seed, a.workers, cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Train or fine-tune the wagon-detector OBB model with Ultralytics, offline.
+
+From scratch the network is built from ``training/yolo11n-obb-wagon.yaml`` (nothing is downloaded); with
+``--from models/wagon-obb.pt`` training starts from the shipped weights. The same command uses a GPU when one is
+present and restores both CPU threads otherwise (Ultralytics silently drops to one).
+
+    wagon-detector train --data data/synth/data.yaml --from models/wagon-obb.pt --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+from app.offline import configure_offline
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_YAML = ROOT / "training" / "yolo11n-obb-wagon.yaml"
+
+# Augmentation suited to overhead imagery: any rotation, both flips, moderate scale jitter (GSD already varies).
+OVERHEAD_AUGMENT: dict[str, float] = {
+    "degrees": 180.0, "flipud": 0.5, "fliplr": 0.5, "scale": 0.3, "translate": 0.1, "mosaic": 1.0,
+    "hsv_h": 0.02, "hsv_s": 0.5, "hsv_v": 0.4,
+}
+
+
+def _restore_threads(threads: int):  # noqa: ANN202 - Ultralytics callback signature
+    import torch
+
+    def callback(_trainer: object) -> None:
+        torch.set_num_threads(threads)
+
+    return callback
+
+
+def _results_without_polars(self) -> dict[str, list[float]]:  # noqa: ANN001 - BaseTrainer method
+    """``BaseTrainer.read_results_csv`` with the csv module (Ultralytics imports polars only for this)."""
+    import csv
+
+    try:
+        with open(self.csv, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return {}
+    return {k.strip(): [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
+
+
+def train(data: Path, weights_from: Path | None, epochs: int, imgsz: int, batch: int, device: str | None,
+          project: Path, name: str, hours: float | None = None, workers: int = 8, cache: str | bool = False,
+          lr0: float | None = None, patience: int = 100, seed: int = 0) -> Path:
+    """Run one training and return the path of the best checkpoint."""
+    os.environ.setdefault("YOLO_VERBOSE", "True")
+    configure_offline()
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.engine.trainer import BaseTrainer
+
+    try:
+        import polars  # noqa: F401
+    except ImportError:
+        BaseTrainer.read_results_csv = _results_without_polars  # type: ignore[method-assign]
+
+    if device is None:
+        device = "0" if torch.cuda.is_available() else "cpu"
+    model = YOLO(str(weights_from)) if weights_from else YOLO(str(MODEL_YAML), task="obb")
+    if device == "cpu":
+        threads = max(1, torch.get_num_threads(), len(os.sched_getaffinity(0)))
+        for event in ("on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_epoch_start"):
+            model.add_callback(event, _restore_threads(threads))
+    kwargs: dict[str, object] = dict(
+        data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=str(Path(project).resolve()), name=name,
+        exist_ok=True, plots=False, amp=False, workers=workers, cache=cache, patience=patience, seed=seed,
+        deterministic=False, verbose=True, **OVERHEAD_AUGMENT,
+    )
+    if hours:
+        kwargs["time"] = hours
+    if lr0 is not None:
+        kwargs["lr0"] = lr0
+    if weights_from:
+        kwargs["warmup_epochs"] = 0.5
+    model.train(**kwargs)
+    best = Path(model.trainer.best)
+    return best if best.exists() else Path(model.trainer.last)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point (``wagon-detector train``)."""
+    ap = argparse.ArgumentParser(prog="wagon-detector train", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="Ultralytics data.yaml of an OBB dataset")
+    ap.add_argument("--from", dest="weights_from", type=Path, default=None,
+                    help="start from these weights (default: build from the YAML, random init)")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--hours", type=float, default=None, help="train for this wall time instead of --epochs")
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--device", default=None, help="'cpu', '0', ... (default: GPU when present)")
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--cache", default=False, help="'ram' or 'disk' to cache decoded images")
+    ap.add_argument("--lr0", type=float, default=None)
+    ap.add_argument("--project", type=Path, default=ROOT / "runs")
+    ap.add_argument("--name", default="train")
+    ap.add_argument("--out", type=Path, default=None, help="copy the best checkpoint here")
+    a = ap.parse_args(argv)
+    best = train(a.data, a.weights_from, a.epochs, a.imgsz, a.batch, a.device, a.project, a.name, a.hours,
+                 a.workers, a.cache, a.lr0)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best, a.out)
+        print(f"best checkpoint copied to {a.out}")
+    else:
+        print(f"best checkpoint: {best}")
+
+
+if __name__ == "__main__":
+    main()
