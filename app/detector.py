@@ -31,7 +31,7 @@ class ModelInfo:
     version: str
     imgsz: int = 640
     working_gsd_m: float | None = 0.4
-    conf: float = 0.3
+    conf: float | dict[str, float] = 0.3  # one threshold, or one per class name
     iou: float = 0.5
     tile_overlap_px: int = 128
 
@@ -62,7 +62,12 @@ class Detector:
         self.name = self.info.name
         self.version = self.info.version
         self.class_names: tuple[str, ...] = CLASS_NAMES
-        self.conf = conf if conf is not None else self.info.conf
+        chosen = conf if conf is not None else self.info.conf
+        self.class_conf: dict[str, float] = (
+            {c: float(chosen.get(c, 0.3)) for c in CLASS_NAMES} if isinstance(chosen, dict)
+            else {c: float(chosen) for c in CLASS_NAMES})
+        self.conf = min(self.class_conf.values())
+        self._conf_by_id = np.array([self.class_conf[c] for c in CLASS_NAMES])
         self.threads = threads or torch.get_num_threads()
         self._torch = torch
         self._model = YOLO(str(self.weights), task="obb")
@@ -82,8 +87,10 @@ class Detector:
         out = []
         for r in results:
             obb = r.obb
-            out.append((obb.xyxyxyxy.cpu().numpy().astype(np.float64), obb.conf.cpu().numpy(),
-                        obb.cls.cpu().numpy().astype(int)))
+            corners = obb.xyxyxyxy.cpu().numpy().astype(np.float64)
+            scores, classes = obb.conf.cpu().numpy(), obb.cls.cpu().numpy().astype(int)
+            keep = scores >= self._conf_by_id[classes]  # per-class operating thresholds
+            out.append((corners[keep], scores[keep], classes[keep]))
         return out
 
     def detect(self, image: np.ndarray, gsd_m: float | None = None) -> DetectionResult:

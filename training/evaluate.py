@@ -25,6 +25,7 @@ from app.offline import CLASS_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT_SEED = 9_000_000  # synthetic test seeds; training uses 0.. and validation 5,000,000..
+TUNE_SEED = 5_000_000  # validation seeds (never in the held-out figures) for threshold tuning
 LOW_CONF = 0.01  # detections kept for AP
 
 
@@ -48,6 +49,7 @@ class ClassTally:
     fp_at_op: int = 0
     count_abs_err: list[float] = field(default_factory=list)
     count_rel_err: list[float] = field(default_factory=list)
+    count_true: list[int] = field(default_factory=list)
 
     def ap50(self) -> float | None:
         if self.n_truth == 0:
@@ -73,6 +75,8 @@ class ClassTally:
             "recall": round(tp / self.n_truth, 4) if self.n_truth else None,
             "count_mae": round(float(np.mean(self.count_abs_err)), 3) if self.count_abs_err else None,
             "count_mean_rel_err": round(float(np.mean(self.count_rel_err)), 4) if self.count_rel_err else None,
+            "count_err_over_true": (round(float(np.sum(self.count_abs_err) / max(np.sum(self.count_true), 1)), 4)
+                                    if self.count_abs_err else None),
             "n_truth": self.n_truth,
         }
 
@@ -129,6 +133,7 @@ def match_image(dets: list[Detection], truth: Truth, op_conf: float, loose: bool
     if truth.exhaustive:
         tally.count_abs_err.append(err)
         tally.count_rel_err.append(err / max(lo, 1))
+        tally.count_true.append(lo)
     return {"true": lo, "true_max": hi, "predicted": n_pred_op, "count_error": err, "tp": tp_op,
             "exhaustive": truth.exhaustive}
 
@@ -137,22 +142,38 @@ def _split(dets: list[Detection], name: str) -> list[Detection]:
     return [d for d in dets if d.class_name == name]
 
 
-def evaluate_synthetic(detector: Detector, n: int, use_gsd: bool = True) -> dict:
-    """Figures on ``n`` held-out synthetic chips (seeds never used in training or validation)."""
+def evaluate_synthetic(detector: Detector, n: int, use_gsd: bool = True, first_seed: int = HELD_OUT_SEED) -> dict:
+    """Figures on ``n`` synthetic chips from ``first_seed`` (default: the held-out seeds, never trained on)."""
     from training.synth import generate_chip
 
-    op = detector.conf
     low = load_detector(detector.weights, threads=detector.threads, conf=LOW_CONF)
     tallies = {c: ClassTally() for c in CLASS_NAMES}
     for i in range(n):
-        chip = generate_chip(HELD_OUT_SEED + i)
+        chip = generate_chip(first_seed + i)
         dets = low.detect(chip.image, chip.gsd_m if use_gsd else None).detections
         for k, name in enumerate(CLASS_NAMES):
             truth = Truth([o.corners for o in chip.objects if o.class_id == k])
-            match_image(_split(dets, name), truth, op, loose=False, tally=tallies[name])
-    return {"images": n, "seeds": [HELD_OUT_SEED, HELD_OUT_SEED + n - 1], "use_gsd": use_gsd, "operating_conf": op,
-            "classes": {c: t.summary() for c, t in tallies.items()},
+            match_image(_split(dets, name), truth, detector.class_conf[name], loose=False, tally=tallies[name])
+    return {"images": n, "seeds": [first_seed, first_seed + n - 1], "use_gsd": use_gsd,
+            "operating_conf": detector.class_conf, "classes": {c: t.summary() for c, t in tallies.items()},
             "map50": _mean([t.ap50() for t in tallies.values()])}
+
+
+def tune_thresholds(detector: Detector, n: int, first_seed: int = TUNE_SEED) -> dict[str, float]:
+    """Per-class confidence thresholds that minimise the mean absolute count error on synthetic validation chips."""
+    from training.synth import generate_chip
+
+    low = load_detector(detector.weights, threads=detector.threads, conf=LOW_CONF)
+    grid = np.round(np.arange(0.15, 0.81, 0.05), 2)
+    errors = {c: np.zeros(len(grid)) for c in CLASS_NAMES}
+    for i in range(n):
+        chip = generate_chip(first_seed + i)
+        dets = low.detect(chip.image, chip.gsd_m).detections
+        for k, name in enumerate(CLASS_NAMES):
+            true = sum(o.class_id == k for o in chip.objects)
+            conf = np.array([d.confidence for d in dets if d.class_name == name])
+            errors[name] += np.abs((conf[None, :] >= grid[:, None]).sum(1) - true)
+    return {c: float(grid[int(np.argmin(e))]) for c, e in errors.items()}
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -196,7 +217,6 @@ def _gsd(value: float | str) -> float:
 
 def evaluate_real(detector: Detector, real_dir: Path, use_gsd: bool = True) -> dict:
     """Figures on every labelled image of ``real_dir`` (each at its own ground sample distance)."""
-    op = detector.conf
     low = load_detector(detector.weights, threads=detector.threads, conf=LOW_CONF)
     tallies = {c: ClassTally() for c in CLASS_NAMES}
     per_image = {}
@@ -213,12 +233,13 @@ def evaluate_real(detector: Detector, real_dir: Path, use_gsd: bool = True) -> d
             truth = Truth([_rbox_corners(o) for o in meta["objects"] if o["class"] == name],
                           [_rbox_corners(o) for o in meta.get("uncertain", []) if o["class"] == name], exhaustive)
             per_class = ClassTally()
+            op = detector.class_conf[name]
             row = match_image(_split(dets, name), truth, op, loose=(name == "container"), tally=per_class)
             match_image(_split(dets, name), truth, op, loose=(name == "container"), tally=tallies[name])
             row["map50"] = None if per_class.ap50() is None else round(per_class.ap50(), 4)
             rows[name] = row
         per_image[js.stem] = {"gsd_m": _gsd(meta["gsd_m_per_px"]), **rows}
-    return {"use_gsd": use_gsd, "operating_conf": op, "classes": {c: t.summary() for c, t in tallies.items()},
+    return {"use_gsd": use_gsd, "operating_conf": detector.class_conf, "classes": {c: t.summary() for c, t in tallies.items()},
             "images": per_image}
 
 
@@ -231,8 +252,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-gsd", action="store_true", help="do not resample to the working GSD")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    ap.add_argument("--tune", type=int, default=0, metavar="N",
+                    help="first choose per-class thresholds on N synthetic validation chips and write them into "
+                         "the model's sidecar JSON")
     a = ap.parse_args(argv)
-    det = load_detector(a.weights, threads=a.threads)
+    if a.tune:
+        thresholds = tune_thresholds(load_detector(a.weights, threads=a.threads), a.tune)
+        sidecar = a.weights.with_suffix(".json")
+        info = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        info["conf"] = thresholds
+        sidecar.write_text(json.dumps(info, indent=2) + "\n")
+        print(f"thresholds tuned on {a.tune} validation chips: {thresholds} -> {sidecar}")
+    det = Detector(a.weights, threads=a.threads) if a.tune else load_detector(a.weights, threads=a.threads)
     out: dict[str, object] = {"model": {"name": det.name, "version": det.version}}
     if a.synthetic:
         out["synthetic"] = evaluate_synthetic(det, a.synthetic, use_gsd=not a.no_gsd)
