@@ -205,3 +205,26 @@ def crafted_png_header(width: int, height: int) -> bytes:
 def png_bytes() -> bytes:
     """A small valid RGB PNG."""
     return encode_image(gradient_rgb(), "PNG")
+
+
+# ------------------------------------------------------------------------------------------- synthetic chips
+
+
+def first_busy_yard(min_railcars: int, max_railcars: int = 150, first_seed: int = 9_000_000) -> Any:
+    """The first held-out synthetic chip (seeds never trained on) holding ``min..max`` railcars.
+
+    Found by search rather than pinned to a seed, so that generator changes do not silently empty the test scene.
+    """
+    from training.synth import generate_chip
+
+    for seed in range(first_seed, first_seed + 400):
+        chip = generate_chip(seed)
+        if min_railcars <= chip.counts()["railcar"] <= max_railcars:
+            return chip
+    raise LookupError(f"no held-out chip with {min_railcars}-{max_railcars} railcars")
+
+
+@pytest.fixture(scope="session")
+def busy_yard() -> Any:
+    """A held-out synthetic rail-yard chip with 60-150 railcars."""
+    return first_busy_yard(60)

@@ -8,17 +8,14 @@ import numpy as np
 import pytest
 
 from app.geometry import rotated_iou
-from training.synth import RAILCAR, generate_chip
+from training.synth import RAILCAR
 
 pytestmark = pytest.mark.slow
 
-# A held-out synthetic rail-yard chip (seed range never used in training): 0.46 m/px, 57 railcars, 3 containers.
-YARD_SEED = 9_000_006
-
 
 @pytest.fixture(scope="module")
-def yard() -> Any:
-    return generate_chip(YARD_SEED)
+def yard(busy_yard: Any) -> Any:
+    return busy_yard
 
 
 def _matched(dets: list[Any], truth: list[np.ndarray], iou: float = 0.5) -> int:

@@ -76,6 +76,9 @@ class SynthConfig:
     shadow_factor: tuple[float, float] = (0.12, 0.5)
     # share of tracks in a bundle that hold a train (real yards have many empty tracks)
     bundle_occupancy: tuple[float, float] = (0.15, 0.9)
+    # viewing geometry: off-nadir angle leans tall objects away from the sensor (their side face shows)
+    off_nadir_deg: tuple[float, float] = (0.0, 25.0)
+    platform_probability: float = 0.3
     # sensor model
     blur_sigma_px: tuple[float, float] = (0.0, 1.1)
     noise_sigma: tuple[float, float] = (1.0, 9.0)
@@ -237,6 +240,9 @@ class _Scene:
         self.shadow_dir = -np.array([math.cos(az), math.sin(az)])
         self.shadow_per_m = self.px / math.tan(elev)
         self.shadow_strength = rng.uniform(*cfg.shadow_factor)
+        lean_az = rng.uniform(0, 2 * math.pi)
+        self.lean_per_m = math.tan(math.radians(rng.uniform(*cfg.off_nadir_deg))) * self.px
+        self.lean_dir = np.array([math.cos(lean_az), math.sin(lean_az)])
         self.objects: list[SynthObject] = []
         self.occupied: list[Corners] = []  # footprints of solid objects, to keep distractors off them
         self.deferred: list = []  # object drawing that must wait until every ground surface is down
@@ -327,6 +333,12 @@ class _Scene:
         v = np.array([-u[1], u[0]])
         palette = WAGON_COLOURS["flat" if kind == "flat_containers" else kind]
         col = _jitter(rng, palette[rng.integers(len(palette))], 14)
+        lean = self.lean_dir * self.lean_per_m * height
+        if np.linalg.norm(lean) > 0.3:  # off-nadir: the side face shows, the roof (the label) is displaced
+            side = cv2.convexHull(np.vstack([body, body + lean]).astype(np.float32)).reshape(-1, 2)
+            self.canvas.poly(side, np.clip(col * rng.uniform(0.45, 0.75), 0, 255))
+            centre = centre + lean
+            body = body + lean
         if kind == "tank":
             # cylinder: bands across the width from dark edge to bright crest
             self.canvas.poly(_rect(centre[0], centre[1], L * 0.97, W * 0.92, angle), col * 0.7)
@@ -408,7 +420,8 @@ class _Scene:
                 kind = row_kind if uniform_kind else kinds[rng.choice(len(kinds), p=p)]
                 if kind == "locomotive" and rng.random() < 0.7:
                     kind = "box"
-                length = (row_len * rng.uniform(0.98, 1.02) if uniform_kind else rng.uniform(*cfg.wagon_length_m))
+                length = (float(np.clip(row_len * rng.uniform(0.98, 1.02), *cfg.wagon_length_m)) if uniform_kind
+                          else rng.uniform(*cfg.wagon_length_m))
                 if kind == "locomotive":
                     length = rng.uniform(*cfg.loco_length_m)
             first = False
@@ -440,6 +453,14 @@ class _Scene:
                 ua = np.array([math.cos(angle + da), math.sin(angle + da)])
                 s = t[0] + u * rng.uniform(0.2, 1.5) * extent
                 self.track(s, s + ua * extent * rng.uniform(0.5, 1.2), ballast)
+        if rng.random() < cfg.platform_probability:  # a passenger/loading platform along one edge
+            edge = (n_tracks / 2 + 0.5) * spacing * rng.choice([-1, 1])
+            w = rng.uniform(5, 10) * self.px
+            off = v * (edge + np.sign(edge) * w / 2)
+            a, b = centre + off - u * extent, centre + off + u * extent
+            dn = self.shadow_dir * self.shadow_per_m * 1.0
+            self.canvas.line(a + dn, b + dn, w, np.clip(ballast * 0.4, 0, 255))
+            self.canvas.line(a, b, w, _jitter(rng, (165, 162, 158), 15))
         self.deferred.append(lambda: self.masts(tracks, angle, spacing))
         for a, b in tracks:
             if rng.random() < occupied_share:

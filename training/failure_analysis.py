@@ -1,0 +1,83 @@
+"""Draw the detector's boxes on a labelled real image with hits, false alarms and misses marked.
+
+Green: detection matching a label (railcars rotated IoU >= 0.5; containers loosely). Red: false alarm. Yellow:
+missed label. Grey: uncertain label (ignore region). Thin lines: railcars; the same colours for containers.
+
+    python -m training.failure_analysis ../shared/real-eval/swiss_yard_left_0p5m --out models/failures_swiss_0p5m.png
+
+Mind the image's licence before committing a drawing of it (the real-eval README lists them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from app.detector import load_detector
+from training.evaluate import ROOT, _gsd, _matches, _rbox_corners
+
+GREEN, RED, YELLOW, GREY = (0, 200, 0), (0, 0, 255), (0, 230, 255), (160, 160, 160)  # BGR
+
+
+def draw_failures(stem: Path, weights: Path, out: Path, scale: int = 2) -> dict[str, dict[str, int]]:
+    """Render the overlay for ``<stem>.png`` + ``<stem>.json``; return hits, false alarms and misses per class."""
+    meta = json.loads(stem.with_suffix(".json").read_text())
+    rgb = np.asarray(Image.open(stem.with_suffix(".png")).convert("RGB"))
+    detector = load_detector(weights)
+    dets = detector.detect(rgb, _gsd(meta["gsd_m_per_px"])).detections
+    canvas = cv2.resize(rgb[..., ::-1], None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    tally: dict[str, dict[str, int]] = {}
+
+    def poly(corners: np.ndarray, colour: tuple[int, int, int]) -> None:
+        pts = np.round(np.asarray(corners) * scale).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(canvas, [pts], True, colour, 1, cv2.LINE_AA)
+
+    for name in detector.class_names:
+        truth = [_rbox_corners(o) for o in meta["objects"] if o["class"] == name]
+        ignore = [_rbox_corners(o) for o in meta.get("uncertain", []) if o["class"] == name]
+        loose = name == "container"
+        thr = 0.3 if loose else 0.5
+        used = [False] * len(truth)
+        hits = false_alarms = 0
+        for ig in ignore:
+            poly(ig, GREY)
+        for d in (d for d in dets if d.class_name == name):
+            q = np.asarray(d.obb)
+            scores = [(_matches(q, t, loose), j) for j, t in enumerate(truth) if not used[j]]
+            best, j = max(scores, default=(0.0, -1))
+            if best >= thr:
+                used[j] = True
+                hits += 1
+                poly(q, GREEN)
+            elif any(_matches(q, ig, True) >= 0.3 for ig in ignore):
+                continue
+            else:
+                false_alarms += 1
+                poly(q, RED)
+        for t, u in zip(truth, used):
+            if not u:
+                poly(t, YELLOW)
+        tally[name] = {"hits": hits, "false_alarms": false_alarms, "misses": used.count(False)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), canvas)
+    return tally
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("stem", type=Path, help="path of a real-eval image without extension")
+    ap.add_argument("--weights", type=Path, default=ROOT / "models" / "wagon-obb.pt")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--scale", type=int, default=2)
+    a = ap.parse_args(argv)
+    print(json.dumps(draw_failures(a.stem, a.weights, a.out, a.scale)))
+
+
+if __name__ == "__main__":
+    main()
