@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from app import __version__
 
 #: Subcommands handed over whole to ``training.<name>:main(argv)``.
-DELEGATED = {"train": "training.train", "evaluate": "training.evaluate"}
+DELEGATED = {"train": "training.train", "evaluate": "training.evaluate", "export": "training.export"}
 
 
 def build_parser() -> argparse.ArgumentParser:

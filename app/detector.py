@@ -47,10 +47,26 @@ def read_model_info(weights: Path) -> ModelInfo:
     return ModelInfo(name=weights.stem, version=digest)
 
 
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+def resolve_runtime(weights: Path, runtime: str) -> tuple[str, Path]:
+    """Pick the runtime and the file it loads: ``auto`` takes the ONNX export next to the weights when present."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+    onnx_path = weights.with_suffix(".onnx")
+    if runtime == "onnx" or (runtime == "auto" and onnx_path.exists()):
+        if not onnx_path.exists():
+            raise FileNotFoundError(f"ONNX export not found: {onnx_path} (run `wagon-detector export`)")
+        return "onnx", onnx_path
+    return "torch", weights
+
+
 class Detector:
     """A loaded OBB model with tiling, GSD resampling and duplicate removal."""
 
-    def __init__(self, weights: str | Path, threads: int | None = None, conf: float | None = None) -> None:
+    def __init__(self, weights: str | Path, threads: int | None = None, conf: float | None = None,
+                 runtime: str = "torch") -> None:
         configure_offline()
         import torch
         from ultralytics import YOLO
@@ -61,6 +77,7 @@ class Detector:
         self.info = read_model_info(self.weights)
         self.name = self.info.name
         self.version = self.info.version
+        self.runtime, model_file = resolve_runtime(self.weights, runtime)
         self.class_names: tuple[str, ...] = CLASS_NAMES
         chosen = conf if conf is not None else self.info.conf
         self.class_conf: dict[str, float] = (
@@ -70,20 +87,24 @@ class Detector:
         self._conf_by_id = np.array([self.class_conf[c] for c in CLASS_NAMES])
         self.threads = threads or torch.get_num_threads()
         self._torch = torch
-        self._model = YOLO(str(self.weights), task="obb")
-        names = tuple(self._model.names[i] for i in sorted(self._model.names))
-        if names != CLASS_NAMES:
-            raise ValueError(f"model classes {names} are not {CLASS_NAMES}")
+        self._model = YOLO(str(model_file), task="obb")
         self._lock = threading.Lock()
         self._predict([np.full((self.info.imgsz, self.info.imgsz, 3), 114, np.uint8)])  # warm up
+        names = tuple(self._model.names[i] for i in sorted(self._model.names))  # known once loaded (ONNX too)
+        if names != CLASS_NAMES:
+            raise ValueError(f"model classes {names} are not {CLASS_NAMES}")
 
     def _predict(self, tiles_bgr: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Run the network on equally sized BGR tiles; return (corners, conf, cls) per tile."""
+        # the ONNX export has a fixed batch of one tile; PyTorch takes the tiles as one batch
+        groups = [[t] for t in tiles_bgr] if self.runtime == "onnx" else [tiles_bgr]
+        results = []
         with self._lock:
-            results = self._model.predict(tiles_bgr, imgsz=self.info.imgsz, conf=self.conf, iou=self.info.iou,
-                                          device="cpu", max_det=2000, verbose=False)
-            # Ultralytics drops to one thread in select_device; put ours back for the next call
-            self._torch.set_num_threads(self.threads)
+            for group in groups:
+                results += self._model.predict(group, imgsz=self.info.imgsz, conf=self.conf, iou=self.info.iou,
+                                               device="cpu", max_det=2000, verbose=False)
+                # Ultralytics drops to one thread in select_device; put ours back for the next call
+                self._torch.set_num_threads(self.threads)
         out = []
         for r in results:
             obb = r.obb
@@ -164,12 +185,13 @@ class Detector:
         return c, s, k
 
 
-_CACHE: dict[tuple[str, int | None, float | None], Detector] = {}
+_CACHE: dict[tuple[str, int | None, float | None, str], Detector] = {}
 
 
-def load_detector(weights: str | Path, threads: int | None = None, conf: float | None = None) -> Detector:
-    """Load (once per process) and warm up the detector for these weights."""
-    key = (str(Path(weights).resolve()), threads, conf)
+def load_detector(weights: str | Path, threads: int | None = None, conf: float | None = None,
+                  runtime: str = "torch") -> Detector:
+    """Load (once per process) and warm up the detector for these weights and runtime."""
+    key = (str(Path(weights).resolve()), threads, conf, runtime)
     if key not in _CACHE:
-        _CACHE[key] = Detector(weights, threads=threads, conf=conf)
+        _CACHE[key] = Detector(weights, threads=threads, conf=conf, runtime=runtime)
     return _CACHE[key]

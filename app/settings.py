@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="CPU threads the detector may use per inference (passed to the model loader). "
         "Unset: the loader decides. Keep workers x threads <= CPU cores.",
     )
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        default="auto",
+        description="Inference runtime: `onnx` (ONNX Runtime on the export next to the weights, made by "
+        "`wagon-detector export`), `torch` (PyTorch through Ultralytics), or `auto` (ONNX when the export "
+        "exists, else PyTorch).",
+    )
     max_concurrent_inferences: int = Field(
         default=1,
         ge=1,
