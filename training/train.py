@@ -5,13 +5,23 @@ From scratch the network is built from ``training/yolo11n-obb-wagon.yaml`` (noth
 present and restores both CPU threads otherwise (Ultralytics silently drops to one).
 
     wagon-detector train --data data/synth/data.yaml --from models/wagon-obb.pt --epochs 10
+
+``--data`` also takes real labelled sources, once each (see ``training/importers.py``): ``xview:GEOJSON,IMAGES``,
+``dota:ROOT``, ``yolo:ROOT_OR_DATA_YAML`` or a bare data.yaml among others. They are imported into one combined
+dataset, cached under ``<project>/datasets/<hash>`` (the hash covers the sources' files, the options and the
+importer code), and training runs on that:
+
+    wagon-detector train --data xview:xView_train.geojson,train_images --data data/synth/data.yaml --epochs 30
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from app.offline import configure_offline
@@ -85,10 +95,58 @@ def train(data: Path, weights_from: Path | None, epochs: int, imgsz: int, batch:
     return best if best.exists() else Path(model.trainer.last)
 
 
+def _fingerprint(path: Path) -> list[object]:
+    """Name, size and mtime of a file, or of every file under a folder (cheap: no contents are read)."""
+    path = path.resolve()
+    if path.is_file():
+        st = path.stat()
+        return [str(path), st.st_size, st.st_mtime_ns]
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+    return [str(path), [[p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]]
+
+
+def prepare_data(data: Sequence[str | Path], cache_root: Path, class_map: str | None = None,
+                 keep_negatives: bool = False, val_share: float = 0.1, target_gsd_m: float | None = None) -> Path:
+    """The data.yaml to train on: a single bare data.yaml as is; otherwise the sources imported into one dataset.
+
+    The combined dataset lives in ``cache_root/<hash>`` and is reused while the sources, options and importer code
+    are unchanged.
+    """
+    if len(data) == 1 and str(data[0]).lower().endswith((".yaml", ".yml")):
+        return Path(data[0])
+    from training import importers
+
+    specs = [importers.parse_source(str(d)) for d in data]
+    key = {
+        "sources": [[s.kind, *(_fingerprint(p) for p in s.paths)] for s in specs],
+        "options": [class_map, keep_negatives, val_share, target_gsd_m],
+        "code": hashlib.sha256(Path(importers.__file__).read_bytes()).hexdigest(),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    out = Path(cache_root) / digest
+    done = out / ".complete"
+    if done.exists():
+        print(f"using cached dataset {out}")
+        return out / "data.yaml"
+    data_yaml = importers.build_dataset([str(d) for d in data], out, val_share=val_share, class_map=class_map,
+                                        keep_negatives=keep_negatives, target_gsd_m=target_gsd_m)
+    done.write_text(json.dumps({"data": [str(d) for d in data]}, indent=1))
+    print(f"built dataset {out}")
+    return data_yaml
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point (``wagon-detector train``)."""
     ap = argparse.ArgumentParser(prog="wagon-detector train", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True, help="Ultralytics data.yaml of an OBB dataset")
+    ap.add_argument("--data", action="append", required=True,
+                    help="Ultralytics data.yaml of an OBB dataset, or a source to import (repeatable): "
+                         "xview:GEOJSON,IMAGES | dota:ROOT | yolo:ROOT_OR_YAML | data.yaml")
+    ap.add_argument("--class-map", default=None,
+                    help="category=railcar,... for DOTA sources and extra YOLO class names (default: none for DOTA)")
+    ap.add_argument("--keep-negatives", action="store_true", help="keep imported chips with no railcar or container")
+    ap.add_argument("--val-share", type=float, default=0.1, help="share of imported images held out for validation")
+    ap.add_argument("--target-gsd", type=float, default=None,
+                    help="resample imported images of known GSD to this many metres per pixel")
     ap.add_argument("--from", dest="weights_from", type=Path, default=None,
                     help="start from these weights (default: build from the YAML, random init)")
     ap.add_argument("--epochs", type=int, default=30)
@@ -103,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", default="train")
     ap.add_argument("--out", type=Path, default=None, help="copy the best checkpoint here")
     a = ap.parse_args(argv)
-    best = train(a.data, a.weights_from, a.epochs, a.imgsz, a.batch, a.device, a.project, a.name, a.hours,
+    data = prepare_data(a.data, a.project / "datasets", a.class_map, a.keep_negatives, a.val_share, a.target_gsd)
+    best = train(data, a.weights_from, a.epochs, a.imgsz, a.batch, a.device, a.project, a.name, a.hours,
                  a.workers, a.cache, a.lr0)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
