@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the REST API (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes (default 1); each gets CPU cores // workers inference threads")
 
     detect = sub.add_parser("detect", help="detect and count objects in one image; print JSON")
     detect.add_argument("image", help="JPEG, PNG or TIFF file")
@@ -55,20 +57,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = get_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
-        return _serve(args.host, args.port)
+        return _serve(args.host, args.port, args.workers)
     if args.command == "detect":
         return _detect(args.image, args.gsd_m, args.model, args.pretty)
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
 
 
-def _serve(host: str, port: int) -> int:
+def threads_per_worker(workers: int, requested: int | None, cores: int | None = None) -> int:
+    """Inference threads for each of ``workers`` processes so that workers x threads never exceeds the cores."""
+    cores = cores or len(os.sched_getaffinity(0))
+    fair = max(1, cores // max(1, workers))
+    return min(requested, fair) if requested else fair
+
+
+def _serve(host: str, port: int, workers: int = 1) -> int:
     import uvicorn
 
-    from app.api import create_app
     from app.settings import get_settings
 
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    threads = threads_per_worker(workers, settings.inference_threads)
+    if settings.inference_threads and threads < settings.inference_threads:
+        logging.getLogger(__name__).warning(
+            "WAGON_INFERENCE_THREADS=%d x %d workers exceeds the CPU cores; using %d threads per worker",
+            settings.inference_threads, workers, threads)
+    os.environ["WAGON_INFERENCE_THREADS"] = str(threads)  # read by every worker process's settings
+    get_settings.cache_clear()
+    uvicorn.run("app.api:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level=settings.log_level.lower())
     return 0
 
 

@@ -90,9 +90,24 @@ class Detector:
         self._model = YOLO(str(model_file), task="obb")
         self._lock = threading.Lock()
         self._predict([np.full((self.info.imgsz, self.info.imgsz, 3), 114, np.uint8)])  # warm up
+        if self.runtime == "onnx":
+            self._limit_onnx_threads(model_file)
         names = tuple(self._model.names[i] for i in sorted(self._model.names))  # known once loaded (ONNX too)
         if names != CLASS_NAMES:
             raise ValueError(f"model classes {names} are not {CLASS_NAMES}")
+
+    def _limit_onnx_threads(self, model_file: Path) -> None:
+        """Give ONNX Runtime exactly ``self.threads`` intra-op threads (its default takes every core, which
+        oversubscribes the CPU when several server workers run)."""
+        import onnxruntime as ort
+
+        backend = getattr(self._model.predictor.model, "backend", None)
+        if backend is None or not hasattr(backend, "session"):
+            return
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        backend.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
     def _predict(self, tiles_bgr: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Run the network on equally sized BGR tiles; return (corners, conf, cls) per tile."""

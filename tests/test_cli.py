@@ -93,10 +93,14 @@ def test_serve_runs_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
-    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "8123"]) == 0
+    import os
+
+    monkeypatch.setitem(os.environ, "WAGON_INFERENCE_THREADS", "1")  # restored (removed) after the test
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "8123", "--workers", "2"]) == 0
     (call,) = calls
-    assert call["host"] == "0.0.0.0" and call["port"] == 8123
-    assert call["app"].title == "wagon-detector"
+    assert call["host"] == "0.0.0.0" and call["port"] == 8123 and call["workers"] == 2
+    assert call["app"] == "app.api:create_app" and call["factory"] is True
+    assert int(os.environ["WAGON_INFERENCE_THREADS"]) * 2 <= max(2, len(os.sched_getaffinity(0)))
 
 
 @pytest.mark.slow
@@ -112,3 +116,16 @@ def test_detect_prints_json(detector: Any, tmp_path: Path, capsys: pytest.Captur
     assert sum(out["counts"].values()) == len(out["detections"])
     assert out["image"]["width"] == 64 and out["image"]["gsd_m"] == 0.5
     assert out["model"] == {"name": detector.name, "version": detector.version}
+
+
+def test_threads_per_worker_never_oversubscribes() -> None:
+    from app.cli import threads_per_worker
+
+    assert threads_per_worker(1, None, cores=2) == 2
+    assert threads_per_worker(2, None, cores=2) == 1
+    assert threads_per_worker(3, None, cores=2) == 1
+    assert threads_per_worker(1, 8, cores=4) == 4
+    assert threads_per_worker(2, 1, cores=8) == 1
+    for workers in range(1, 5):
+        for requested in (None, 1, 2, 16):
+            assert workers * threads_per_worker(workers, requested, cores=4) <= max(4, workers)
