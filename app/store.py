@@ -22,6 +22,8 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    UniqueConstraint,
+    inspect,
     Integer,
     String,
     TypeDecorator,
@@ -119,8 +121,55 @@ class ObservationCount(Base):
     exceeds_history_max: Mapped[bool] = mapped_column(Boolean, default=False)
     history_span_days: Mapped[float | None] = mapped_column(Float, default=None)
     reason: Mapped[str] = mapped_column(String(200), default="not scored yet")
+    # anomaly v2 (added columns; see ANOMALY_V2_COLUMNS for the upgrade of existing databases)
+    drop_score: Mapped[float | None] = mapped_column(Float, default=None)
+    model: Mapped[str | None] = mapped_column(String(200), default=None)
+    count_sd: Mapped[float | None] = mapped_column(Float, default=None)  # detector count uncertainty; None = exact
+    highest_in_days: Mapped[float | None] = mapped_column(Float, default=None)
+    lowest_in_days: Mapped[float | None] = mapped_column(Float, default=None)
 
     observation: Mapped[Observation] = relationship(back_populates="counts")
+
+
+#: Columns of ``observation_counts`` added after v1, added in place to older databases on start-up.
+ANOMALY_V2_COLUMNS: dict[str, str] = {
+    "drop_score": "FLOAT", "model": "VARCHAR(200)", "count_sd": "FLOAT", "highest_in_days": "FLOAT",
+    "lowest_in_days": "FLOAT",
+}
+
+
+class AlertThreshold(Base):
+    """A facility's alert thresholds: a count whose score (or drop score) reaches one is an alert."""
+
+    __tablename__ = "alert_thresholds"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"), primary_key=True)
+    score: Mapped[float | None] = mapped_column(Float, default=None)  # None: surges never alert
+    drop_score: Mapped[float | None] = mapped_column(Float, default=None)  # None: drops never alert
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AlertDelivery(Base):
+    """One webhook delivery of one alert (outbox): pending until the receiver answers 2xx; never deleted."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (
+        UniqueConstraint("observation_id", "class_name", "direction", name="uq_delivery_alert"),
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"), index=True)
+    observation_id: Mapped[int] = mapped_column(ForeignKey("observations.id", ondelete="CASCADE"))
+    class_name: Mapped[str] = mapped_column(String(32))
+    direction: Mapped[str] = mapped_column(String(8))  # "surge" or "drop"
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(8), default="pending")  # pending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class DetectionRow(Base):
@@ -144,6 +193,7 @@ class Store:
         self.url = database_url
         self.engine: Engine = make_engine(database_url)
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine, "observation_counts", ANOMALY_V2_COLUMNS)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -180,6 +230,16 @@ class Store:
     def dispose(self) -> None:
         """Close pooled connections."""
         self.engine.dispose()
+
+
+def _add_missing_columns(engine: Engine, table: str, columns: dict[str, str]) -> None:
+    """Add nullable columns a database created by an older version lacks (``create_all`` only adds tables)."""
+    present = {c["name"] for c in inspect(engine).get_columns(table)}
+    missing = [(name, sql_type) for name, sql_type in columns.items() if name not in present]
+    if missing:
+        with engine.begin() as conn:
+            for name, sql_type in missing:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
 
 
 def make_engine(database_url: str) -> Engine:
@@ -295,3 +355,80 @@ def count_rows(session: Session, class_name: str, observation_ids: Sequence[int]
             ).all()
         )
     return out
+
+
+# ------------------------------------------------------------------------------------------ anomalies, alerts
+
+
+def pooled_count_stats(
+    session: Session, kind: str, class_name: str, exclude_facility: str
+) -> list[tuple[int, float, float]]:
+    """``(n, mean, sample variance)`` of the counts of a class at every other facility of a kind."""
+    rows = session.execute(
+        select(Observation.facility_id, func.count(), func.sum(ObservationCount.count),
+               func.sum(ObservationCount.count * ObservationCount.count))
+        .join(ObservationCount, ObservationCount.observation_id == Observation.id)
+        .join(Facility, Facility.id == Observation.facility_id)
+        .where(Facility.kind == kind, ObservationCount.class_name == class_name,
+               Observation.facility_id != exclude_facility)
+        .group_by(Observation.facility_id)
+    ).all()
+    out = []
+    for _fid, n, s1, s2 in rows:
+        n, s1, s2 = int(n), float(s1 or 0), float(s2 or 0)
+        if n >= 2:
+            mean = s1 / n
+            out.append((n, mean, max((s2 - n * mean * mean) / (n - 1), 0.0)))
+    return out
+
+
+def count_sd_of(session: Session, facility_id: str, class_name: str) -> dict[int, float | None]:
+    """``observation_id -> count_sd`` of a class at a facility (None: an exact count)."""
+    rows = session.execute(
+        select(ObservationCount.observation_id, ObservationCount.count_sd)
+        .join(Observation, ObservationCount.observation_id == Observation.id)
+        .where(Observation.facility_id == facility_id, ObservationCount.class_name == class_name)
+    ).all()
+    return {int(i): (None if sd is None else float(sd)) for i, sd in rows}
+
+
+def get_thresholds(session: Session, facility_id: str) -> AlertThreshold | None:
+    """A facility's alert thresholds, or ``None`` when none are set."""
+    return session.get(AlertThreshold, facility_id)
+
+
+def all_thresholds(session: Session) -> dict[str, AlertThreshold]:
+    """Every facility's thresholds, by facility id."""
+    return {t.facility_id: t for t in session.scalars(select(AlertThreshold)).all()}
+
+
+def anomalous_counts(
+    session: Session,
+    facility_id: str | None,
+    since: datetime | None,
+    min_score: float | None,
+    min_drop_score: float | None,
+    limit: int,
+) -> list[tuple[ObservationCount, Observation]]:
+    """Counts whose score >= ``min_score`` or drop score >= ``min_drop_score``, newest first."""
+    from sqlalchemy import or_
+
+    conds = []
+    if min_score is not None:
+        conds.append(ObservationCount.score >= min_score)
+    if min_drop_score is not None:
+        conds.append(ObservationCount.drop_score >= min_drop_score)
+    if not conds:
+        return []
+    stmt = (
+        select(ObservationCount, Observation)
+        .join(Observation, ObservationCount.observation_id == Observation.id)
+        .where(or_(*conds))
+        .order_by(Observation.captured_at.desc(), Observation.id.desc(), ObservationCount.class_name)
+        .limit(limit)
+    )
+    if facility_id is not None:
+        stmt = stmt.where(Observation.facility_id == facility_id)
+    if since is not None:
+        stmt = stmt.where(Observation.captured_at >= since)
+    return [(c, o) for c, o in session.execute(stmt).all()]

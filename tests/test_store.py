@@ -97,7 +97,7 @@ def test_csv_import_empty_cell_is_unknown(store: Store, yard: str) -> None:
     assert last.anomaly["railcar"].exceeds_history_max is True
     assert last.anomaly["railcar"].score is not None and last.anomaly["railcar"].score > 3
     assert last.anomaly["container"] is not None and last.anomaly["container"].history_size == 1
-    assert last.anomaly["container"].score is None
+    assert last.anomaly["container"].reason.startswith("cold start: 1 earlier observation")  # v2: no longer null
 
 
 def test_csv_with_source_column_bom_and_blank_lines() -> None:
@@ -172,7 +172,9 @@ def test_import_into_unknown_facility_stores_nothing(store: Store) -> None:
 def test_import_of_old_counts_rescores_later_observations(store: Store, yard: str) -> None:
     recent = service.import_observations(
         store, yard, service.parse_json_import({"observations": _rows(5, T0 + timedelta(days=1000))}))
-    assert all(r.anomaly["railcar"].score is None for r in recent)  # type: ignore[union-attr]
+    assert recent[0].anomaly["railcar"].score is None  # type: ignore[union-attr]
+    # v2: 1-4 earlier points are a cold start (weak prior, said so), no longer null
+    assert all(r.anomaly["railcar"].reason.startswith("cold start") for r in recent[1:])  # type: ignore[union-attr]
     assert recent[-1].anomaly["railcar"].history_size == 4  # type: ignore[union-attr]
 
     service.import_observations(store, yard, service.parse_json_import({"observations": _rows(20, T0)}))

@@ -42,13 +42,24 @@ class FacilityOut(BaseModel):
 class AnomalyOut(BaseModel):
     """Score of one class count against the facility's earlier counts of that class."""
 
-    score: float | None = Field(description="-log10 of the mid-p upper-tail probability; null below 8 history points.")
-    expected: float | None = Field(description="Mean of the history (the fitted mean).")
+    score: float | None = Field(
+        description="Surge score: -log10 of the mid-p upper-tail probability under the facility's model "
+        "(>= 2 about 1 % of the time when nothing is happening). Null only with no earlier observation and no "
+        "other facility of the same kind to pool a prior from. See docs/anomaly.md.")
+    expected: float | None = Field(description="Predicted count at this time (fitted mean; seasonal/trend when used).")
     history_size: int
     history_max: int | None
     exceeds_history_max: bool
     history_span_days: float | None
     reason: str
+    drop_score: float | None = Field(default=None, description="Drop score: -log10 of the mid-p lower tail.")
+    model: str | None = Field(default=None, description="How the prediction was made (GLM terms or cold start).")
+    count_sd: float | None = Field(
+        default=None, description="Uncertainty (sd) of a detector count, integrated into the scores; null: exact.")
+    highest_in_days: float | None = Field(
+        default=None, description="The count is the highest in this many days (since an equal or higher count).")
+    lowest_in_days: float | None = Field(
+        default=None, description="The count is the lowest in this many days (since an equal or lower count).")
 
 
 class DetectionOut(BaseModel):
