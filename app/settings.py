@@ -62,6 +62,23 @@ class Settings(BaseSettings):
         description="How many detector passes may run at once in one process; further uploads wait their turn "
         "without blocking the event loop.",
     )
+    count_rel_error: float = Field(
+        default=0.10, ge=0, le=1,
+        description="Detector count error as a share of the true count (the shipped model measured 0.098 for "
+        "railcars); with the detection confidences it sets the uncertainty an uploaded count is scored with.",
+    )
+    webhook_url: str | None = Field(
+        default=None,
+        description="Alerts (counts crossing a facility's thresholds) are POSTed here as JSON; unset: none are "
+        "sent (they are still queued and listed).",
+    )
+    webhook_poll_s: float = Field(default=5.0, gt=0, description="How often due webhook deliveries are tried.")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one webhook POST.")
+    webhook_backoff_s: float = Field(default=5.0, gt=0, description="Wait after a first failed delivery; doubles.")
+    webhook_max_backoff_s: float = Field(default=3600.0, gt=0, description="Longest wait between retries.")
+    webhook_max_attempts: int = Field(
+        default=0, ge=0, description="Attempts before a delivery is marked failed (kept; requeue via the API); "
+        "0: retry forever.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="Logging level of the service and the CLI."
     )

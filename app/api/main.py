@@ -15,6 +15,7 @@ from app import __version__
 from app.api.deps import Runtime
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimitMiddleware
+from app.api.routes import alerts as alert_routes
 from app.api.routes import facilities, health, images, observations
 from app.api.schemas import ImportIn
 from app.service import DetectorProtocol, load_configured_detector
@@ -46,10 +47,14 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
             inference_limiter=anyio.CapacityLimiter(settings.max_concurrent_inferences),
         )
         log.info("wagon-detector %s ready (model: %s)", __version__, "none" if model is None else model.name)
-        try:
-            yield
-        finally:
-            store.dispose()
+        async with anyio.create_task_group() as tasks:
+            if settings.webhook_url:
+                tasks.start_soon(_deliver_alerts, store, settings)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
+                store.dispose()
 
     app = FastAPI(
         title="wagon-detector",
@@ -60,10 +65,26 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
     install_error_handlers(app)
     app.include_router(health.router)
-    for module in (facilities, observations, images):
+    for module in (facilities, observations, images, alert_routes):
         app.include_router(module.router, prefix="/v1")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+async def _deliver_alerts(store: Store, settings: Settings) -> None:
+    """Background loop: POST due alert deliveries to the webhook (in a worker thread), every ``webhook_poll_s``."""
+    from app.alerts import deliver_due
+
+    assert settings.webhook_url
+    while True:
+        try:
+            await anyio.to_thread.run_sync(lambda: deliver_due(
+                store, settings.webhook_url or "", timeout_s=settings.webhook_timeout_s,
+                base_backoff_s=settings.webhook_backoff_s, max_backoff_s=settings.webhook_max_backoff_s,
+                max_attempts=settings.webhook_max_attempts))
+        except Exception:  # noqa: BLE001 - the loop must survive a bad round (it is retried next round)
+            log.exception("alert delivery round failed")
+        await anyio.sleep(settings.webhook_poll_s)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -40,7 +40,8 @@ async def upload_image(
     )
     del data
     t1 = time.perf_counter()
-    record = await run_in_threadpool(service.record_analysis, store, facility_id, when, analysis)
+    record = await run_in_threadpool(service.record_analysis, store, facility_id, when, analysis,
+                                    count_rel_error=runtime.settings.count_rel_error)
     t2 = time.perf_counter()
     out = record.to_dict(with_detections=True)
     out["timing_ms"] = {
