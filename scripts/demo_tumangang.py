@@ -141,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     rail = out["anomaly"]["railcar"]
     print()
     print("railcar anomaly")
-    for key in ("score", "expected", "history_size", "history_max", "exceeds_history_max", "history_span_days",
-                "reason"):
-        print(f"  {key:<20} {rail[key]}")
+    for key in ("score", "drop_score", "expected", "count_sd", "history_size", "history_max",
+                "exceeds_history_max", "history_span_days", "highest_in_days", "model", "reason"):
+        if key in rail:
+            print(f"  {key:<20} {rail[key]}")
     if rail["score"] is not None:
         print(f"  (mid-p upper-tail probability about 10^-{rail['score']:.1f})")
 
