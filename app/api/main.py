@@ -15,10 +15,11 @@ from app import __version__
 from app.api.deps import Runtime
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimitMiddleware
-from app.api.routes import facilities, health, images, observations
+from app.api.routes import facilities, health, images, jobs, observations
 from app.api.schemas import ImportIn
 from app.service import DetectorProtocol, load_configured_detector
 from app.settings import MIB, Settings, get_settings
+from app.jobs import JobQueue
 from app.store import Store
 
 log = logging.getLogger("app.api")
@@ -39,16 +40,22 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
         model = detector
         if model is None and settings.load_model:
             model = await anyio.to_thread.run_sync(load_configured_detector, settings)
+        queue = await anyio.to_thread.run_sync(JobQueue, settings, store, model)
+        await anyio.to_thread.run_sync(queue.resume)
+        if settings.jobs_worker:
+            queue.start_worker()
         app.state.runtime = Runtime(
             settings=settings,
             store=store,
             detector=model,
             inference_limiter=anyio.CapacityLimiter(settings.max_concurrent_inferences),
+            jobs=queue,
         )
         log.info("wagon-detector %s ready (model: %s)", __version__, "none" if model is None else model.name)
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(queue.stop_worker)
             store.dispose()
 
     app = FastAPI(
@@ -60,7 +67,7 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
     install_error_handlers(app)
     app.include_router(health.router)
-    for module in (facilities, observations, images):
+    for module in (facilities, observations, images, jobs):
         app.include_router(module.router, prefix="/v1")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
