@@ -183,14 +183,17 @@ def detect_over_windows(
     iou: float = 0.5,
     progress: Progress | None = None,
     total: int = 0,
+    seam_px: float = 256.0,
+    region: Window | None = None,
 ) -> list[Detection]:
     """Detect over an iterator of ``(plan, rgb, valid)`` windows; return detections in scene pixels.
 
     Each window goes through ``detector.detect`` (which tiles and resamples it). A detection is kept from the
-    window whose core holds its centre, and only when the pixel under its centre is valid; a rotated NMS across
-    window seams removes what is left twice.
+    window whose core holds its centre, and only when the pixel under its centre is valid; a rotated NMS over the
+    detections within ``seam_px`` of an inner window seam removes what is left twice (only there, so that a big
+    scene's tens of thousands of detections are not compared with each other).
     """
-    corners, scores, classes, names = [], [], [], []
+    corners, scores, classes, names, near_seam = [], [], [], [], []
     done = 0
     n_windows = 0
     for plan, rgb, valid in reads:
@@ -211,6 +214,7 @@ def detect_over_windows(
                 corners.append(np.asarray(d.obb, np.float64) + np.array([c0, r0], np.float64))
                 scores.append(d.confidence)
                 names.append(d.class_name)
+                near_seam.append(_near_inner_edge(sx, sy, plan.core, region, seam_px))
         done += 1
         if progress is not None:
             progress(done, max(total, done))
@@ -220,11 +224,26 @@ def detect_over_windows(
     s = np.asarray(scores)
     label = {n: i for i, n in enumerate(sorted(set(names)))}
     k = np.array([label[n] for n in names])
-    keep = greedy_rotated_nms(c, s, k, iou) if n_windows > 1 else list(range(len(s)))
+    keep = list(range(len(s)))
+    seam = np.flatnonzero(near_seam)
+    if n_windows > 1 and len(seam) > 1:
+        kept_at_seam = set(seam[greedy_rotated_nms(c[seam], s[seam], k[seam], iou)].tolist())
+        keep = [i for i in keep if not near_seam[i] or i in kept_at_seam]
     out = [Detection(class_name=names[i], confidence=float(s[i]), obb=tuple((float(x), float(y)) for x, y in c[i]))
            for i in keep]
     out.sort(key=lambda d: -d.confidence)
     return out
+
+
+def _near_inner_edge(x: float, y: float, core: tuple[float, float, float, float], region: Window | None,
+                     seam_px: float) -> bool:
+    """Whether a point lies within ``seam_px`` of a core edge that is not the region's outer edge."""
+    x0, x1, y0, y1 = core
+    if region is None:
+        return min(x - x0, x1 - x, y - y0, y1 - y) < seam_px
+    c, r, w, h = region
+    return ((x0 > c and x - x0 < seam_px) or (x1 < c + w and x1 - x < seam_px)
+            or (y0 > r and y - y0 < seam_px) or (y1 < r + h and y1 - y < seam_px))
 
 
 def read_windows(scene: Scene, plans: list[WindowPlan]) -> Iterator[tuple[WindowPlan, np.ndarray, np.ndarray]]:
@@ -313,7 +332,7 @@ def detect_scene(
     plans = plan_windows(region.window, window_px, overlap_px)
     iou = float(getattr(info, "iou", 0.5))
     detections = detect_over_windows(detector, read_windows(scene, plans), gsd, iou=iou, progress=progress,
-                                     total=len(plans))
+                                     total=len(plans), seam_px=float(overlap_px), region=region.window)
     if region.footprint_px is not None:
         import shapely
 
