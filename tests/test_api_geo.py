@@ -189,3 +189,19 @@ def test_reprocess_reruns_a_new_model_over_the_archive(make_client: Callable[...
     assert again["model"]["version"] == "v2" and again["counts"]["railcar"] == 1
     assert again["coverage"]["share"] == pytest.approx(1.0, abs=0.01)
     assert len(again["detections"]) == 1
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("WAGON_TEST_REDIS_URL"),
+                    reason="WAGON_TEST_REDIS_URL not set (.ci/run sets it when redis-server is available)")
+def test_redis_backend_runs_jobs(make_client: Callable[..., Any], tmp_path: Path) -> None:
+    import os
+
+    url = os.environ["WAGON_TEST_REDIS_URL"]
+    pytest.importorskip("redis").Redis.from_url(url).flushdb()
+    client = make_client(detector=BlobDetector(), async_upload_mb=0.0001, jobs_backend="redis", redis_url=url)
+    gs = make_geotiff(tmp_path / "s.tif", blob_scene(centres=CENTRES), 0.5)
+    client.post("/v1/facilities", json={"id": "yard", "name": "Yard", "kind": "rail"})
+    r = _upload(client, gs.path)
+    assert r.status_code == 202, r.text
+    job = _wait_job(client, r.json()["status_url"])
+    assert job["status"] == "done" and job["result"]["counts"]["railcar"] == 3
