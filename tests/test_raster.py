@@ -197,3 +197,19 @@ def test_corrupt_and_unsupported(tmp_path: Path) -> None:
 def test_georef_dict_round_trip() -> None:
     g = Georef("EPSG:32652", (0.5, 0.0, 1.0, 0.0, -0.5, 2.0), geographic=False)
     assert Georef.from_dict(g.to_dict()) == g
+
+
+def test_nitf_is_read(tmp_path: Path) -> None:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    data = np.random.default_rng(0).integers(0, 255, (3, 48, 64)).astype(np.uint8)
+    path = tmp_path / "s.ntf"
+    with rasterio.open(path, "w", driver="NITF", width=64, height=48, count=3, dtype="uint8", crs="EPSG:4326",
+                       transform=from_origin(130.45, 42.43, 1e-5, 1e-5), ICORDS="G", IREP="RGB") as dst:
+        dst.write(data)
+    with open_scene(path.read_bytes()) as scene:
+        assert scene.format == "NITF" and scene.georef is not None and scene.georef.geographic
+        assert scene.native_gsd_m is not None and 0.5 < scene.native_gsd_m < 1.5  # IGEOLO keeps arc-seconds only
+        scene.prepare()
+        np.testing.assert_array_equal(scene.read((0, 0, 64, 48))[0], np.moveaxis(data, 0, 2))
