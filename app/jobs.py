@@ -12,7 +12,6 @@ processes on any machine that sees the same database, archive and queue.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -60,7 +59,6 @@ class JobQueue:
         self.huey = make_huey(settings)
         self.task = self.huey.task(name=TASK_NAME)(self.run)
         self._consumer: Any = None
-        self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------------------------------------- submit
 

@@ -22,7 +22,7 @@ from app import store as db
 from app.detection import DetectionResult
 from app.offline import CLASS_NAMES
 from app.pipeline import Progress, RegionError, detect_scene
-from app.raster import RASTER_FORMATS, open_scene
+from app.raster import open_scene
 from app.service import (
     Analysis,
     DetectorProtocol,
@@ -353,6 +353,6 @@ def replace_analysis(store: db.Store, observation_id: int, analysis: Analysis) -
         rescore(session, obs.facility_id, since=obs.captured_at, classes=new_counts.keys())
 
 
-__all__ = ["RASTER_FORMATS", "SceneInfo", "analyse_source", "analyse_with_settings", "archive_path",
+__all__ = ["SceneInfo", "analyse_source", "analyse_with_settings", "archive_path",
            "ArchiveWriter", "archive_bytes", "observation_geojson", "render_overlay", "reprocess_facility",
            "replace_analysis", "facility_footprint"]
