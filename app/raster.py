@@ -275,7 +275,7 @@ class RasterScene:
 
     def _read_raw(self, window: Window, out_shape: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
         from rasterio.enums import Resampling
-        from rasterio.errors import RasterioError
+        from rasterio.errors import NodataShadowWarning, RasterioError
         from rasterio.windows import Window as RioWindow
 
         c, r, w, h = window
@@ -284,7 +284,9 @@ class RasterScene:
         try:
             data = self.ds.read(self._read_bands, window=win, out_shape=shape,
                                 resampling=Resampling.nearest)
-            valid = self.ds.dataset_mask(window=win, out_shape=out_shape) > 0
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NodataShadowWarning)  # nodata wins over an alpha band: intended
+                valid = self.ds.dataset_mask(window=win, out_shape=out_shape) > 0
         except (RasterioError, MemoryError, ValueError) as exc:
             raise CorruptImageError(f"the {self.format} image cannot be read: {exc}") from exc
         return data, valid
