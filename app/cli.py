@@ -1,4 +1,4 @@
-"""Command line: ``wagon-detector serve | detect | train | evaluate``."""
+"""Command line: ``wagon-detector serve | detect | reprocess | worker | train | evaluate | export``."""
 
 from __future__ import annotations
 
@@ -33,10 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="server processes (default 1); each gets CPU cores // workers inference threads")
 
     detect = sub.add_parser("detect", help="detect and count objects in one image; print JSON")
-    detect.add_argument("image", help="JPEG, PNG or TIFF file")
-    detect.add_argument("--gsd-m", type=float, default=None, help="ground sample distance in m/pixel (0.05-10)")
+    detect.add_argument("image", help="GeoTIFF/COG, JPEG 2000, NITF, JPEG, PNG or TIFF file")
+    detect.add_argument("--gsd-m", type=float, default=None,
+                        help="ground sample distance in m/pixel (0.05-10); overrides the geotransform")
+    detect.add_argument("--footprint", default=None,
+                        help="GeoJSON file with a WGS84 Polygon: count only inside it (georeferenced images)")
     detect.add_argument("--model", default=None, help="weights file (default: WAGON_MODEL_PATH)")
     detect.add_argument("--pretty", action="store_true", help="indent the JSON output")
+
+    reprocess = sub.add_parser("reprocess", help="rerun the model over a facility's archived originals")
+    reprocess.add_argument("facility", help="facility id")
+    reprocess.add_argument("--model", default=None, help="weights file (default: WAGON_MODEL_PATH)")
+
+    worker = sub.add_parser("worker", help="consume background jobs (large uploads) from the queue")
+    worker.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
 
     for name, module in DELEGATED.items():
         sub.add_parser(name, help=f"{name} the detector (see `wagon-detector {name} --help`; runs {module})",
@@ -59,7 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args.host, args.port, args.workers)
     if args.command == "detect":
-        return _detect(args.image, args.gsd_m, args.model, args.pretty)
+        return _detect(args.image, args.gsd_m, args.model, args.pretty, args.footprint)
+    if args.command == "reprocess":
+        return _reprocess(args.facility, args.model)
+    if args.command == "worker":
+        return _worker(args.workers)
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
 
 
@@ -88,11 +102,12 @@ def _serve(host: str, port: int, workers: int = 1) -> int:
     return 0
 
 
-def _detect(image: str, gsd_m: float | None, model: str | None, pretty: bool = False) -> int:
+def _detect(image: str, gsd_m: float | None, model: str | None, pretty: bool = False,
+            footprint_file: str | None = None) -> int:
     from pathlib import Path
 
-    from app import service
-    from app.imaging import ImageError, decode_image
+    from app import scenes, service
+    from app.imaging import ImageError
     from app.settings import get_settings
 
     settings = get_settings()
@@ -103,11 +118,11 @@ def _detect(image: str, gsd_m: float | None, model: str | None, pretty: bool = F
         print(f"error: no such file: {image}", file=sys.stderr)
         return 2
     try:
-        service.check_gsd(gsd_m)
-        t0 = time.perf_counter()
-        decoded = decode_image(path.read_bytes(), max_pixels=settings.max_pixels)
-        decode_ms = (time.perf_counter() - t0) * 1000.0
-    except (ImageError, service.InvalidInputError) as exc:  # validate before paying for the model load
+        footprint = _read_footprint(footprint_file) if footprint_file else None
+        scenes.analyse_with_settings(None, path, settings, gsd_m, footprint)  # validate before loading the model
+    except service.ModelUnavailableError:
+        pass  # the image is fine
+    except (ImageError, service.InvalidInputError, OSError, ValueError) as exc:
         print(f"error: {image}: {exc}", file=sys.stderr)
         return 2
     try:
@@ -115,13 +130,99 @@ def _detect(image: str, gsd_m: float | None, model: str | None, pretty: bool = F
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    analysis = service.detect_decoded(detector, decoded, gsd_m, decode_ms=decode_ms)
+    try:
+        analysis = scenes.analyse_with_settings(detector, path, settings, gsd_m, footprint, progress=ProgressBar())
+    except (ImageError, service.InvalidInputError) as exc:
+        print(f"error: {image}: {exc}", file=sys.stderr)
+        return 2
     try:
         json.dump(analysis.to_dict(), sys.stdout, indent=2 if pretty else None)
         sys.stdout.write("\n")
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. piped into `head`: stop quietly (recipe from the Python signal docs)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _read_footprint(path: str) -> dict[str, object]:
+    """A WGS84 Polygon from a GeoJSON file (a Polygon, a Feature, or the first feature of a collection)."""
+    from pathlib import Path
+
+    from app.service import check_footprint
+
+    data = json.loads(Path(path).read_text())
+    if data.get("type") == "FeatureCollection":
+        data = (data.get("features") or [{}])[0]
+    if data.get("type") == "Feature":
+        data = data.get("geometry") or {}
+    return check_footprint(data) or {}
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, shown only for scenes of more than one window."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width = width
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 1:
+            return
+        filled = round(self.width * done / total)
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / done * (total - done) if done else 0.0
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} windows, "
+                         f"{elapsed:.0f} s, about {eta:.0f} s left ")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _reprocess(facility: str, model: str | None) -> int:
+    from pathlib import Path
+
+    from app import scenes, service
+    from app.settings import get_settings
+    from app.store import Store
+
+    settings = get_settings()
+    if model is not None:
+        settings = settings.model_copy(update={"model_path": Path(model)})
+    try:
+        detector = service.load_configured_detector(settings)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    store = Store(settings.database_url)
+
+    def report(item: scenes.Reprocessed) -> None:
+        if item.after is None:
+            print(f"observation {item.observation_id}: skipped ({item.note})")
+        else:
+            print(f"observation {item.observation_id}: {item.before} -> {item.after}")
+
+    try:
+        done = scenes.reprocess_facility(store, settings, detector, facility, on_done=report, progress=ProgressBar())
+    except service.NotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.dispose()
+    rerun = sum(1 for d in done if d.after is not None)
+    print(f"{rerun} of {len(done)} image observation(s) of {facility!r} rerun with {detector.name} {detector.version}")
+    return 0
+
+
+def _worker(workers: int) -> int:
+    from app import service
+    from app.jobs import JobQueue
+    from app.settings import get_settings
+    from app.store import Store
+
+    settings = get_settings()
+    store = Store(settings.database_url)
+    JobQueue(settings, store, lambda: service.load_configured_detector(settings)).run_worker(workers)
+    store.dispose()
     return 0
 
 

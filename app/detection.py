@@ -14,6 +14,8 @@ class Detection:
     class_name: str
     confidence: float
     obb: tuple[Point, Point, Point, Point]
+    #: The same four corners as WGS84 ``(lon, lat)`` when the image is georeferenced.
+    obb_lonlat: tuple[Point, Point, Point, Point] | None = None
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
@@ -28,13 +30,16 @@ class Detection:
         return (sum(p[0] for p in self.obb) / 4.0, sum(p[1] for p in self.obb) / 4.0)
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready form used by the API and the CLI."""
-        return {
+        """JSON-ready form used by the API and the CLI (``obb_lonlat`` only for georeferenced images)."""
+        out: dict[str, object] = {
             "class": self.class_name,
             "confidence": round(self.confidence, 4),
             "obb": [[round(x, 2), round(y, 2)] for x, y in self.obb],
             "bbox": [round(v, 2) for v in self.bbox],
         }
+        if self.obb_lonlat is not None:
+            out["obb_lonlat"] = [[round(x, 9), round(y, 9)] for x, y in self.obb_lonlat]
+        return out
 
 
 @dataclass(frozen=True)

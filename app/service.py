@@ -107,11 +107,12 @@ class FacilityRecord:
     kind: str
     created_at: datetime
     observation_count: int = 0
+    footprint: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"id": self.id, "name": self.name, "kind": self.kind, "created_at": _iso(self.created_at),
-                "observation_count": self.observation_count}
+                "observation_count": self.observation_count, "footprint": self.footprint}
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,8 @@ class Analysis:
     gsd_m: float | None
     decode_ms: float
     detect_ms: float
+    geo: dict[str, Any] | None = None  # georeferencing and region read (app.scenes)
+    coverage: dict[str, Any] | None = None  # share of the facility footprint covered
 
     @property
     def counts(self) -> dict[str, int]:
@@ -150,6 +153,8 @@ class Analysis:
             "image": {"width": self.image.width, "height": self.image.height, "format": self.image.format,
                       "gsd_m": self.gsd_m, "sha256": self.image.sha256},
             "timing_ms": {"decode": round(self.decode_ms, 1), "detect": round(self.detect_ms, 1)},
+            "coverage": self.coverage,
+            "geo": self.geo,
         }
 
 
@@ -166,6 +171,8 @@ class ObservationRecord:
     image: dict[str, Any] | None
     model: dict[str, str] | None
     detections: list[Detection] | None = field(default=None)
+    coverage: dict[str, Any] | None = None
+    exposure: float | None = None
 
     @property
     def has_image(self) -> bool:
@@ -184,6 +191,8 @@ class ObservationRecord:
             "anomaly": {k: (None if v is None else v.to_dict()) for k, v in self.anomaly.items()},
             "image": self.image,
             "model": self.model,
+            "coverage": self.coverage,
+            "exposure": self.exposure,
         }
         if with_detections:
             out["detections"] = [d.to_dict() for d in (self.detections or [])]
@@ -230,9 +239,12 @@ def validate_facility_id(facility_id: str) -> str:
 # ------------------------------------------------------------------------------------------------ facilities
 
 
-def create_facility(store: db.Store, facility_id: str, name: str, kind: str) -> FacilityRecord:
-    """Create a facility; :class:`ConflictError` if the id is taken."""
+def create_facility(store: db.Store, facility_id: str, name: str, kind: str,
+                    footprint: dict[str, Any] | None = None) -> FacilityRecord:
+    """Create a facility (optionally with a WGS84 GeoJSON Polygon footprint); :class:`ConflictError` if the id is
+    taken."""
     validate_facility_id(facility_id)
+    footprint = check_footprint(footprint)
     if kind not in FACILITY_KINDS:
         raise InvalidInputError(f"kind {kind!r} must be one of {', '.join(FACILITY_KINDS)}")
     if not name or not name.strip():
@@ -241,7 +253,8 @@ def create_facility(store: db.Store, facility_id: str, name: str, kind: str) -> 
         with store.transaction() as session:
             if db.get_facility(session, facility_id) is not None:
                 raise ConflictError(f"facility {facility_id!r} exists already")
-            row = db.Facility(id=facility_id, name=name.strip(), kind=kind, created_at=db.utcnow())
+            row = db.Facility(id=facility_id, name=name.strip(), kind=kind, created_at=db.utcnow(),
+                              footprint=footprint)
             session.add(row)
             session.flush()
             return _facility_record(row, 0)
@@ -253,6 +266,26 @@ def get_facility(store: db.Store, facility_id: str) -> FacilityRecord:
     """One facility; :class:`NotFoundError` if unknown."""
     with store.session() as session:
         row = _require_facility(session, facility_id)
+        return _facility_record(row, db.count_observations(session, facility_id))
+
+
+_UNSET: Any = object()
+
+
+def update_facility(store: db.Store, facility_id: str, name: str | None = None,
+                    footprint: dict[str, Any] | None = _UNSET) -> FacilityRecord:
+    """Change a facility's name and/or footprint (``footprint=None`` removes it); :class:`NotFoundError` if
+    unknown. Existing observations keep their counts (rerun them with ``wagon-detector reprocess``)."""
+    if name is not None and not name.strip():
+        raise InvalidInputError("name must not be empty")
+    checked = footprint if footprint is _UNSET else check_footprint(footprint)
+    with store.transaction() as session:
+        row = _require_facility(session, facility_id)
+        if name is not None:
+            row.name = name.strip()
+        if checked is not _UNSET:
+            row.footprint = checked
+        session.flush()
         return _facility_record(row, db.count_observations(session, facility_id))
 
 
@@ -270,7 +303,20 @@ def _require_facility(session: Session, facility_id: str) -> db.Facility:
 
 
 def _facility_record(row: db.Facility, n: int) -> FacilityRecord:
-    return FacilityRecord(id=row.id, name=row.name, kind=row.kind, created_at=row.created_at, observation_count=n)
+    return FacilityRecord(id=row.id, name=row.name, kind=row.kind, created_at=row.created_at, observation_count=n,
+                          footprint=row.footprint)
+
+
+def check_footprint(footprint: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``None``, or the footprint validated as a WGS84 GeoJSON Polygon (:class:`InvalidInputError` if not)."""
+    if footprint is None:
+        return None
+    from app.pipeline import validate_footprint
+
+    try:
+        return validate_footprint(footprint)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------------- images
@@ -296,13 +342,9 @@ def analyse_image(
     The image is validated before the model's presence is checked, so bad input is reported as such even on a
     service running without a model (which then raises :class:`ModelUnavailableError`).
     """
-    check_gsd(gsd_m)
-    t0 = time.perf_counter()
-    image = decode_image(data, max_pixels=max_pixels)
-    decode_ms = (time.perf_counter() - t0) * 1000.0
-    if detector is None:
-        raise ModelUnavailableError("no detector is loaded in this service (WAGON_LOAD_MODEL is false)")
-    return detect_decoded(detector, image, gsd_m, decode_ms=decode_ms)
+    from app.scenes import analyse_source  # GeoTIFF/JPEG 2000/NITF through rasterio, JPEG/PNG through Pillow
+
+    return analyse_source(detector, data, gsd_m, max_pixels=max_pixels)
 
 
 def detect_decoded(
@@ -355,6 +397,9 @@ def record_analysis(
             gsd_m=analysis.gsd_m,
             model_name=analysis.model_name,
             model_version=analysis.model_version,
+            geo=analysis.geo,
+            coverage=analysis.coverage,
+            exposure=None if analysis.coverage is None else analysis.coverage.get("share"),
         )
         conf: dict[str, list[float]] = {}
         for d in analysis.result.detections:
@@ -366,7 +411,8 @@ def record_analysis(
         ]
         obs.detections = [
             db.DetectionRow(class_name=d.class_name, confidence=float(d.confidence),
-                            obb=[[float(x), float(y)] for x, y in d.obb])
+                            obb=[[float(x), float(y)] for x, y in d.obb],
+                            obb_lonlat=None if d.obb_lonlat is None else [[float(x), float(y)] for x, y in d.obb_lonlat])
             for d in analysis.result.detections
         ]
         session.add(obs)
@@ -653,16 +699,21 @@ def _observation_record(obs: db.Observation, with_detections: bool = False) -> O
     if obs.image_sha256 is not None:
         image = {"width": obs.image_width, "height": obs.image_height, "format": obs.image_format,
                  "gsd_m": obs.gsd_m, "sha256": obs.image_sha256}
+        if obs.geo:
+            image.update({k: obs.geo.get(k) for k in ("crs", "gsd_source", "window", "bands")})
         model = {"name": obs.model_name or "", "version": obs.model_version or ""}
     detections = None
     if with_detections:
         detections = [
             Detection(class_name=d.class_name, confidence=d.confidence,
-                      obb=tuple((float(p[0]), float(p[1])) for p in d.obb))  # type: ignore[arg-type]
+                      obb=tuple((float(p[0]), float(p[1])) for p in d.obb),  # type: ignore[arg-type]
+                      obb_lonlat=None if d.obb_lonlat is None
+                      else tuple((float(p[0]), float(p[1])) for p in d.obb_lonlat))  # type: ignore[arg-type]
             for d in obs.detections
         ]
     return ObservationRecord(id=obs.id, facility_id=obs.facility_id, captured_at=obs.captured_at, source=obs.source,
-                             counts=counts, anomaly=anomaly, image=image, model=model, detections=detections)
+                             counts=counts, anomaly=anomaly, image=image, model=model, detections=detections,
+                             coverage=obs.coverage, exposure=obs.exposure)
 
 
 def _require_aware(value: datetime) -> datetime:

@@ -82,6 +82,45 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="Logging level of the service and the CLI."
     )
+    # ---- imagery as vendors deliver it (GeoTIFF scenes, footprints, big scenes, jobs, archive)
+    max_scene_pixels: int = Field(
+        default=2_500_000_000,
+        gt=0,
+        description="Largest GeoTIFF / JPEG 2000 / NITF scene in pixels (width x height). These are read window "
+        "by window, so `WAGON_MAX_PIXELS` (whole-image decoding) does not apply to them; larger scenes get 413.",
+    )
+    stretch_8bit: bool = Field(
+        default=False,
+        description="Apply the per-band percentile stretch to 8-bit rasters too (deeper data is always stretched).",
+    )
+    gdal_cache_mb: int = Field(default=256, ge=16, description="GDAL block cache while a scene is read, MiB.")
+    footprint_margin_m: float = Field(
+        default=50.0, ge=0, description="Margin around a facility footprint read with it, metres."
+    )
+    archive_dir: Path = Field(
+        default=Path("var/originals"),
+        description="Where original uploads are kept, content-addressed (`<sha256[:2]>/<sha256>`), for overlays "
+        "and `wagon-detector reprocess`. A relative path is taken from the working directory.",
+    )
+    async_upload_mb: float = Field(
+        default=64, ge=0,
+        description="Uploads larger than this (MiB) are analysed in the background: 202 with a job id.",
+    )
+    jobs_backend: Literal["sqlite", "redis"] = Field(
+        default="sqlite",
+        description="Task queue of background jobs (huey): `sqlite` (embedded, no server) or `redis` "
+        "(several machines; needs the `redis` package and `WAGON_REDIS_URL`).",
+    )
+    jobs_sqlite_path: Path = Field(
+        default=Path("var/jobs.db"), description="Huey's SQLite queue file (jobs_backend=sqlite)."
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL (jobs_backend=redis).")
+    jobs_worker: bool = Field(
+        default=True,
+        description="Run a job worker thread inside the API process. Set false when separate "
+        "`wagon-detector worker` processes consume the queue.",
+    )
+    overlay_max_px: int = Field(default=2048, ge=128, description="Longest side of `overlay.png`, pixels.")
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -74,6 +74,8 @@ class Facility(Base):
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: GeoJSON Polygon in WGS84: counts of georeferenced images are of detections centred inside it.
+    footprint: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Observation(Base):
@@ -94,6 +96,12 @@ class Observation(Base):
     gsd_m: Mapped[float | None] = mapped_column(Float, default=None)
     model_name: Mapped[str | None] = mapped_column(String(100), default=None)
     model_version: Mapped[str | None] = mapped_column(String(100), default=None)
+    #: Georeferencing of the image and the region read ({crs, transform, window, gsd_source, bands}).
+    geo: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    #: Share of the facility footprint the image covered ({share, nodata_cut, edge_cut, in_scene_share}).
+    coverage: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    #: Covered share of the footprint, for the anomaly score (None: whole image counted, no footprint applied).
+    exposure: Mapped[float | None] = mapped_column(Float, default=None)
 
     counts: Mapped[list[ObservationCount]] = relationship(
         back_populates="observation", cascade="all, delete-orphan", order_by="ObservationCount.class_name"
@@ -182,8 +190,29 @@ class DetectionRow(Base):
     class_name: Mapped[str] = mapped_column(String(32))
     confidence: Mapped[float] = mapped_column(Float)
     obb: Mapped[list[list[float]]] = mapped_column(JSON)
+    obb_lonlat: Mapped[list[list[float]] | None] = mapped_column(JSON, default=None)
 
     observation: Mapped[Observation] = relationship(back_populates="detections")
+
+
+class Job(Base):
+    """An image upload analysed in the background (large scenes): its inputs, progress and result."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"), index=True)
+    captured_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    gsd_m: Mapped[float | None] = mapped_column(Float, default=None)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued, running, done, failed
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(String(2000), default=None)
+    error_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    observation_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    timing_ms: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Store:

@@ -122,7 +122,8 @@ def network_attempts() -> list[str]:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings with a fresh SQLite file and no model loading."""
-    return Settings(database_url=f"sqlite:///{tmp_path / 'db' / 'wagon.db'}", load_model=False)
+    return Settings(database_url=f"sqlite:///{tmp_path / 'db' / 'wagon.db'}", load_model=False,
+                    archive_dir=tmp_path / "originals", jobs_sqlite_path=tmp_path / "db" / "jobs.db")
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Request
 
+from app.jobs import JobQueue
 from app.service import DetectorProtocol
 from app.settings import Settings
 from app.store import Store
@@ -21,6 +22,7 @@ class Runtime:
     store: Store
     detector: DetectorProtocol | None
     inference_limiter: anyio.CapacityLimiter
+    jobs: JobQueue | None = None
 
 
 def get_runtime(request: Request) -> Runtime:

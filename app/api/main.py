@@ -16,10 +16,11 @@ from app.api.deps import Runtime
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimitMiddleware
 from app.api.routes import alerts as alert_routes
-from app.api.routes import facilities, health, images, observations
+from app.api.routes import facilities, health, images, jobs, observations
 from app.api.schemas import ImportIn
 from app.service import DetectorProtocol, load_configured_detector
 from app.settings import MIB, Settings, get_settings
+from app.jobs import JobQueue
 from app.store import Store
 
 log = logging.getLogger("app.api")
@@ -40,11 +41,16 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
         model = detector
         if model is None and settings.load_model:
             model = await anyio.to_thread.run_sync(load_configured_detector, settings)
+        queue = await anyio.to_thread.run_sync(JobQueue, settings, store, model)
+        await anyio.to_thread.run_sync(queue.resume)
+        if settings.jobs_worker:
+            queue.start_worker()
         app.state.runtime = Runtime(
             settings=settings,
             store=store,
             detector=model,
             inference_limiter=anyio.CapacityLimiter(settings.max_concurrent_inferences),
+            jobs=queue,
         )
         log.info("wagon-detector %s ready (model: %s)", __version__, "none" if model is None else model.name)
         async with anyio.create_task_group() as tasks:
@@ -54,6 +60,7 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
                 yield
             finally:
                 tasks.cancel_scope.cancel()
+                await anyio.to_thread.run_sync(queue.stop_worker)
                 store.dispose()
 
     app = FastAPI(
@@ -65,7 +72,7 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
     install_error_handlers(app)
     app.include_router(health.router)
-    for module in (facilities, observations, images, alert_routes):
+    for module in (facilities, observations, images, alert_routes, jobs):
         app.include_router(module.router, prefix="/v1")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -27,6 +27,20 @@ class FacilityCreate(BaseModel):
                     examples=["tumangang"])
     name: str = Field(min_length=1, max_length=200, examples=["Tumangang rail yard"])
     kind: Literal["rail", "port", "mixed"]
+    footprint: dict[str, Any] | None = Field(
+        default=None, description="GeoJSON Polygon in WGS84 (lon, lat): counts of georeferenced images are of "
+        "detections centred inside it, and only the part of the scene covering it (plus a margin) is read.",
+        examples=[{"type": "Polygon", "coordinates": [[[130.45, 42.43], [130.46, 42.43], [130.46, 42.42],
+                                                       [130.45, 42.42], [130.45, 42.43]]]}])
+
+
+class FacilityPatch(BaseModel):
+    """Fields of a facility to change; `footprint: null` removes the footprint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    footprint: dict[str, Any] | None = Field(default=None, description="GeoJSON Polygon in WGS84, or null.")
 
 
 class FacilityOut(BaseModel):
@@ -37,6 +51,7 @@ class FacilityOut(BaseModel):
     kind: str
     created_at: datetime
     observation_count: int
+    footprint: dict[str, Any] | None = None
 
 
 class AnomalyOut(BaseModel):
@@ -71,6 +86,8 @@ class DetectionOut(BaseModel):
     confidence: float
     obb: list[Point] = Field(min_length=4, max_length=4, description="Four corner points [x, y].")
     bbox: tuple[float, float, float, float] = Field(description="Axis-aligned box [x1, y1, x2, y2].")
+    obb_lonlat: list[Point] | None = Field(
+        default=None, description="The four corners as WGS84 [lon, lat] (georeferenced images only).")
 
 
 class ModelOut(BaseModel):
@@ -88,6 +105,20 @@ class ImageOut(BaseModel):
     format: str | None = None
     gsd_m: float | None
     sha256: str
+    crs: str | None = Field(default=None, description="CRS of a georeferenced image (EPSG code or WKT).")
+    gsd_source: Literal["request", "geotransform"] | None = Field(
+        default=None, description="Where gsd_m came from: the request, or the image's geotransform.")
+    window: list[int] | None = Field(default=None, description="Region read [col, row, width, height].")
+    bands: str | None = Field(default=None, description="How the RGB bands were chosen.")
+
+
+class CoverageOut(BaseModel):
+    """How much of the facility footprint the image covered with valid data."""
+
+    share: float = Field(description="Share of the footprint covered by valid (not nodata) pixels, 0-1.")
+    in_scene_share: float = Field(description="Share of the footprint inside the image bounds, 0-1.")
+    nodata_cut: bool = Field(description="Whether nodata (or alpha) cut the footprint inside the image.")
+    edge_cut: bool = Field(description="Whether the image edge cut the footprint.")
 
 
 class ObservationOut(BaseModel):
@@ -102,6 +133,9 @@ class ObservationOut(BaseModel):
     anomaly: dict[str, AnomalyOut | None]
     image: ImageOut | None
     model: ModelOut | None
+    coverage: CoverageOut | None = Field(default=None, description="Footprint coverage (footprint applied only).")
+    exposure: float | None = Field(default=None, description="Covered share of the footprint, for the anomaly "
+                                   "score; null when no footprint applied.")
 
 
 class ObservationDetailOut(ObservationOut):
@@ -123,6 +157,32 @@ class UploadOut(ObservationDetailOut):
     """Result of an image upload."""
 
     timing_ms: TimingOut
+
+
+class JobAcceptedOut(BaseModel):
+    """A large upload accepted for background analysis."""
+
+    job_id: str
+    status: str
+    status_url: str
+    image_sha256: str
+
+
+class JobOut(BaseModel):
+    """A background analysis job: progress, and the observation when done."""
+
+    id: str
+    status: Literal["queued", "running", "done", "failed"]
+    progress: float = Field(description="Share of the scene's windows processed, 0-1.")
+    facility_id: str
+    captured_at: datetime
+    image_sha256: str
+    created_at: datetime
+    updated_at: datetime
+    error: str | None
+    error_status: int | None = Field(description="HTTP status the error would have had in a direct upload.")
+    observation_id: int | None
+    result: UploadOut | None
 
 
 class ImportRowIn(BaseModel):

@@ -1,4 +1,4 @@
-"""Facilities: create, list, show."""
+"""Facilities: create, list, show, change (name, footprint)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from app import service
 from app.api.deps import StoreDep
 from app.api.routes.common import FacilityId, errors
-from app.api.schemas import FacilityCreate, FacilityOut
+from app.api.schemas import FacilityCreate, FacilityOut, FacilityPatch
 
 router = APIRouter(tags=["facilities"])
 
@@ -15,7 +15,7 @@ router = APIRouter(tags=["facilities"])
 @router.post("/facilities", status_code=201, response_model=FacilityOut, responses=errors(409, 422))
 def create_facility(body: FacilityCreate, store: StoreDep) -> FacilityOut:
     """Create a facility (409 if the id exists)."""
-    rec = service.create_facility(store, body.id, body.name, body.kind)
+    rec = service.create_facility(store, body.id, body.name, body.kind, footprint=body.footprint)
     return FacilityOut.model_validate(rec, from_attributes=True)
 
 
@@ -29,4 +29,14 @@ def list_facilities(store: StoreDep) -> list[FacilityOut]:
 def get_facility(facility_id: FacilityId, store: StoreDep) -> FacilityOut:
     """One facility (404 if unknown)."""
     rec = service.get_facility(store, facility_id)
+    return FacilityOut.model_validate(rec, from_attributes=True)
+
+
+@router.patch("/facilities/{facility_id}", response_model=FacilityOut, responses=errors(404, 422))
+def update_facility(facility_id: FacilityId, body: FacilityPatch, store: StoreDep) -> FacilityOut:
+    """Change a facility's name and/or footprint (a GeoJSON Polygon in WGS84; `null` removes it). Fields left out
+    stay as they are; earlier observations keep their counts."""
+    changes = {k: getattr(body, k) for k in body.model_fields_set}
+    rec = service.update_facility(store, facility_id, name=changes.get("name"),
+                                  **({"footprint": changes["footprint"]} if "footprint" in changes else {}))
     return FacilityOut.model_validate(rec, from_attributes=True)

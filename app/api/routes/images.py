@@ -1,18 +1,27 @@
-"""``POST /v1/facilities/{id}/images``: detect, count, store and score one image chip."""
+"""``POST /v1/facilities/{id}/images``: detect, count, store and score one image or scene.
+
+The upload is streamed into the content-addressed archive (never held whole in memory). Uploads larger than
+``WAGON_ASYNC_UPLOAD_MB`` are analysed in the background: 202 with a job id (see ``GET /v1/jobs/{id}``).
+"""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app import service
+from app import scenes, service
 from app.api.deps import RuntimeDep
 from app.api.routes.common import FacilityId, errors
-from app.api.schemas import UploadOut
+from app.api.schemas import JobAcceptedOut, UploadOut
+from app.imaging import ImageError
+from app.raster import sniff_format
+from app.settings import MIB, Settings
 
 router = APIRouter(tags=["images"])
 
@@ -20,25 +29,44 @@ CHUNK = 1024 * 1024
 
 
 @router.post("/facilities/{facility_id}/images", status_code=201, response_model=UploadOut,
-             responses=errors(404, 413, 415, 422, 503))
+             responses={202: {"model": JobAcceptedOut, "description": "Large upload: analysed in the background."},
+                        **errors(404, 413, 415, 422, 503)})
 async def upload_image(
     facility_id: FacilityId,
     runtime: RuntimeDep,
-    file: Annotated[UploadFile, File(description="JPEG, PNG or TIFF (format read from the content).")],
+    file: Annotated[UploadFile, File(description="GeoTIFF/COG, JPEG 2000, NITF, JPEG, PNG or TIFF "
+                                                 "(format read from the content).")],
     captured_at: Annotated[str, Form(description="Acquisition time, ISO 8601 with timezone.")],
-    gsd_m: Annotated[float | None, Form(ge=0.05, le=10, description="Ground sample distance, m/pixel.")] = None,
-) -> UploadOut:
-    """Count railcars and containers in an image, store the observation with its detections and score it."""
+    gsd_m: Annotated[float | None, Form(ge=0.05, le=10, description="Ground sample distance, m/pixel; "
+                                        "overrides the image's geotransform.")] = None,
+) -> UploadOut | JSONResponse:
+    """Count railcars and containers in an image, store the observation with its detections and score it.
+
+    For a georeferenced image of a facility with a footprint, only the part of the scene covering the footprint is
+    read and only detections centred inside it are counted; `coverage` says which share of the footprint the image
+    covered. Each detection of a georeferenced image carries `obb_lonlat`."""
     t0 = time.perf_counter()
     store = runtime.store
+    settings = runtime.settings
     await run_in_threadpool(service.get_facility, store, facility_id)
     when = service.parse_timestamp(captured_at)
-    data = await _read_limited(file, runtime.settings.max_upload_bytes)
-    analysis = await anyio.to_thread.run_sync(
-        service.analyse_image, runtime.detector, data, gsd_m, runtime.settings.max_pixels,
-        limiter=runtime.inference_limiter,
-    )
-    del data
+    sha, path, size, head = await _archive_upload(file, settings.max_upload_bytes, settings)
+    jobs = runtime.jobs
+    if jobs is not None and size > settings.async_upload_mb * MIB and sniff_format(head) is not None:
+        if runtime.detector is None and settings.jobs_worker:
+            raise service.ModelUnavailableError("no detector is loaded in this service (WAGON_LOAD_MODEL is false)")
+        job_id = await run_in_threadpool(jobs.submit, facility_id, when, gsd_m, sha)
+        body = JobAcceptedOut(job_id=job_id, status="queued", status_url=f"/v1/jobs/{job_id}", image_sha256=sha)
+        return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
+    footprint = await run_in_threadpool(scenes.facility_footprint, store, facility_id)
+    try:
+        analysis = await anyio.to_thread.run_sync(
+            scenes.analyse_with_settings, runtime.detector, path, settings, gsd_m, footprint, sha,
+            limiter=runtime.inference_limiter,
+        )
+    except ImageError:
+        path.unlink(missing_ok=True)  # not an image: nothing worth keeping (no observation can share its digest)
+        raise
     t1 = time.perf_counter()
     record = await run_in_threadpool(service.record_analysis, store, facility_id, when, analysis,
                                     count_rel_error=runtime.settings.count_rel_error)
@@ -53,16 +81,24 @@ async def upload_image(
     return UploadOut.model_validate(out)
 
 
-async def _read_limited(file: UploadFile, max_bytes: int) -> bytes:
-    """Read the whole upload, refusing with 413 as soon as it exceeds ``max_bytes``."""
-    parts: list[bytes] = []
-    size = 0
-    while chunk := await file.read(CHUNK):
-        size += len(chunk)
-        if size > max_bytes:
-            raise HTTPException(
-                status_code=413,
-                detail=f"file exceeds the upload limit of {max_bytes / 1048576:.1f} MiB (WAGON_MAX_UPLOAD_MB)",
-            )
-        parts.append(chunk)
-    return b"".join(parts)
+async def _archive_upload(file: UploadFile, max_bytes: int, settings: Settings) -> tuple[str, Path, int, bytes]:
+    """Stream the upload into the archive, refusing with 413 as soon as it exceeds ``max_bytes``.
+
+    Returns (sha256, path, size, first bytes)."""
+    writer = await run_in_threadpool(scenes.ArchiveWriter, settings.archive_dir)
+    head = b""
+    try:
+        while chunk := await file.read(CHUNK):
+            if writer.size + len(chunk) > max_bytes:
+                raise HTTPException(
+                    status_code=413,
+                    detail=f"file exceeds the upload limit of {max_bytes / 1048576:.1f} MiB (WAGON_MAX_UPLOAD_MB)",
+                )
+            if len(head) < 16:
+                head += chunk[:16 - len(head)]
+            await run_in_threadpool(writer.write, chunk)
+    except BaseException:
+        writer.discard()
+        raise
+    sha, path = await run_in_threadpool(writer.commit)
+    return sha, path, writer.size, head

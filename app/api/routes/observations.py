@@ -1,15 +1,16 @@
-"""Observations: import historical counts, read a facility's time series, show one observation."""
+"""Observations: import historical counts, read a facility's time series, show one observation, its detections
+as GeoJSON and an overlay picture."""
 
 from __future__ import annotations
 
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app import service
-from app.api.deps import StoreDep
+from app import scenes, service
+from app.api.deps import SettingsDep, StoreDep
 from app.api.routes.common import FacilityId, errors
 from app.api.schemas import ImportOut, ObservationDetailOut, ObservationOut
 
@@ -82,3 +83,25 @@ def get_observation(observation_id: int, store: StoreDep) -> ObservationDetailOu
     """One observation with its detections."""
     rec = service.get_observation(store, observation_id)
     return ObservationDetailOut.model_validate(rec.to_dict(with_detections=True))
+
+
+@router.get("/observations/{observation_id}/detections.geojson", responses={
+    200: {"content": {"application/geo+json": {}}, "description": "GeoJSON FeatureCollection (WGS84)."},
+    **errors(404)})
+def get_detections_geojson(observation_id: int, store: StoreDep) -> Response:
+    """The observation's detections as a GeoJSON FeatureCollection in WGS84 (one Polygon per oriented box, with
+    `class`, `confidence` and `captured_at`); opens as it is in QGIS. 404 when the image was not georeferenced."""
+    collection = scenes.observation_geojson(store, observation_id)
+    return Response(json.dumps(collection), media_type="application/geo+json",
+                    headers={"Content-Disposition": f'inline; filename="observation-{observation_id}.geojson"'})
+
+
+@router.get("/observations/{observation_id}/overlay.png", responses={
+    200: {"content": {"image/png": {}}, "description": "The image with oriented boxes and a legend."},
+    **errors(404)})
+def get_overlay(observation_id: int, store: StoreDep, settings: SettingsDep) -> Response:
+    """The observation's image (the region read, downscaled to at most `WAGON_OVERLAY_MAX_PX` a side) with its
+    oriented boxes drawn per class, the facility footprint, and the counts in a legend. 404 without an archived
+    original."""
+    png = scenes.render_overlay(store, settings, observation_id)
+    return Response(png, media_type="image/png")

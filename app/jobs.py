@@ -1,0 +1,212 @@
+"""Background analysis of large uploads on huey: SQLite queue by default (no server), Redis for several machines.
+
+A job is a row in the service database (``jobs``: inputs, status, progress, result) plus a huey task carrying its
+id. The original upload is already in the content-addressed archive, so a job needs nothing else. Jobs survive a
+restart: queued tasks stay in huey's storage, and on start-up every job still ``queued`` or ``running`` whose task
+is no longer pending is enqueued again (a job that had started is rerun from the start; its result is stored once).
+
+Workers: a thread inside the API process (``WAGON_JOBS_WORKER=true``, the default), or ``wagon-detector worker``
+processes on any machine that sees the same database, archive and queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app import store as db
+from app.imaging import ImageError
+from app.service import DetectorProtocol, NotFoundError, ServiceError, _iso, record_analysis
+
+if TYPE_CHECKING:
+    from huey import Huey
+
+    from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "wagon.analyse_upload"
+#: Least seconds between two progress writes of one job.
+PROGRESS_INTERVAL_S = 1.0
+
+
+def make_huey(settings: Settings) -> Huey:
+    """The huey instance the settings choose (``jobs_backend``)."""
+    if settings.jobs_backend == "redis":
+        from huey import RedisHuey
+
+        return RedisHuey("wagon-detector", url=settings.redis_url, results=False)
+    from huey import SqliteHuey
+
+    path = Path(settings.jobs_sqlite_path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteHuey("wagon-detector", filename=str(path), results=False)
+
+
+class JobQueue:
+    """Submit, run, report and resume background jobs."""
+
+    def __init__(self, settings: Settings, store: db.Store,
+                 detector: DetectorProtocol | Callable[[], DetectorProtocol | None] | None) -> None:
+        self.settings = settings
+        self.store = store
+        self._detector = detector
+        self.huey = make_huey(settings)
+        self.task = self.huey.task(name=TASK_NAME)(self.run)
+        self._consumer: Any = None
+
+    # ---------------------------------------------------------------------------------------------- submit
+
+    def submit(self, facility_id: str, captured_at: datetime, gsd_m: float | None, sha256: str) -> str:
+        """Record a job and enqueue it; return its id."""
+        job_id = str(uuid.uuid4())
+        with self.store.transaction() as session:
+            session.add(db.Job(id=job_id, facility_id=facility_id, captured_at=captured_at, gsd_m=gsd_m,
+                               image_sha256=sha256, status="queued", progress=0.0, created_at=db.utcnow(),
+                               updated_at=db.utcnow()))
+        self.task(job_id)
+        log.info("job %s queued (facility %s, image %s)", job_id, facility_id, sha256[:12])
+        return job_id
+
+    def resume(self) -> int:
+        """Enqueue again every unfinished job whose task is not pending (after a restart); return how many."""
+        with self.store.session() as session:
+            unfinished = [j.id for j in session.query(db.Job).filter(db.Job.status.in_(("queued", "running")))]
+        if not unfinished:
+            return 0
+        pending = {t.args[0] for t in self.huey.pending() if t.args}
+        again = [j for j in unfinished if j not in pending]
+        for job_id in again:
+            with self.store.transaction() as session:
+                job = session.get(db.Job, job_id)
+                if job is not None:
+                    job.status, job.progress, job.updated_at = "queued", 0.0, db.utcnow()
+            self.task(job_id)
+        if again:
+            log.info("resumed %d unfinished job(s)", len(again))
+        return len(again)
+
+    # ---------------------------------------------------------------------------------------------- run
+
+    def detector(self) -> DetectorProtocol | None:
+        """The detector (loaded on first use when given as a loader)."""
+        if callable(self._detector) and not hasattr(self._detector, "detect"):
+            self._detector = self._detector()
+        return self._detector  # type: ignore[return-value]
+
+    def run(self, job_id: str) -> None:
+        """Analyse the job's image and store the observation (the huey task body)."""
+        from app.scenes import analyse_with_settings, archive_path, facility_footprint
+
+        with self.store.transaction() as session:
+            job = session.get(db.Job, job_id)
+            if job is None or job.status in ("done", "failed"):
+                return
+            job.status, job.progress, job.updated_at = "running", 0.0, db.utcnow()
+            facility_id, when, gsd, sha = job.facility_id, job.captured_at, job.gsd_m, job.image_sha256
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_INTERVAL_S or done == total:
+                last[0] = now
+                self._update(job_id, progress=round(done / max(total, 1), 4))
+
+        t0 = time.perf_counter()
+        try:
+            footprint = facility_footprint(self.store, facility_id)
+            analysis = analyse_with_settings(self.detector(), archive_path(self.settings.archive_dir, sha),
+                                             self.settings, gsd_m=gsd, footprint=footprint, sha256=sha,
+                                             progress=progress)
+            t1 = time.perf_counter()
+            record = record_analysis(self.store, facility_id, when, analysis)
+            t2 = time.perf_counter()
+        except (ImageError, ServiceError, FileNotFoundError) as exc:
+            log.warning("job %s failed: %s", job_id, exc)
+            self._update(job_id, status="failed", error=str(exc)[:2000], error_status=_status_of(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - report, never lose a job silently
+            log.exception("job %s failed", job_id)
+            self._update(job_id, status="failed", error=f"internal error: {exc}"[:2000], error_status=500)
+            return
+        timing = {"decode": round(analysis.decode_ms, 1), "detect": round(analysis.detect_ms, 1),
+                  "store": round((t2 - t1) * 1000.0, 1), "total": round((t2 - t0) * 1000.0, 1)}
+        self._update(job_id, status="done", progress=1.0, observation_id=record.id, timing_ms=timing)
+        log.info("job %s done: observation %d", job_id, record.id)
+
+    def _update(self, job_id: str, **fields: Any) -> None:
+        with self.store.transaction() as session:
+            job = session.get(db.Job, job_id)
+            if job is None:
+                return
+            for k, v in fields.items():
+                setattr(job, k, v)
+            job.updated_at = db.utcnow()
+
+    # ---------------------------------------------------------------------------------------------- report
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        """The job as shown to users (with the observation when done); :class:`NotFoundError` if unknown."""
+        from app.service import get_observation
+
+        with self.store.session() as session:
+            job = session.get(db.Job, job_id)
+            if job is None:
+                raise NotFoundError(f"job {job_id!r} not found")
+            out: dict[str, Any] = {
+                "id": job.id, "status": job.status, "progress": job.progress, "facility_id": job.facility_id,
+                "captured_at": _iso(job.captured_at), "image_sha256": job.image_sha256,
+                "created_at": _iso(job.created_at), "updated_at": _iso(job.updated_at), "error": job.error,
+                "error_status": job.error_status, "observation_id": job.observation_id, "result": None,
+            }
+            timing = job.timing_ms
+        if out["observation_id"] is not None:
+            result = get_observation(self.store, out["observation_id"]).to_dict(with_detections=True)
+            result["timing_ms"] = timing
+            out["result"] = result
+        return out
+
+    # ---------------------------------------------------------------------------------------------- worker
+
+    def start_worker(self) -> None:
+        """Start an embedded consumer (one worker thread, no signal handlers) in this process."""
+        from huey.consumer import Consumer
+
+        class _EmbeddedConsumer(Consumer):  # type: ignore[misc]
+            def _set_signal_handlers(self) -> None:  # signals belong to the host process (uvicorn)
+                pass
+
+        self._consumer = _EmbeddedConsumer(self.huey, workers=1, worker_type="thread", periodic=False,
+                                           initial_delay=0.1, backoff=1.15, max_delay=1.0)
+        self._consumer.start()
+        log.info("embedded job worker started (%s queue)", self.settings.jobs_backend)
+
+    def stop_worker(self) -> None:
+        """Stop the embedded consumer after the task it is running (if any)."""
+        if self._consumer is not None:
+            self._consumer.stop(graceful=True)
+            self._consumer = None
+
+    def run_worker(self, workers: int = 1) -> None:
+        """Run a consumer in the foreground (``wagon-detector worker``); returns on SIGINT/SIGTERM."""
+        from huey.consumer import Consumer
+
+        self.resume()
+        Consumer(self.huey, workers=workers, worker_type="thread", periodic=False, max_delay=2.0).run()
+
+
+def _status_of(exc: Exception) -> int:
+    from app.imaging import CorruptImageError, EmptyImageError, ImageTooLargeError, UnsupportedImageError
+    from app.service import ConflictError, InvalidInputError, ModelUnavailableError
+
+    for cls, status in ((NotFoundError, 404), (ConflictError, 409), (InvalidInputError, 422),
+                        (ModelUnavailableError, 503), (EmptyImageError, 422), (CorruptImageError, 422),
+                        (UnsupportedImageError, 415), (ImageTooLargeError, 413), (FileNotFoundError, 404)):
+        if isinstance(exc, cls):
+            return status
+    return 400
