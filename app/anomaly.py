@@ -133,6 +133,12 @@ class CountModel:
             return float(np.logaddexp(log_sf, half_pmf)[0]), float(np.logaddexp(log_cdf, half_pmf)[0])
         return math.log(max(float(weights @ upper), 1e-320)), math.log(max(float(weights @ lower), 1e-320))
 
+    def quantiles(self, lo: float = 0.05, hi: float = 0.95) -> tuple[float, float]:
+        """The ``lo`` and ``hi`` quantiles of the count (e.g. a 90 % band)."""
+        d = stats.nbinom(self.n, self.p) if self.family == "negative_binomial" else stats.poisson(self.mean)
+        q = d.ppf([lo, hi])
+        return float(q[0]), float(q[1])
+
 
 def fit_count_model(mean: float, variance: float, size: int) -> CountModel:
     """Method-of-moments fit from summary statistics of ``size`` (>= 1) counts (v1; used by baselines)."""
@@ -171,6 +177,8 @@ class AnomalyScore:
     count_sd: float | None = None
     highest_in_days: float | None = None
     lowest_in_days: float | None = None
+    expected_lo: float | None = None  # 5 % quantile of the predictive (90 % band with expected_hi)
+    expected_hi: float | None = None  # 95 % quantile of the predictive
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
@@ -570,6 +578,7 @@ def _score_point(
     else:
         facts = "within history" if size else "no earlier observation"
     reason = f"{pred.description}; {facts}" if pred.cold_start else facts
+    q_lo, q_hi = pred.model.quantiles(0.05, 0.95)
     return AnomalyScore(
         score=_to_score(log_up),
         expected=round(pred.model.mean, 3),
@@ -583,6 +592,8 @@ def _score_point(
         count_sd=sd,
         highest_in_days=highest,
         lowest_in_days=lowest,
+        expected_lo=q_lo,
+        expected_hi=q_hi,
     )
 
 

@@ -655,6 +655,8 @@ def rescore(session: Session, facility_id: str, since: datetime, classes: Iterab
             row.model = s.model
             row.highest_in_days = s.highest_in_days
             row.lowest_in_days = s.lowest_in_days
+            row.expected_lo = s.expected_lo
+            row.expected_hi = s.expected_hi
             updated += 1
     session.flush()
     return updated
@@ -693,6 +695,7 @@ def _observation_record(obs: db.Observation, with_detections: bool = False) -> O
             exceeds_history_max=bool(row.exceeds_history_max), history_span_days=row.history_span_days,
             reason=row.reason, drop_score=row.drop_score, model=row.model, count_sd=row.count_sd,
             highest_in_days=row.highest_in_days, lowest_in_days=row.lowest_in_days,
+            expected_lo=row.expected_lo, expected_hi=row.expected_hi,
         )
     image = None
     model = None

@@ -135,6 +135,8 @@ class ObservationCount(Base):
     count_sd: Mapped[float | None] = mapped_column(Float, default=None)  # detector count uncertainty; None = exact
     highest_in_days: Mapped[float | None] = mapped_column(Float, default=None)
     lowest_in_days: Mapped[float | None] = mapped_column(Float, default=None)
+    expected_lo: Mapped[float | None] = mapped_column(Float, default=None)  # 90 % predictive band
+    expected_hi: Mapped[float | None] = mapped_column(Float, default=None)
 
     observation: Mapped[Observation] = relationship(back_populates="counts")
 
@@ -142,7 +144,7 @@ class ObservationCount(Base):
 #: Columns of ``observation_counts`` added after v1, added in place to older databases on start-up.
 ANOMALY_V2_COLUMNS: dict[str, str] = {
     "drop_score": "FLOAT", "model": "VARCHAR(200)", "count_sd": "FLOAT", "highest_in_days": "FLOAT",
-    "lowest_in_days": "FLOAT",
+    "lowest_in_days": "FLOAT", "expected_lo": "FLOAT", "expected_hi": "FLOAT",
 }
 
 

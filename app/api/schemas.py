@@ -75,6 +75,9 @@ class AnomalyOut(BaseModel):
         default=None, description="The count is the highest in this many days (since an equal or higher count).")
     lowest_in_days: float | None = Field(
         default=None, description="The count is the lowest in this many days (since an equal or lower count).")
+    expected_lo: float | None = Field(
+        default=None, description="5 % quantile of the predicted count (with `expected_hi`: the 90 % band).")
+    expected_hi: float | None = Field(default=None, description="95 % quantile of the predicted count.")
 
 
 class DetectionOut(BaseModel):
