@@ -206,6 +206,10 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+#: RFC 3339 in UTC (``...Z``), the API's one time format.
+iso = _iso
+
+
 def parse_timestamp(value: str, name: str = "captured_at") -> datetime:
     """Parse an ISO 8601 datetime that carries a timezone; return it in UTC.
 

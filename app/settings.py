@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         "`wagon-detector worker` processes consume the queue.",
     )
     overlay_max_px: int = Field(default=2048, ge=128, description="Longest side of `overlay.png`, pixels.")
+    cors_origins: str = Field(
+        default="",
+        description="Browser origins allowed to call the API from other sites (CORS), comma-separated, e.g. "
+        "`https://dash.example.org`; `*` allows any. Empty: no CORS headers (same-origin only).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -132,6 +137,11 @@ class Settings(BaseSettings):
         """``model_path`` made absolute (relative paths are taken from the project directory)."""
         path = Path(self.model_path).expanduser()
         return path if path.is_absolute() else PROJECT_ROOT / path
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """``cors_origins`` as a list (empty: CORS off)."""
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def max_upload_bytes(self) -> int:

@@ -78,7 +78,7 @@ def test_import_json_then_series(client: Any) -> None:
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["imported"] == 11 and len(body["observations"]) == 11
-    series = client.get("/v1/facilities/yard/observations").json()
+    series = client.get("/v1/facilities/yard/observations").json()["observations"]
     assert [o["captured_at"] for o in series][:2] == ["2021-01-01T00:00:00Z", "2021-01-02T00:00:00Z"]
     last = series[-1]
     assert last["captured_at"] == "2021-01-11T00:00:00Z" and last["source"] == "analyst"
@@ -93,7 +93,7 @@ def test_import_json_then_series(client: Any) -> None:
     assert series[0]["counts"] == {"railcar": 11, "container": None} and series[0]["anomaly"]["container"] is None
     assert series[0]["anomaly"]["railcar"]["score"] is None and "8" in series[0]["anomaly"]["railcar"]["reason"]
     window = client.get("/v1/facilities/yard/observations",
-                        params={"start": "2021-01-03T00:00:00Z", "end": "2021-01-05T00:00:00+00:00"}).json()
+                        params={"start": "2021-01-03T00:00:00Z", "end": "2021-01-05T00:00:00+00:00"}).json()["observations"]
     assert len(window) == 3
     one = client.get(f"/v1/observations/{last['id']}").json()
     assert one["detections"] == [] and one["counts"] == last["counts"]
@@ -109,7 +109,7 @@ def test_import_csv_and_rescoring_visible_in_get(client: Any) -> None:
     old = "captured_at,railcar\n" + "".join(f"2020-{m:02d}-01T00:00:00Z,{12 + m % 3}\n" for m in range(1, 13))
     r = client.post("/v1/facilities/yard/observations", content=old, headers={"content-type": "text/csv; charset=utf-8"})
     assert r.status_code == 201 and r.json()["imported"] == 12
-    series = client.get("/v1/facilities/yard/observations").json()
+    series = client.get("/v1/facilities/yard/observations").json()["observations"]
     assert [o["anomaly"]["railcar"]["history_size"] for o in series[-3:]] == [12, 13, 14]
     assert all(o["anomaly"]["railcar"]["score"] is not None for o in series[-3:])
     assert all(o["counts"]["container"] is None for o in series)
@@ -324,7 +324,8 @@ def test_streamed_body_over_limit_is_413(make_client: Callable[..., Any]) -> Non
 
 def test_empty_window_parameters_mean_unbounded(client: Any) -> None:
     _facility(client)
-    assert client.get("/v1/facilities/yard/observations?start=&end=").json() == []
+    assert client.get("/v1/facilities/yard/observations?start=&end=").json() == {"observations": [],
+                                                                              "next_cursor": None}
 
 
 def test_healthz_degraded_when_database_is_gone(client: Any) -> None:

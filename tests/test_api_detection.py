@@ -42,6 +42,6 @@ def test_busy_chip_scores_high_against_quiet_history(make_client: Callable[..., 
     # containers were never counted by hand: unknown history, so no score
     assert body["anomaly"]["container"]["score"] is None
 
-    series = client.get("/v1/facilities/tumangang/observations").json()
+    series = client.get("/v1/facilities/tumangang/observations").json()["observations"]
     items = series["observations"] if isinstance(series, dict) else series
     assert len(items) == 61 and items[-1]["id"] == body["id"]

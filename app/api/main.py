@@ -16,7 +16,8 @@ from app.api.deps import Runtime
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimitMiddleware
 from app.api.routes import alerts as alert_routes
-from app.api.routes import facilities, health, images, jobs, observations
+from app.api.routes import dashboard, facilities, health, images, jobs, observations
+from app.api.web import ETagMiddleware
 from app.api.schemas import ImportIn
 from app.service import DetectorProtocol, load_configured_detector
 from app.settings import MIB, Settings, get_settings
@@ -70,8 +71,16 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
+    app.add_middleware(ETagMiddleware)
+    if settings.cors_origin_list:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["ETag", "X-Next-Cursor", "Location"])
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(dashboard.router)
+    app.mount("/dashboard/static", dashboard.static_files(), name="dashboard-static")
     for module in (facilities, observations, images, alert_routes, jobs):
         app.include_router(module.router, prefix="/v1")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -141,6 +141,13 @@ class ObservationOut(BaseModel):
                                    "score; null when no footprint applied.")
 
 
+class ObservationPageOut(BaseModel):
+    """A page of a facility's observations; `next_cursor` is null on the last page."""
+
+    observations: list[ObservationOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
 class ObservationDetailOut(ObservationOut):
     """One observation with its detections."""
 

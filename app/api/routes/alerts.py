@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import alerts, service
+from app.api import web
 from app.api.deps import StoreDep
 from app.api.routes.common import FacilityId, errors
 
@@ -83,8 +84,17 @@ class DeliveryOut(BaseModel):
 _SINCE = Query(description="Only observations captured at or after this time (ISO 8601 with timezone).")
 
 
-def _events(rows: list[dict[str, Any]]) -> list[AnomalyEventOut]:
-    return [AnomalyEventOut.model_validate(r) for r in rows]
+_FORMAT = Query(description="`csv`: one row per crossing (same fields as the JSON).")
+_CSV_DOC = {200: {"content": {"text/csv": {}}, "description": "Crossings (JSON, or CSV with `format=csv`)."}}
+
+
+def _events(rows: list[dict[str, Any]], fmt: str = "json", name: str = "anomalies") -> list[AnomalyEventOut] | Response:
+    events = [AnomalyEventOut.model_validate(r) for r in rows]
+    if fmt == "csv":
+        dicts = [e.model_dump(by_alias=True) for e in events]
+        return web.csv_response(web.ANOMALY_CSV_FIELDS, ([d[f] for f in web.ANOMALY_CSV_FIELDS] for d in dicts),
+                                f"{name}.csv")
+    return events
 
 
 @router.get("/facilities/{facility_id}/alerts", response_model=ThresholdsOut, responses=errors(404))
@@ -114,7 +124,7 @@ def delete_thresholds(facility_id: FacilityId, store: StoreDep) -> Response:
 
 
 @router.get("/facilities/{facility_id}/anomalies", response_model=list[AnomalyEventOut], response_model_by_alias=True,
-            responses=errors(404, 422))
+            responses={**_CSV_DOC, **errors(404, 422)})
 def facility_anomalies(
     facility_id: FacilityId,
     store: StoreDep,
@@ -122,24 +132,29 @@ def facility_anomalies(
     min_score: Annotated[float | None, Query(gt=0, description="Override the surge threshold.")] = None,
     min_drop_score: Annotated[float | None, Query(gt=0, description="Override the drop threshold.")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> list[AnomalyEventOut]:
+    format: Annotated[Literal["json", "csv"], _FORMAT] = "json",
+) -> list[AnomalyEventOut] | Response:
     """Counts of this facility that crossed its thresholds, newest first (one entry per class and direction)."""
     service.get_facility(store, facility_id)
     lo = service.parse_timestamp(since, "since") if since else None
     with store.session() as session:
-        return _events(alerts.list_anomalies(session, facility_id, lo, min_score, min_drop_score, limit))
+        rows = alerts.list_anomalies(session, facility_id, lo, min_score, min_drop_score, limit)
+    return _events(rows, format, f"{facility_id}-anomalies")
 
 
-@router.get("/anomalies", response_model=list[AnomalyEventOut], response_model_by_alias=True, responses=errors(422))
+@router.get("/anomalies", response_model=list[AnomalyEventOut], response_model_by_alias=True,
+            responses={**_CSV_DOC, **errors(422)})
 def all_anomalies(
     store: StoreDep,
     since: Annotated[str | None, _SINCE] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> list[AnomalyEventOut]:
+    format: Annotated[Literal["json", "csv"], _FORMAT] = "json",
+) -> list[AnomalyEventOut] | Response:
     """Counts of every facility that crossed that facility's thresholds, newest first."""
     lo = service.parse_timestamp(since, "since") if since else None
     with store.session() as session:
-        return _events(alerts.list_anomalies(session, None, lo, limit=limit))
+        rows = alerts.list_anomalies(session, None, lo, limit=limit)
+    return _events(rows, format)
 
 
 @router.get("/alerts/deliveries", response_model=list[DeliveryOut], response_model_by_alias=True)

@@ -9,6 +9,10 @@ from fastapi import Path
 from app.api.schemas import ErrorOut
 from app.service import FACILITY_ID_PATTERN
 
+#: Default and largest page size of list endpoints.
+DEFAULT_PAGE = 1000
+MAX_PAGE = 10_000
+
 FacilityId = Annotated[str, Path(description=f"Facility slug ({FACILITY_ID_PATTERN}).")]
 
 

@@ -4,15 +4,16 @@ as GeoJSON and an overlay picture."""
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app import scenes, service
 from app.api.deps import SettingsDep, StoreDep
-from app.api.routes.common import FacilityId, errors
-from app.api.schemas import ImportOut, ObservationDetailOut, ObservationOut
+from app.api import web
+from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, errors
+from app.api.schemas import ImportOut, ObservationDetailOut, ObservationOut, ObservationPageOut
 
 router = APIRouter(tags=["observations"])
 
@@ -63,19 +64,46 @@ async def import_observations(facility_id: FacilityId, request: Request, store: 
     return ImportOut(imported=len(records), observations=[ObservationOut.model_validate(r.to_dict()) for r in records])
 
 
-@router.get("/facilities/{facility_id}/observations", response_model=list[ObservationOut],
-            responses=errors(404, 422))
+@router.get("/facilities/{facility_id}/observations", response_model=ObservationPageOut,
+            responses={200: {"content": {"text/csv": {}}, "description": "A page of observations (JSON, or CSV "
+                                                                          "with `format=csv`)."}, **errors(404, 422)})
 def list_observations(
     facility_id: FacilityId,
     store: StoreDep,
     start: Annotated[str | None, Query(description="Earliest captured_at (inclusive), ISO 8601 with timezone.")] = None,
     end: Annotated[str | None, Query(description="Latest captured_at (inclusive), ISO 8601 with timezone.")] = None,
-) -> list[ObservationOut]:
-    """A facility's time series, oldest first, with counts and per-class anomaly scores."""
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Most observations in the page.")] = DEFAULT_PAGE,
+    order: Annotated[Literal["asc", "desc"], Query(description="`asc`: oldest first; `desc`: newest first.")] = "asc",
+    format: Annotated[Literal["json", "csv"], Query(description="`csv`: one row per observation; the next "
+                                                    "page's cursor is in the `X-Next-Cursor` header.")] = "json",
+) -> ObservationPageOut | Response:
+    """A facility's time series with counts and per-class anomaly scores, a page at a time: the page's
+    `observations` and `next_cursor` (null on the last page; pass it as `cursor` to continue)."""
     lo = service.parse_timestamp(start, "start") if start else None  # empty parameter = not given
     hi = service.parse_timestamp(end, "end") if end else None
     records = service.list_observations(store, facility_id, lo, hi)
-    return [ObservationOut.model_validate(r.to_dict()) for r in records]
+    if order == "desc":
+        records = records[::-1]
+    if cursor:
+        after = web.decode_cursor(cursor)
+        if len(after) != 2 or not isinstance(after[0], str) or not isinstance(after[1], int):
+            raise HTTPException(status_code=422, detail="cursor is not valid (pass next_cursor as it is)")
+        key = (service.parse_timestamp(after[0], "cursor"), after[1])
+        if order == "asc":
+            records = [r for r in records if (r.captured_at, r.id) > key]
+        else:
+            records = [r for r in records if (r.captured_at, r.id) < key]
+    page, more = records[:limit], len(records) > limit
+    next_cursor = web.encode_cursor([service.iso(page[-1].captured_at), page[-1].id]) if more else None
+    dicts = [r.to_dict() for r in page]
+    if format == "csv":
+        classes = list(service.CLASS_NAMES)
+        return web.csv_response(web.observation_csv_header(classes),
+                                (web.observation_csv_row(d, classes) for d in dicts),
+                                f"{facility_id}-observations.csv",
+                                headers={"X-Next-Cursor": next_cursor} if next_cursor else None)
+    return ObservationPageOut(observations=[ObservationOut.model_validate(d) for d in dicts], next_cursor=next_cursor)
 
 
 @router.get("/observations/{observation_id}", response_model=ObservationDetailOut, responses=errors(404))

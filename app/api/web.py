@@ -1,0 +1,169 @@
+"""What makes the API pleasant for browser dashboards: ETags (304 on ``If-None-Match``), opaque cursors for list
+pagination, and CSV renderings of the observation and anomaly lists."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from fastapi import HTTPException, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+#: Responses larger than this are passed through without an ETag (they are not buffered).
+ETAG_MAX_BYTES = 64 * 1024 * 1024
+
+
+class ETagMiddleware:
+    """Add a strong ``ETag`` (hash of the body) to successful GET responses, and answer 304 Not Modified
+    when the request's ``If-None-Match`` names it. Responses that already carry an ETag (files) keep it, and get
+    the same 304 treatment."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        if_none_match = _header(scope, b"if-none-match")
+        start: Message | None = None
+        chunks: list[bytes] = []
+        size = 0
+        passthrough = False
+        send_rest = True  # false once a 304 replaced the response: its body is dropped
+
+        async def buffered_send(message: Message) -> None:
+            nonlocal start, size, passthrough, send_rest
+            if passthrough:
+                if send_rest:
+                    await send(message)
+                return
+            if message["type"] == "http.response.start":
+                headers = {k.lower() for k, _ in message.get("headers", [])}
+                if message["status"] != 200 or b"etag" in headers:  # e.g. files, which have their own ETag
+                    passthrough = True
+                    own = dict((k.lower(), v) for k, v in message.get("headers", [])).get(b"etag")
+                    if own is not None and if_none_match is not None and _matches(if_none_match, own.decode()):
+                        await _send_304(send, message, own.decode())
+                        send_rest = False
+                    else:
+                        await send(message)
+                    return
+                start = message
+                return
+            if message["type"] != "http.response.body" or start is None:
+                await send(message)
+                return
+            body = message.get("body", b"")
+            chunks.append(body)
+            size += len(body)
+            if size > ETAG_MAX_BYTES:  # too big to hash in memory: send what we have as it is
+                passthrough = True
+                await send(start)
+                await send({"type": "http.response.body", "body": b"".join(chunks),
+                            "more_body": message.get("more_body", False)})
+                return
+            if message.get("more_body", False):
+                return
+            full = b"".join(chunks)
+            etag = '"' + hashlib.sha256(full).hexdigest()[:32] + '"'
+            if if_none_match is not None and _matches(if_none_match, etag):
+                await _send_304(send, start, etag)
+                return
+            start["headers"] = [*start.get("headers", []), (b"etag", etag.encode())]
+            await send(start)
+            await send({"type": "http.response.body", "body": full})
+
+        await self.app(scope, receive, buffered_send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    wanted = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return "*" in wanted or etag.removeprefix("W/") in wanted
+
+
+async def _send_304(send: Send, start: Message, etag: str) -> None:
+    keep = {b"cache-control", b"vary", b"content-location", b"expires", b"access-control-allow-origin"}
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() in keep]
+    await send({"type": "http.response.start", "status": 304, "headers": [*headers, (b"etag", etag.encode())]})
+    await send({"type": "http.response.body", "body": b""})
+
+
+# ------------------------------------------------------------------------------------------------- cursors
+
+
+def encode_cursor(key: Sequence[Any]) -> str:
+    """An opaque cursor for the position just after ``key`` (a JSON-able sort key)."""
+    return base64.urlsafe_b64encode(json.dumps(list(key), separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> list[Any]:
+    """The sort key a cursor stands for; 422 when it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        key = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPException(status_code=422, detail="cursor is not valid (pass next_cursor as it is)") from None
+    if not isinstance(key, list):
+        raise HTTPException(status_code=422, detail="cursor is not valid (pass next_cursor as it is)")
+    return key
+
+
+# ------------------------------------------------------------------------------------------------- CSV
+
+
+def csv_response(header: Sequence[str], rows: Iterable[Sequence[Any]], filename: str,
+                 headers: dict[str, str] | None = None) -> Response:
+    """A ``text/csv`` response (RFC 4180, CRLF line ends; empty cell = null)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None else _cell(v) for v in row])
+    return Response(buf.getvalue(), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"', **(headers or {})})
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+OBSERVATION_CLASS_FIELDS = ("count", "score", "drop_score", "expected", "expected_lo", "expected_hi")
+
+
+def observation_csv_header(classes: Sequence[str]) -> list[str]:
+    """Columns of the observations CSV: identity, then per class its count and anomaly fields."""
+    cols = ["id", "facility_id", "captured_at", "source", "has_image"]
+    for cls in classes:
+        cols += [cls if f == "count" else f"{cls}_{f}" for f in OBSERVATION_CLASS_FIELDS]
+    return cols
+
+
+def observation_csv_row(obs: dict[str, Any], classes: Sequence[str]) -> list[Any]:
+    """One observation (its JSON dict) as a CSV row matching :func:`observation_csv_header`."""
+    row: list[Any] = [obs["id"], obs["facility_id"], obs["captured_at"], obs["source"], obs["has_image"]]
+    for cls in classes:
+        block = (obs.get("anomaly") or {}).get(cls) or {}
+        row.append((obs.get("counts") or {}).get(cls))
+        row += [block.get(f) for f in OBSERVATION_CLASS_FIELDS[1:]]
+    return row
+
+
+ANOMALY_CSV_FIELDS = ("facility_id", "facility_name", "observation_id", "captured_at", "source", "class",
+                      "direction", "count", "threshold", "score", "drop_score", "expected", "count_sd",
+                      "history_size", "history_max", "exceeds_history_max", "history_span_days", "highest_in_days",
+                      "lowest_in_days", "reason", "model")
