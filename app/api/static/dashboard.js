@@ -254,7 +254,10 @@
       const width = Math.max(320, box.clientWidth || 900);
       const opts = {
         width, height: 220,
-        scales: { x: { time: true } },
+        scales: {
+          x: { time: true, range: (u, min, max) => { const pad = Math.max((max - min) * 0.02, 43200); return [min - pad, max + pad]; } },
+          y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] },
+        },
         legend: { show: false },
         cursor: { points: { size: 9 }, drag: { x: true, y: false } },
         series: [
@@ -337,7 +340,7 @@
           `<td class="num${dir ? " flag" : ""}">${fmtNum(b && b.score, 2)}${dir ? (dir === "drop" ? " ▼" : " ▲") : ""}</td>`);
       }
       rows.push(`<tr tabindex="0" data-obs="${o.id}"${flagged ? ' class="anomalous"' : ""}><td>${esc(fmtTime(o.captured_at))}</td>` +
-        `<td>${esc(o.source)}${o.has_image ? " 🖼" : ""}</td>${cells.join("")}</tr>`);
+        `<td>${esc(o.source)}${o.has_image ? " (image)" : ""}</td>${cells.join("")}</tr>`);
     }
     body.innerHTML = rows.join("");
   }
