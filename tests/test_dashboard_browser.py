@@ -243,6 +243,9 @@ def test_facility_view_chart_overlay_and_csv(server: dict[str, Any], browser: An
     assert size[0] > 100 and size[1] > 100
     assert "ANOMALY (surge)" in page.locator("#observation-facts").inner_text()
     assert page.locator(f"#observations tr.selected[data-obs='{upload['id']}']").count() == 1
+    page.mouse.move(pos["x"] - 3, pos["y"])
+    page.mouse.move(pos["x"], pos["y"])
+    tip.wait_for(state="visible")
     _screenshot(page, "dashboard-facility.png")
 
     # the table lists every observation; CSV export equals the API's CSV and the JSON's counts

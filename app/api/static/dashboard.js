@@ -231,7 +231,7 @@
       wrap.dataset.anomalies = String(anomalies.length);
       const title = document.createElement("h3");
       title.id = "chart-title-" + cls;
-      title.textContent = `${LABELS[cls]}: ${obs.length} counts, ${anomalies.length} anomalies`;
+      title.textContent = `${LABELS[cls]}: ${obs.length} count${obs.length === 1 ? "" : "s"}, ${anomalies.length} ${anomalies.length === 1 ? "anomaly" : "anomalies"}`;
       wrap.appendChild(title);
       const plotBox = document.createElement("div");
       plotBox.className = "plot";
@@ -340,7 +340,7 @@
           `<td class="num${dir ? " flag" : ""}">${fmtNum(b && b.score, 2)}${dir ? (dir === "drop" ? " ▼" : " ▲") : ""}</td>`);
       }
       rows.push(`<tr tabindex="0" data-obs="${o.id}"${flagged ? ' class="anomalous"' : ""}><td>${esc(fmtTime(o.captured_at))}</td>` +
-        `<td>${esc(o.source)}${o.has_image ? " (image)" : ""}</td>${cells.join("")}</tr>`);
+        `<td>${esc(o.source)}${o.has_image && o.source !== "image" ? " (image)" : ""}</td>${cells.join("")}</tr>`);
     }
     body.innerHTML = rows.join("");
   }
