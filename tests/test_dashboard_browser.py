@@ -6,8 +6,8 @@ runs ``playwright install`` (no browser download). Screenshots and the exported 
 (``WAGON_TEST_ARTIFACTS`` overrides); with ``WAGON_UPDATE_SCREENSHOTS=1`` the screenshots are also written to
 ``docs/dashboard-list.png`` and ``docs/dashboard-facility.png``.
 
-The image upload uses a stand-in detector (a fixed grid of boxes) so that no model is needed: the page shows
-whatever the API stores, and the real model is tested elsewhere.
+The image upload runs the real shipped model on a held-out synthetic rail-yard chip, so the overlay in the
+screenshots shows real detections.
 """
 
 from __future__ import annotations
@@ -27,10 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from app.detection import Detection, DetectionResult
 from tests.conftest import encode_image
 
 CHROMIUM = os.environ.get("WAGON_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -45,25 +43,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not found (apt-get install chromium)"),
 ]
-
-
-class GridDetector:
-    """Stand-in detector: 73 railcars in rows of wagons and 6 containers, whatever the image."""
-
-    name = "grid-stand-in"
-    version = "test"
-    class_names = ("railcar", "container")
-
-    def detect(self, image: np.ndarray, gsd_m: float | None = None) -> DetectionResult:
-        h, w = image.shape[:2]
-        dets = []
-        for i in range(73):
-            x, y = 20 + (i % 12) * (w - 40) / 12, 40 + (i // 12) * 50
-            dets.append(Detection("railcar", 0.9, ((x, y), (x + 40, y), (x + 40, y + 12), (x, y + 12))))
-        for i in range(6):
-            x, y = 30 + i * 90, h - 60
-            dets.append(Detection("container", 0.8, ((x, y), (x + 30, y), (x + 30, y + 10), (x, y + 10))))
-        return DetectionResult(dets, w, h, gsd_m, 1.0)
 
 
 def _free_port() -> int:
@@ -93,9 +72,9 @@ def _multipart(fields: dict[str, str], file: bytes) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def _seed(base: str) -> dict[str, Any]:
-    """tumangang: 60 monthly hand counts and one uploaded chip with 73 railcars (the anomaly); harbour: 24 quiet
-    counts; empty: no observations; big: 2,000 observations (for the load time)."""
+def _seed(base: str, chip: Any) -> dict[str, Any]:
+    """tumangang: 60 monthly hand counts and one uploaded busy chip (the anomaly); harbour: 24 quiet counts;
+    empty: no observations; big: 2,000 observations (for the load time)."""
     rng = random.Random(7)
     for fid, name, kind in (("tumangang", "Tumangang rail facility", "rail"), ("harbour", "Quiet harbour", "port"),
                             ("empty", "Empty yard", "mixed"), ("big", "Busy junction", "rail")):
@@ -105,9 +84,8 @@ def _seed(base: str) -> dict[str, Any]:
     for i in range(60):
         rows.append(f"{(t0 + timedelta(days=30.4 * i)).isoformat()},{rng.randint(6, 24)},{rng.randint(0, 4)}")
     _json(base, "/v1/facilities/tumangang/observations", ("\n".join(rows) + "\n").encode(), "text/csv")
-    image = np.full((480, 640, 3), 90, np.uint8)
-    image[::40] = 160
-    body, ctype = _multipart({"captured_at": "2023-10-15T02:30:00Z", "gsd_m": "0.5"}, encode_image(image))
+    body, ctype = _multipart({"captured_at": "2023-10-15T02:30:00Z", "gsd_m": str(chip.gsd_m)},
+                             encode_image(chip.image))
     upload = json.loads(_http(base, "/v1/facilities/tumangang/images", data=body,
                               headers={"Content-Type": ctype})[2])
     rows = ["captured_at,railcar,container"]
@@ -122,7 +100,7 @@ def _seed(base: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def server(tmp_path_factory: pytest.TempPathFactory, detector: Any, busy_yard: Any) -> Iterator[dict[str, Any]]:
     import uvicorn
 
     from app.api import create_app
@@ -132,7 +110,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     settings = Settings(database_url=f"sqlite:///{tmp / 'wagon.db'}", load_model=False, archive_dir=tmp / "originals",
                         jobs_sqlite_path=tmp / "jobs.db", log_level="WARNING")
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings, detector=GridDetector()), host="127.0.0.1", port=port,
+    srv = uvicorn.Server(uvicorn.Config(create_app(settings, detector=detector), host="127.0.0.1", port=port,
                                         log_level="warning", lifespan="on"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -145,7 +123,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             time.sleep(0.1)
     else:  # pragma: no cover
         pytest.fail("server did not start")
-    seeded = _seed(base)
+    seeded = _seed(base, busy_yard)
     yield {"base": base, **seeded}
     srv.should_exit = True
     thread.join(timeout=10)
@@ -187,7 +165,7 @@ def test_list_signs_in_once_and_sorts_most_anomalous_first(server: dict[str, Any
     assert rows.nth(0).get_attribute("data-facility-row") == "tumangang"
     assert rows.nth(0).locator(".badge").count() == 1 and "Railcars" in rows.nth(0).locator(".badge").inner_text()
     first = rows.nth(0).inner_text()
-    assert "2023-10-15 02:30" in first and "73" in first
+    assert "2023-10-15 02:30" in first and str(server["upload"]["counts"]["railcar"]) in first
     assert rows.nth(3).get_attribute("data-facility-row") == "empty"
     assert rows.locator(".badge").count() == 1
     _screenshot(page, "dashboard-list.png")
@@ -204,7 +182,8 @@ def test_facility_view_chart_overlay_and_csv(server: dict[str, Any], browser: An
     api = json.loads(_http(base, "/v1/facilities/tumangang/observations?limit=10000")[2])["observations"]
     events = json.loads(_http(base, "/v1/facilities/tumangang/anomalies")[2])
     railcar_events = [e for e in events if e["class"] == "railcar"]
-    assert [e["count"] for e in railcar_events] == [73]
+    busy = server["upload"]["counts"]["railcar"]  # what the real model counted on the busy chip
+    assert [e["count"] for e in railcar_events] == [busy]
     page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -220,7 +199,7 @@ def test_facility_view_chart_overlay_and_csv(server: dict[str, Any], browser: An
     drawn = page.evaluate("""() => { const u = wagonDashboard.state.charts[0].plot;
         return {points: u.data[4].length, surge: u.data[5].filter(v => v != null),
                 band: u.data[1].filter(v => v != null).length}; }""")
-    assert drawn["points"] == 61 and drawn["surge"] == [73] and drawn["band"] >= 59
+    assert drawn["points"] == 61 and drawn["surge"] == [busy] and drawn["band"] >= 59
 
     # hover the anomaly marker: the tooltip shows time, count, expected and score
     pos = page.evaluate("""() => { const u = wagonDashboard.state.charts[0].plot; const i = u.data[5].findIndex(v => v != null);
@@ -231,7 +210,7 @@ def test_facility_view_chart_overlay_and_csv(server: dict[str, Any], browser: An
     tip.wait_for(state="visible")
     text = tip.inner_text()
     upload = server["upload"]
-    assert "2023-10-15 02:30" in text and "Railcars: 73" in text and "ANOMALY" in text
+    assert "2023-10-15 02:30" in text and f"Railcars: {busy}" in text and "ANOMALY" in text
     assert f"{upload['anomaly']['railcar']['expected']:.1f}" in text
     assert f"{upload['anomaly']['railcar']['score']:.2f}" in text
 
