@@ -177,10 +177,13 @@ def list_anomalies(
     min_score: float | None = None,
     min_drop_score: float | None = None,
     limit: int = 1000,
+    after: tuple[datetime, int, str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Counts crossing their facility's thresholds (or the given ones), newest first, one entry per direction.
 
-    With explicit ``min_score``/``min_drop_score`` those apply to every facility; otherwise each facility's own
+    The order is (captured_at, observation id) descending, then class name and direction (surge before drop), a
+    unique key; ``after`` (captured_at, observation id, class, direction) continues just after that entry. With
+    explicit ``min_score``/``min_drop_score`` those apply to every facility; otherwise each facility's own
     thresholds (or the defaults) apply.
     """
     explicit = min_score is not None or min_drop_score is not None
@@ -192,22 +195,31 @@ def list_anomalies(
         drops = [t.drop_score for t in own.values() if t.drop_score is not None] + [DEFAULT_SCORE_THRESHOLD]
         floor_score, floor_drop = min(scores), min(drops)
     names = {f.id: f.name for f, _ in db.list_facilities(session)}
-    out = []
-    for row, obs in db.anomalous_counts(session, facility_id, since, floor_score, floor_drop, limit * 2):
-        if explicit:
-            s_thr, d_thr = min_score, min_drop_score
-        elif obs.facility_id in own:
-            s_thr, d_thr = own[obs.facility_id].score, own[obs.facility_id].drop_score
-        else:
-            s_thr = d_thr = DEFAULT_SCORE_THRESHOLD
-        for direction in _crossings(row, s_thr, d_thr):
-            thr = s_thr if direction == "surge" else d_thr
-            assert thr is not None
-            out.append(anomaly_dict(row, obs, direction, thr, names.get(obs.facility_id)))
+    out: list[dict[str, Any]] = []
+    batch = max(2 * limit, 100)
+    start: tuple[datetime, int, str] | None = (after[0], after[1], after[2]) if after else None
+    include_start = True  # the cursor's count may still have its other direction to show
+    while len(out) < limit:
+        rows = db.anomalous_counts(session, facility_id, since, floor_score, floor_drop, batch, start, include_start)
+        for row, obs in rows:
+            if explicit:
+                s_thr, d_thr = min_score, min_drop_score
+            elif obs.facility_id in own:
+                s_thr, d_thr = own[obs.facility_id].score, own[obs.facility_id].drop_score
+            else:
+                s_thr = d_thr = DEFAULT_SCORE_THRESHOLD
+            for direction in _crossings(row, s_thr, d_thr):
+                if (after is not None and (obs.id, row.class_name) == (after[1], after[2])
+                        and DIRECTIONS.index(direction) <= DIRECTIONS.index(after[3])):
+                    continue  # at or before the cursor
+                thr = s_thr if direction == "surge" else d_thr
+                assert thr is not None
+                out.append(anomaly_dict(row, obs, direction, thr, names.get(obs.facility_id)))
+        if len(rows) < batch:
+            break
+        last_row, last_obs = rows[-1]
+        start, include_start = (last_obs.captured_at, last_obs.id, last_row.class_name), False
     return out[:limit]
-
-
-# ------------------------------------------------------------------------------------------------- delivery
 
 
 def http_post(url: str, body: bytes, timeout_s: float) -> int:
@@ -287,9 +299,13 @@ def retry_failed(session: Session, now: datetime | None = None) -> int:
     return int(res.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def list_deliveries(session: Session, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-    """Deliveries, newest first (optionally of one status)."""
+def list_deliveries(
+    session: Session, status: str | None = None, limit: int = 200, before: int | None = None
+) -> list[dict[str, Any]]:
+    """Deliveries, newest (highest id) first, optionally of one status; with ``before``, only ids below it."""
     stmt = select(db.AlertDelivery).order_by(db.AlertDelivery.id.desc()).limit(limit)
+    if before is not None:
+        stmt = stmt.where(db.AlertDelivery.id < before)
     if status is not None:
         stmt = stmt.where(db.AlertDelivery.status == status)
     return [

@@ -293,10 +293,10 @@ def update_facility(store: db.Store, facility_id: str, name: str | None = None,
         return _facility_record(row, db.count_observations(session, facility_id))
 
 
-def list_facilities(store: db.Store) -> list[FacilityRecord]:
-    """All facilities ordered by id."""
+def list_facilities(store: db.Store, after: str | None = None, limit: int | None = None) -> list[FacilityRecord]:
+    """Facilities ordered by id (those after the id ``after``; at most ``limit``)."""
     with store.session() as session:
-        return [_facility_record(f, n) for f, n in db.list_facilities(session)]
+        return [_facility_record(f, n) for f, n in db.list_facilities(session, after=after, limit=limit)]
 
 
 def _require_facility(session: Session, facility_id: str) -> db.Facility:

@@ -315,18 +315,26 @@ def get_facility(session: Session, facility_id: str) -> Facility | None:
     return session.get(Facility, facility_id)
 
 
-def list_facilities(session: Session) -> list[tuple[Facility, int]]:
-    """All facilities ordered by id, each with its number of observations."""
+def list_facilities(
+    session: Session, after: str | None = None, limit: int | None = None
+) -> list[tuple[Facility, int]]:
+    """Facilities ordered by id (those whose id sorts after ``after``; at most ``limit``), each with its number of
+    observations."""
     n_obs = (
         select(Observation.facility_id, func.count(Observation.id).label("n"))
         .group_by(Observation.facility_id)
         .subquery()
     )
-    rows = session.execute(
+    stmt = (
         select(Facility, func.coalesce(n_obs.c.n, 0))
         .outerjoin(n_obs, n_obs.c.facility_id == Facility.id)
         .order_by(Facility.id)
-    ).all()
+    )
+    if after is not None:
+        stmt = stmt.where(Facility.id > after)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    rows = session.execute(stmt).all()
     return [(f, int(n)) for f, n in rows]
 
 
@@ -440,9 +448,13 @@ def anomalous_counts(
     min_score: float | None,
     min_drop_score: float | None,
     limit: int,
+    start: tuple[datetime, int, str] | None = None,
+    include_start: bool = True,
 ) -> list[tuple[ObservationCount, Observation]]:
-    """Counts whose score >= ``min_score`` or drop score >= ``min_drop_score``, newest first."""
-    from sqlalchemy import or_
+    """Counts whose score >= ``min_score`` or drop score >= ``min_drop_score``, newest first (by captured_at,
+    observation id, then class name); with ``start`` (captured_at, observation id, class), only the counts from
+    that one on in this order (``include_start`` false: after it)."""
+    from sqlalchemy import and_, or_
 
     conds = []
     if min_score is not None:
@@ -462,4 +474,10 @@ def anomalous_counts(
         stmt = stmt.where(Observation.facility_id == facility_id)
     if since is not None:
         stmt = stmt.where(Observation.captured_at >= since)
+    if start is not None:
+        at, obs_id, cls = start
+        same = ObservationCount.class_name >= cls if include_start else ObservationCount.class_name > cls
+        stmt = stmt.where(or_(Observation.captured_at < at,
+                              and_(Observation.captured_at == at,
+                                   or_(Observation.id < obs_id, and_(Observation.id == obs_id, same)))))
     return [(c, o) for c, o in session.execute(stmt).all()]

@@ -148,10 +148,11 @@ def test_alert_routes_and_background_delivery(make_client: Callable[..., Any], r
     assert client.get("/v1/facilities/ghost/alerts").status_code == 404
     obs = _quiet() + [_at(300, 73)]
     assert client.post("/v1/facilities/yard/observations", json={"observations": obs}).status_code == 201
-    found = client.get("/v1/facilities/yard/anomalies").json()
+    found = client.get("/v1/facilities/yard/anomalies").json()["anomalies"]
     assert [(a["class"], a["direction"], a["count"]) for a in found] == [("railcar", "surge", 73)]
-    assert client.get("/v1/anomalies", params={"since": "2022-10-01T00:00:00Z"}).json() == found
-    assert client.get("/v1/anomalies", params={"since": "2023-06-01T00:00:00Z"}).json() == []
+    assert client.get("/v1/anomalies", params={"since": "2022-10-01T00:00:00Z"}).json()["anomalies"] == found
+    assert client.get("/v1/anomalies", params={"since": "2023-06-01T00:00:00Z"}).json() == {"anomalies": [],
+                                                                                    "next_cursor": None}
     assert client.get("/v1/anomalies", params={"since": "yesterday"}).status_code == 422
     deadline = time.time() + 10
     while time.time() < deadline and not (len(rx.bodies) >= 2):
@@ -160,7 +161,7 @@ def test_alert_routes_and_background_delivery(make_client: Callable[..., Any], r
     deadline = time.time() + 5
     sent: list[dict[str, Any]] = []
     while time.time() < deadline and not sent:
-        sent = client.get("/v1/alerts/deliveries", params={"status": "sent"}).json()
+        sent = client.get("/v1/alerts/deliveries", params={"status": "sent"}).json()["deliveries"]
         time.sleep(0.05)
     assert sent and sent[0]["attempts"] == 2 and sent[0]["class"] == "railcar"
     assert client.delete("/v1/facilities/yard/alerts").status_code == 204

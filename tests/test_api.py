@@ -22,7 +22,7 @@ def _facility(client: Any, fid: str = "yard", kind: str = "rail") -> None:
 
 
 def _n_obs(client: Any) -> int:
-    return sum(f["observation_count"] for f in client.get("/v1/facilities").json())
+    return sum(f["observation_count"] for f in client.get("/v1/facilities").json()["facilities"])
 
 
 def _refused(response: Any, status: int, *words: str) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def test_facilities_crud(client: Any) -> None:
     _refused(client.post("/v1/facilities", json={"id": "tumangang", "name": "again", "kind": "port"}), 409, "exists")
     assert client.get("/v1/facilities/tumangang").json()["kind"] == "rail"
     _refused(client.get("/v1/facilities/nowhere"), 404, "not found")
-    assert [f["id"] for f in client.get("/v1/facilities").json()] == ["tumangang"]
+    assert [f["id"] for f in client.get("/v1/facilities").json()["facilities"]] == ["tumangang"]
 
 
 @pytest.mark.parametrize("body, words", [
@@ -63,7 +63,7 @@ def test_facilities_crud(client: Any) -> None:
 ])
 def test_facility_validation(client: Any, body: dict, words: list[str]) -> None:
     _refused(client.post("/v1/facilities", json=body), 422, *words)
-    assert client.get("/v1/facilities").json() == []
+    assert client.get("/v1/facilities").json() == {"facilities": [], "next_cursor": None}
 
 
 # ------------------------------------------------------------------------------------------- imports

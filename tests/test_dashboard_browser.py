@@ -181,7 +181,7 @@ def test_list_signs_in_once_and_sorts_most_anomalous_first(server: dict[str, Any
 def test_facility_view_chart_overlay_and_csv(server: dict[str, Any], browser: Any) -> None:
     base = server["base"]
     api = json.loads(_http(base, "/v1/facilities/tumangang/observations?limit=10000")[2])["observations"]
-    events = json.loads(_http(base, "/v1/facilities/tumangang/anomalies")[2])
+    events = json.loads(_http(base, "/v1/facilities/tumangang/anomalies")[2])["anomalies"]
     railcar_events = [e for e in events if e["class"] == "railcar"]
     busy = server["upload"]["counts"]["railcar"]  # what the real model counted on the busy chip
     assert [e["count"] for e in railcar_events] == [busy]

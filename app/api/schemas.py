@@ -148,6 +148,13 @@ class ObservationPageOut(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
 
 
+class FacilityPageOut(BaseModel):
+    """A page of facilities (ordered by id); `next_cursor` is null on the last page."""
+
+    facilities: list[FacilityOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
 class ObservationDetailOut(ObservationOut):
     """One observation with its detections."""
 

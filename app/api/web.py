@@ -8,11 +8,13 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from fastapi import HTTPException, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+T = TypeVar("T")
 
 #: Responses larger than this are passed through without an ETag (they are not buffered).
 ETAG_MAX_BYTES = 64 * 1024 * 1024
@@ -119,6 +121,24 @@ def decode_cursor(cursor: str) -> list[Any]:
     if not isinstance(key, list):
         raise HTTPException(status_code=422, detail="cursor is not valid (pass next_cursor as it is)")
     return key
+
+
+def cursor_key(cursor: str | None, *types: type) -> list[Any] | None:
+    """The sort key of ``cursor`` checked against the key's shape (one type per part); ``None`` without a cursor
+    (an empty parameter counts as none); 422 when it is not a cursor of this list."""
+    if not cursor:
+        return None
+    key = decode_cursor(cursor)
+    if len(key) != len(types) or not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(key, types)):
+        raise HTTPException(status_code=422, detail="cursor is not valid for this list (pass next_cursor as it is)")
+    return key
+
+
+def paginate(items: Sequence[T], limit: int, key: Callable[[T], Sequence[Any]]) -> tuple[list[T], str | None]:
+    """The first ``limit`` of ``items`` (fetch one more to know whether there are more) and the cursor of the next
+    page: the key of the page's last item, or ``None`` on the last page."""
+    page = list(items[:limit])
+    return page, (encode_cursor(key(page[-1])) if len(items) > limit and page else None)
 
 
 # ------------------------------------------------------------------------------------------------- CSV

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app import alerts, service
 from app.api import web
 from app.api.deps import StoreDep
-from app.api.routes.common import FacilityId, errors
+from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, errors
 
 router = APIRouter(tags=["alerts"])
 
@@ -81,20 +81,50 @@ class DeliveryOut(BaseModel):
     sent_at: str | None
 
 
+class AnomalyPageOut(BaseModel):
+    """A page of crossings, newest first; `next_cursor` is null on the last page."""
+
+    anomalies: list[AnomalyEventOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+class DeliveryPageOut(BaseModel):
+    """A page of webhook deliveries, newest first; `next_cursor` is null on the last page."""
+
+    deliveries: list[DeliveryOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+_CURSOR = Query(description="`next_cursor` of the previous page.")
 _SINCE = Query(description="Only observations captured at or after this time (ISO 8601 with timezone).")
 
 
-_FORMAT = Query(description="`csv`: one row per crossing (same fields as the JSON).")
-_CSV_DOC = {200: {"content": {"text/csv": {}}, "description": "Crossings (JSON, or CSV with `format=csv`)."}}
+_FORMAT = Query(description="`csv`: one row per crossing (same fields as the JSON); the next page's cursor is "
+                           "in the `X-Next-Cursor` header.")
+_CSV_DOC = {200: {"content": {"text/csv": {}}, "description": "A page of crossings (JSON, or CSV with `format=csv`)."}}
+_LIMIT = Query(ge=1, le=MAX_PAGE, description="Most crossings in the page.")
 
 
-def _events(rows: list[dict[str, Any]], fmt: str = "json", name: str = "anomalies") -> list[AnomalyEventOut] | Response:
-    events = [AnomalyEventOut.model_validate(r) for r in rows]
+def _anomaly_page(store: StoreDep, facility_id: str | None, since: str | None, min_score: float | None,
+                  min_drop_score: float | None, cursor: str | None, limit: int, fmt: str,
+                  name: str) -> AnomalyPageOut | Response:
+    lo = service.parse_timestamp(since, "since") if since else None
+    key = web.cursor_key(cursor, str, int, str, str)
+    after = None
+    if key is not None:
+        if key[3] not in alerts.DIRECTIONS:
+            raise HTTPException(status_code=422, detail="cursor is not valid for this list (pass next_cursor as it is)")
+        after = (service.parse_timestamp(key[0], "cursor"), key[1], key[2], key[3])
+    with store.session() as session:
+        rows = alerts.list_anomalies(session, facility_id, lo, min_score, min_drop_score, limit + 1, after=after)
+    page, next_cursor = web.paginate(rows, limit, lambda r: [r["captured_at"], r["observation_id"], r["class"],
+                                                            r["direction"]])
+    events = [AnomalyEventOut.model_validate(r) for r in page]
     if fmt == "csv":
         dicts = [e.model_dump(by_alias=True) for e in events]
         return web.csv_response(web.ANOMALY_CSV_FIELDS, ([d[f] for f in web.ANOMALY_CSV_FIELDS] for d in dicts),
-                                f"{name}.csv")
-    return events
+                                f"{name}.csv", headers={"X-Next-Cursor": next_cursor} if next_cursor else None)
+    return AnomalyPageOut(anomalies=events, next_cursor=next_cursor)
 
 
 @router.get("/facilities/{facility_id}/alerts", response_model=ThresholdsOut, responses=errors(404))
@@ -123,7 +153,7 @@ def delete_thresholds(facility_id: FacilityId, store: StoreDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/facilities/{facility_id}/anomalies", response_model=list[AnomalyEventOut], response_model_by_alias=True,
+@router.get("/facilities/{facility_id}/anomalies", response_model=AnomalyPageOut, response_model_by_alias=True,
             responses={**_CSV_DOC, **errors(404, 422)})
 def facility_anomalies(
     facility_id: FacilityId,
@@ -131,41 +161,46 @@ def facility_anomalies(
     since: Annotated[str | None, _SINCE] = None,
     min_score: Annotated[float | None, Query(gt=0, description="Override the surge threshold.")] = None,
     min_drop_score: Annotated[float | None, Query(gt=0, description="Override the drop threshold.")] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    cursor: Annotated[str | None, _CURSOR] = None,
+    limit: Annotated[int, _LIMIT] = DEFAULT_PAGE,
     format: Annotated[Literal["json", "csv"], _FORMAT] = "json",
-) -> list[AnomalyEventOut] | Response:
-    """Counts of this facility that crossed its thresholds, newest first (one entry per class and direction)."""
+) -> AnomalyPageOut | Response:
+    """Counts of this facility that crossed its thresholds, newest first (one entry per class and direction), a
+    page at a time: the page's `anomalies` and `next_cursor` (null on the last page; pass it as `cursor`)."""
     service.get_facility(store, facility_id)
-    lo = service.parse_timestamp(since, "since") if since else None
-    with store.session() as session:
-        rows = alerts.list_anomalies(session, facility_id, lo, min_score, min_drop_score, limit)
-    return _events(rows, format, f"{facility_id}-anomalies")
+    return _anomaly_page(store, facility_id, since, min_score, min_drop_score, cursor, limit, format,
+                         f"{facility_id}-anomalies")
 
 
-@router.get("/anomalies", response_model=list[AnomalyEventOut], response_model_by_alias=True,
+@router.get("/anomalies", response_model=AnomalyPageOut, response_model_by_alias=True,
             responses={**_CSV_DOC, **errors(422)})
 def all_anomalies(
     store: StoreDep,
     since: Annotated[str | None, _SINCE] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    cursor: Annotated[str | None, _CURSOR] = None,
+    limit: Annotated[int, _LIMIT] = DEFAULT_PAGE,
     format: Annotated[Literal["json", "csv"], _FORMAT] = "json",
-) -> list[AnomalyEventOut] | Response:
-    """Counts of every facility that crossed that facility's thresholds, newest first."""
-    lo = service.parse_timestamp(since, "since") if since else None
-    with store.session() as session:
-        rows = alerts.list_anomalies(session, None, lo, limit=limit)
-    return _events(rows, format)
+) -> AnomalyPageOut | Response:
+    """Counts of every facility that crossed that facility's thresholds, newest first, a page at a time
+    (`anomalies` and `next_cursor`)."""
+    return _anomaly_page(store, None, since, None, None, cursor, limit, format, "anomalies")
 
 
-@router.get("/alerts/deliveries", response_model=list[DeliveryOut], response_model_by_alias=True)
+@router.get("/alerts/deliveries", response_model=DeliveryPageOut, response_model_by_alias=True,
+            responses=errors(422))
 def deliveries(
     store: StoreDep,
     status: Annotated[Literal["pending", "sent", "failed"] | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
-) -> list[DeliveryOut]:
-    """Webhook deliveries, newest first: what was sent, what is waiting for a retry, what failed for good."""
+    cursor: Annotated[str | None, _CURSOR] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Most deliveries in the page.")] = 200,
+) -> DeliveryPageOut:
+    """Webhook deliveries, newest first (by id), a page at a time: what was sent, what is waiting for a retry,
+    what failed for good; `next_cursor` is null on the last page."""
+    key = web.cursor_key(cursor, int)
     with store.session() as session:
-        return [DeliveryOut.model_validate(d) for d in alerts.list_deliveries(session, status, limit)]
+        rows = alerts.list_deliveries(session, status, limit + 1, before=key[0] if key else None)
+    page, next_cursor = web.paginate(rows, limit, lambda d: [d["id"]])
+    return DeliveryPageOut(deliveries=[DeliveryOut.model_validate(d) for d in page], next_cursor=next_cursor)
 
 
 @router.post("/alerts/deliveries/retry", responses=errors(422))

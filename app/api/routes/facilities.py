@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from app import service
+from app.api import web
 from app.api.deps import StoreDep
-from app.api.routes.common import FacilityId, errors
-from app.api.schemas import FacilityCreate, FacilityOut, FacilityPatch
+from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, errors
+from app.api.schemas import FacilityCreate, FacilityOut, FacilityPageOut, FacilityPatch
 
 router = APIRouter(tags=["facilities"])
 
@@ -19,10 +22,19 @@ def create_facility(body: FacilityCreate, store: StoreDep) -> FacilityOut:
     return FacilityOut.model_validate(rec, from_attributes=True)
 
 
-@router.get("/facilities", response_model=list[FacilityOut])
-def list_facilities(store: StoreDep) -> list[FacilityOut]:
-    """All facilities, ordered by id."""
-    return [FacilityOut.model_validate(r, from_attributes=True) for r in service.list_facilities(store)]
+@router.get("/facilities", response_model=FacilityPageOut, responses=errors(422))
+def list_facilities(
+    store: StoreDep,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Most facilities in the page.")] = DEFAULT_PAGE,
+) -> FacilityPageOut:
+    """Facilities ordered by id, a page at a time: the page's `facilities` and `next_cursor` (null on the last
+    page; pass it as `cursor` to continue)."""
+    after = web.cursor_key(cursor, str)
+    records = service.list_facilities(store, after=after[0] if after else None, limit=limit + 1)
+    page, next_cursor = web.paginate(records, limit, lambda r: [r.id])
+    return FacilityPageOut(facilities=[FacilityOut.model_validate(r, from_attributes=True) for r in page],
+                           next_cursor=next_cursor)
 
 
 @router.get("/facilities/{facility_id}", response_model=FacilityOut, responses=errors(404))

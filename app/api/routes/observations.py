@@ -85,17 +85,14 @@ def list_observations(
     records = service.list_observations(store, facility_id, lo, hi)
     if order == "desc":
         records = records[::-1]
-    if cursor:
-        after = web.decode_cursor(cursor)
-        if len(after) != 2 or not isinstance(after[0], str) or not isinstance(after[1], int):
-            raise HTTPException(status_code=422, detail="cursor is not valid (pass next_cursor as it is)")
+    after = web.cursor_key(cursor, str, int)
+    if after is not None:
         key = (service.parse_timestamp(after[0], "cursor"), after[1])
         if order == "asc":
             records = [r for r in records if (r.captured_at, r.id) > key]
         else:
             records = [r for r in records if (r.captured_at, r.id) < key]
-    page, more = records[:limit], len(records) > limit
-    next_cursor = web.encode_cursor([service.iso(page[-1].captured_at), page[-1].id]) if more else None
+    page, next_cursor = web.paginate(records, limit, lambda r: [service.iso(r.captured_at), r.id])
     dicts = [r.to_dict() for r in page]
     if format == "csv":
         classes = list(service.CLASS_NAMES)

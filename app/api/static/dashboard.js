@@ -48,17 +48,22 @@
     return r.json();
   }
 
-  async function allObservations(fid, params) {
+  // Every item of a paged list (`{<key>: [...], next_cursor}`), following next_cursor to the end.
+  async function allPages(path, key, params) {
     let cursor = null;
     const out = [];
     do {
       const q = new URLSearchParams(Object.assign({ limit: String(PAGE) }, params || {}));
       if (cursor) q.set("cursor", cursor);
-      const page = await api(`/v1/facilities/${encodeURIComponent(fid)}/observations?` + q);
-      out.push(...page.observations);
+      const page = await api(path + "?" + q);
+      out.push(...page[key]);
       cursor = page.next_cursor;
     } while (cursor);
     return out;
+  }
+
+  function allObservations(fid, params) {
+    return allPages(`/v1/facilities/${encodeURIComponent(fid)}/observations`, "observations", params);
   }
 
   // ---------------------------------------------------------------------------------------------- helpers
@@ -125,7 +130,7 @@
     $("list-view").hidden = false;
     document.title = "Facilities · wagon-detector";
     status("Loading facilities…");
-    const facilities = await api("/v1/facilities");
+    const facilities = await allPages("/v1/facilities", "facilities");
     const rows = await Promise.all(facilities.map(async (f) => {
       const fid = encodeURIComponent(f.id);
       const [latest, thr] = await Promise.all([
