@@ -626,6 +626,13 @@ def import_observations(store: db.Store, facility_id: str, rows: Sequence[Import
 # ----------------------------------------------------------------------------------------------- scoring/read
 
 
+#: Fields of an anomaly score that are stored on its count row.
+STORED_SCORE_FIELDS: tuple[str, ...] = (
+    "score", "expected", "history_size", "history_max", "exceeds_history_max", "history_span_days", "reason",
+    "drop_score", "model", "highest_in_days", "lowest_in_days", "expected_lo", "expected_hi",
+)
+
+
 def rescore(session: Session, facility_id: str, since: datetime, classes: Iterable[str]) -> int:
     """Recompute and store the anomaly scores of every count at or after ``since`` for the given classes.
 
@@ -648,19 +655,8 @@ def rescore(session: Session, facility_id: str, since: datetime, classes: Iterab
         changed = {oid: s for oid, s in zip(ids, scores, strict=True) if s is not None}
         for row in db.count_rows(session, cls, list(changed)):
             s = changed[row.observation_id]
-            row.score = s.score
-            row.expected = s.expected
-            row.history_size = s.history_size
-            row.history_max = s.history_max
-            row.exceeds_history_max = s.exceeds_history_max
-            row.history_span_days = s.history_span_days
-            row.reason = s.reason
-            row.drop_score = s.drop_score
-            row.model = s.model
-            row.highest_in_days = s.highest_in_days
-            row.lowest_in_days = s.lowest_in_days
-            row.expected_lo = s.expected_lo
-            row.expected_hi = s.expected_hi
+            for name in STORED_SCORE_FIELDS:
+                setattr(row, name, getattr(s, name))
             updated += 1
     session.flush()
     return updated
