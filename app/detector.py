@@ -66,7 +66,7 @@ class Detector:
     """A loaded OBB model with tiling, GSD resampling and duplicate removal."""
 
     def __init__(self, weights: str | Path, threads: int | None = None, conf: float | None = None,
-                 runtime: str = "torch") -> None:
+                 runtime: str = "torch", max_det: int = 2000) -> None:
         configure_offline()
         import torch
         from ultralytics import YOLO
@@ -78,6 +78,7 @@ class Detector:
         self.name = self.info.name
         self.version = self.info.version
         self.runtime, model_file = resolve_runtime(self.weights, runtime)
+        self.max_det = max_det  # per tile
         self.class_names: tuple[str, ...] = CLASS_NAMES
         chosen = conf if conf is not None else self.info.conf
         self.class_conf: dict[str, float] = (
@@ -117,7 +118,7 @@ class Detector:
         with self._lock:
             for group in groups:
                 results += self._model.predict(group, imgsz=self.info.imgsz, conf=self.conf, iou=self.info.iou,
-                                               device="cpu", max_det=2000, verbose=False)
+                                               device="cpu", max_det=self.max_det, verbose=False)
                 # Ultralytics drops to one thread in select_device; put ours back for the next call
                 self._torch.set_num_threads(self.threads)
         out = []

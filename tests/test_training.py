@@ -37,10 +37,14 @@ def test_matching_counts_ignores_and_ap() -> None:
     assert s["map50"] == pytest.approx(2 / 3 + 0.25, abs=1e-3)
 
 
-def test_non_exhaustive_truth_scores_recall_only() -> None:
+def test_non_exhaustive_truth_scores_neither_precision_nor_recall() -> None:
+    """A lower-bound truth (not every object labelled) is left out of precision, recall and AP alike: its hits
+    would raise recall without its labels counting in the denominator."""
     tally = ClassTally()
-    match_image([_det(_box(0), 0.9), _det(_box(100), 0.9)], Truth([_box(0)], exhaustive=False), 0.5, False, tally)
-    assert tally.fp_at_op == 0 and tally.tp_at_op == 1 and tally.ap50() is None
+    row = match_image([_det(_box(0), 0.9), _det(_box(100), 0.9)], Truth([_box(0)], exhaustive=False), 0.5, False,
+                      tally)
+    assert tally.fp_at_op == 0 and tally.tp_at_op == 0 and tally.ap50() is None and tally.n_truth == 0
+    assert row["tp"] == 1 and row["predicted"] == 2
 
 
 @pytest.mark.slow
