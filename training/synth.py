@@ -38,6 +38,10 @@ class SynthConfig:
     size_px: int = 640
     supersample: int = 2
     gsd_range: tuple[float, float] = (0.3, 0.8)
+    # the service resamples to its working GSD (0.4 m/px) whenever the GSD is known, so most chips are drawn near it;
+    # the rest span gsd_range so the model still works when the GSD is not given
+    gsd_focus: tuple[float, float] = (0.34, 0.48)
+    gsd_focus_probability: float = 0.6
     # scene mix: probabilities of rail yard, port (container lots with some rail), mixed, and empty (no targets)
     scene_weights: tuple[float, float, float, float] = (0.5, 0.2, 0.22, 0.08)
     # rail geometry
@@ -71,9 +75,12 @@ class SynthConfig:
     # chips whose ground is per-pixel colour noise or speckle (teaches the model that noise is not containers)
     noise_ground_probability: float = 0.06
     # sun and shadows
-    sun_elevation_deg: tuple[float, float] = (25.0, 75.0)
-    # brightness left in a shadow (real shadows next to wagons are near black)
-    shadow_factor: tuple[float, float] = (0.12, 0.5)
+    sun_elevation_deg: tuple[float, float] = (20.0, 70.0)
+    # brightness left in a shadow (real shadows next to wagons are near black: a dark band as wide as the wagon,
+    # which a detector must not take for the wagon itself)
+    shadow_factor: tuple[float, float] = (0.04, 0.4)
+    # share of wagons given a light roof (grey, beige, white), the kind that sits beside a black shadow band
+    light_roof_probability: float = 0.3
     # share of tracks in a bundle that hold a train (real yards have many empty tracks)
     bundle_occupancy: tuple[float, float] = (0.15, 0.9)
     # viewing geometry: off-nadir angle leans tall objects away from the sensor (their side face shows)
@@ -132,6 +139,9 @@ WAGON_COLOURS = {
     "locomotive": [(170, 40, 35), (40, 70, 140), (210, 180, 40), (60, 110, 60), (200, 200, 200), (50, 50, 55),
                    (200, 90, 30)],
 }
+# light roofs (aluminium hoppers, white reefers, faded grey box cars): next to a black shadow they are what real
+# 0.25-0.5 m orthophotos of yards show most
+LIGHT_ROOFS = [(190, 190, 188), (205, 200, 190), (175, 172, 165), (215, 215, 212), (185, 178, 160), (160, 165, 168)]
 CONTAINER_COLOURS = [(175, 50, 40), (200, 80, 40), (40, 70, 130), (60, 110, 160), (220, 220, 215), (150, 150, 150),
                      (45, 110, 75), (110, 70, 45), (200, 170, 50), (40, 130, 130), (90, 90, 95), (160, 40, 60),
                      (230, 120, 40), (30, 30, 35)]
@@ -231,7 +241,8 @@ class _Scene:
     def __init__(self, cfg: SynthConfig, rng: np.random.Generator) -> None:
         self.cfg = cfg
         self.rng = rng
-        self.gsd = float(rng.uniform(*cfg.gsd_range))
+        focus = rng.random() < cfg.gsd_focus_probability
+        self.gsd = float(rng.uniform(*(cfg.gsd_focus if focus else cfg.gsd_range)))
         self.px = 1.0 / self.gsd  # pixels per metre
         self.canvas = _Canvas(cfg.size_px, cfg.supersample)
         az = rng.uniform(0, 2 * math.pi)
@@ -333,6 +344,8 @@ class _Scene:
         v = np.array([-u[1], u[0]])
         palette = WAGON_COLOURS["flat" if kind == "flat_containers" else kind]
         col = _jitter(rng, palette[rng.integers(len(palette))], 14)
+        if kind != "locomotive" and rng.random() < cfg.light_roof_probability:
+            col = _jitter(rng, LIGHT_ROOFS[rng.integers(len(LIGHT_ROOFS))], 10)
         lean = self.lean_dir * self.lean_per_m * height
         if np.linalg.norm(lean) > 0.3:  # off-nadir: the side face shows, the roof (the label) is displaced
             side = cv2.convexHull(np.vstack([body, body + lean]).astype(np.float32)).reshape(-1, 2)
