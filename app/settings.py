@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Directory holding the ``app`` package; relative model paths are resolved against it.
@@ -125,6 +125,19 @@ class Settings(BaseSettings):
         default="",
         description="Browser origins allowed to call the API from other sites (CORS), comma-separated, e.g. "
         "`https://dash.example.org`; `*` allows any. Empty: no CORS headers (same-origin only).",
+    )
+
+    # ---- access control
+    auth: bool = Field(
+        default=True,
+        description="Require an API key (`Authorization: Bearer <key>`) on every route except `/healthz`, the "
+        "docs and the dashboard page. `false`/`off` opens everything to anyone who can reach the service (local "
+        "demos only; logged as a warning at start-up and reported by `/healthz`).",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="The first admin key (at least 32 characters), stored on a first start with no keys. Unset: "
+        "the service makes one and prints it once on stderr. Ignored once any key exists.",
     )
 
     @field_validator("log_level", mode="before")
