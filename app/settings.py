@@ -157,6 +157,12 @@ class Settings(BaseSettings):
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @property
+    def admin_key_value(self) -> str | None:
+        """``admin_key`` in clear (also when set by ``model_copy`` as a plain string)."""
+        key = self.admin_key
+        return key.get_secret_value() if isinstance(key, SecretStr) else key
+
+    @property
     def max_upload_bytes(self) -> int:
         """``max_upload_mb`` in bytes."""
         return int(self.max_upload_mb * MIB)

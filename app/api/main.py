@@ -98,7 +98,7 @@ def _set_up_auth(store: Store, settings: Settings) -> None:
     if not settings.auth:
         log.warning(AUTH_OFF_WARNING)
         return
-    configured = settings.admin_key.get_secret_value() if settings.admin_key is not None else None
+    configured = settings.admin_key_value
     new = bootstrap_admin(store, configured)
     if new is not None and configured is None:
         print(f"\nwagon-detector: created the first admin key (id {new.record.id}). It is shown only now; "
