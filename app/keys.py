@@ -8,7 +8,8 @@ bytes. Only the SHA-256 of the whole key is stored, so a key is shown once, when
 - ``uploader``: uploads images and imports counts to the facilities it was granted, and reads its uploads' jobs.
 
 ``last_used_at`` is written at most once per :data:`LAST_USED_INTERVAL_S` per key, so a busy key does not turn
-every request into a database write.
+every request into a database write; the API writes it in a background thread, so a request never waits for the
+database's write lock just to record that a key was used.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import hashlib
 import logging
 import re
 import secrets
+import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -206,8 +209,31 @@ def revoke_key(store: db.Store, key_id: str, allow_last_admin: bool = False) -> 
     return record
 
 
-def authenticate(store: db.Store, key: str, now: datetime | None = None) -> Principal | None:
-    """The caller a key belongs to, or None (unknown or revoked). Records the use (at most once a minute)."""
+_touch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wagon-key-use")
+_touch_pending: set[str] = set()
+_touch_lock = threading.Lock()
+
+
+def _touch(store: db.Store, key_id: str, now: datetime, stale_before: datetime) -> None:
+    with store.transaction() as session:
+        session.execute(update(db.ApiKey).where(
+            db.ApiKey.id == key_id, or_(db.ApiKey.last_used_at.is_(None), db.ApiKey.last_used_at < stale_before),
+        ).values(last_used_at=now))
+
+
+def _touch_later(store: db.Store, key_id: str, now: datetime, stale_before: datetime) -> None:
+    try:
+        _touch(store, key_id, now, stale_before)
+    except Exception:  # noqa: BLE001 - a missed last-use time must not fail anything
+        log.warning("could not record the use of key %s", key_id, exc_info=True)
+    finally:
+        with _touch_lock:
+            _touch_pending.discard(key_id)
+
+
+def authenticate(store: db.Store, key: str, now: datetime | None = None, wait: bool = True) -> Principal | None:
+    """The caller a key belongs to, or None (unknown or revoked). Records the use (at most once a minute): at once,
+    or with ``wait=False`` in a background thread."""
     now = now or db.utcnow()
     with store.session() as session:
         row = session.scalars(select(db.ApiKey).where(db.ApiKey.key_hash == hash_key(key))).one_or_none()
@@ -216,12 +242,15 @@ def authenticate(store: db.Store, key: str, now: datetime | None = None) -> Prin
         principal = Principal(key_id=row.id, role=row.role, facilities=frozenset(f.facility_id for f in row.facilities))
         stale_before = now - timedelta(seconds=LAST_USED_INTERVAL_S)
         stale = row.last_used_at is None or row.last_used_at < stale_before
-    if stale:
-        with store.transaction() as session:
-            session.execute(update(db.ApiKey).where(
-                db.ApiKey.id == principal.key_id,
-                or_(db.ApiKey.last_used_at.is_(None), db.ApiKey.last_used_at < stale_before),
-            ).values(last_used_at=now))
+    if stale and principal.key_id is not None:
+        if wait:
+            _touch(store, principal.key_id, now, stale_before)
+        else:
+            with _touch_lock:
+                if principal.key_id in _touch_pending:
+                    return principal
+                _touch_pending.add(principal.key_id)
+            _touch_pool.submit(_touch_later, store, principal.key_id, now, stale_before)
     return principal
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -214,7 +215,11 @@ def test_key_lifecycle_over_the_api(client: Any) -> None:
                     json={"observations": [{"captured_at": "2024-01-01T00:00:00Z", "counts": {"railcar": 3}}]})
     assert r.status_code == 201, r.text
     assert client.get("/v1/facilities", headers=as_uploader).status_code == 403
-    used = [k for k in client.get("/v1/keys").json()["keys"] if k["id"] == created["id"]][0]
+    for _ in range(50):  # the use is recorded in the background
+        used = [k for k in client.get("/v1/keys").json()["keys"] if k["id"] == created["id"]][0]
+        if used["last_used_at"] is not None:
+            break
+        time.sleep(0.05)
     assert used["last_used_at"] is not None
     r = client.delete(f"/v1/keys/{created['id']}")
     assert r.status_code == 200 and r.json()["revoked_at"]
@@ -358,3 +363,13 @@ def test_auth_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
 def test_health_says_auth_is_on(client: Any) -> None:
     health = client.get("/healthz", headers={"Authorization": ""}).json()
     assert health["auth"] == "enabled" and health["warnings"] == []
+
+
+def test_openapi_documents_the_bearer_scheme(client: Any) -> None:
+    spec = client.get("/openapi.json", headers={"Authorization": ""}).json()
+    assert spec["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http", "scheme": "bearer", "description": spec["components"]["securitySchemes"]["apiKey"]["description"]}
+    upload = spec["paths"]["/v1/facilities/{facility_id}/images"]["post"]
+    assert upload["security"] == [{"apiKey": []}] and upload["x-wagon-access"] == "upload"
+    assert {"401", "403"} <= set(upload["responses"])
+    assert "security" not in spec["paths"]["/healthz"]["get"]

@@ -71,6 +71,25 @@ def route_access(route: Any) -> list[Access]:
     return found
 
 
+def document_security(schema: dict[str, Any], routes: list[Any]) -> None:
+    """Declare the Bearer scheme in an OpenAPI document and mark every non-public operation with it (the docs'
+    "Authorize" button then sends the key), noting the role each one needs."""
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
+        "type": "http", "scheme": "bearer", "description": "An API key (`wd_...`): `Authorization: Bearer <key>`."}
+    for route in iter_routes(routes):
+        rules = route_access(route) if is_api_route(route) else []
+        if len(rules) != 1 or rules[0] is Access.PUBLIC:
+            continue
+        for method in route.methods:
+            operation = schema.get("paths", {}).get(route.path, {}).get(method.lower())
+            if operation is not None:
+                operation["security"] = [{"apiKey": []}]
+                operation["x-wagon-access"] = rules[0].value
+                operation.setdefault("responses", {}).update({
+                    "401": {"description": "No, an unknown or a revoked API key."},
+                    "403": {"description": "The key's role does not allow this."}})
+
+
 def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
     challenge = "Bearer" if error is None else f'Bearer error="{error}"'
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": challenge})
@@ -99,7 +118,7 @@ async def authenticate(request: Request) -> Principal:
         key = bearer_key(request)
         if key is None:
             raise _unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
-        found = await run_in_threadpool(keys.authenticate, runtime.store, key)
+        found = await run_in_threadpool(lambda: keys.authenticate(runtime.store, key, wait=False))
         if found is None:
             raise _unauthorized("the API key is unknown or revoked", "invalid_token")
         principal = found

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app import __version__
-from app.api.auth import AuthGate
+from app.api.auth import AuthGate, document_security
 from app.api.deps import Runtime
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimitMiddleware
@@ -133,5 +133,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     import_schema = ImportIn.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(import_schema.pop("$defs", {}))
     components["ImportIn"] = import_schema
+    document_security(schema, app.routes)
     app.openapi_schema = schema
     return schema
