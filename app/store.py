@@ -169,9 +169,10 @@ class ApiKey(Base):
     """An API key: only its SHA-256 is stored; ``id`` is a short public handle (part of the key, shown in lists)."""
 
     __tablename__ = "api_keys"
+    __table_args__ = (UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(String(16))  # admin, reader, uploader
     name: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
