@@ -1,4 +1,4 @@
-"""Command line: ``wagon-detector serve | detect | reprocess | worker | train | evaluate | export``."""
+"""Command line: ``wagon-detector serve | detect | reprocess | worker | keys | train | evaluate | export``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="consume background jobs (large uploads) from the queue")
     worker.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
 
+    keys = sub.add_parser("keys", help="create, list and revoke API keys (on the configured database)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", help="create a key and print it (once) on stdout")
+    create.add_argument("--role", required=True, choices=("admin", "reader", "uploader"),
+                        help="admin: everything; reader: reads everything; uploader: uploads to its facilities")
+    create.add_argument("--facility", action="append", default=[], metavar="ID",
+                        help="facility an uploader key may upload to (repeat for several; uploader keys only)")
+    create.add_argument("--name", default=None, help="who holds the key (shown in listings)")
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id", help="the key's id (the 12 hex digits after wd_, as listed)")
+    revoke.add_argument("--force", action="store_true", help="revoke even the last active admin key")
+
     for name, module in DELEGATED.items():
         sub.add_parser(name, help=f"{name} the detector (see `wagon-detector {name} --help`; runs {module})",
                        add_help=False)
@@ -74,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _reprocess(args.facility, args.model)
     if args.command == "worker":
         return _worker(args.workers)
+    if args.command == "keys":
+        return _keys(args)
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
 
 
@@ -223,6 +238,39 @@ def _worker(workers: int) -> int:
     store = Store(settings.database_url)
     JobQueue(settings, store, lambda: service.load_configured_detector(settings)).run_worker(workers)
     store.dispose()
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from app import keys, service
+    from app.settings import get_settings
+    from app.store import Store
+
+    store = Store(get_settings().database_url)
+    try:
+        if args.keys_command == "create":
+            new = keys.create_key(store, args.role, args.facility, args.name)
+            where = f" for {', '.join(new.record.facilities)}" if new.record.facilities else ""
+            print(f"created {new.record.role} key {new.record.id}{where}; it is shown only now, store it safely:",
+                  file=sys.stderr)
+            print(new.key)
+        elif args.keys_command == "list":
+            def when(value: str | None) -> str:  # to the second, UTC
+                return value[:19].replace("T", " ") if value else "-"
+
+            print(f"{'id':<14}{'role':<10}{'facilities':<24}{'created (UTC)':<21}{'last used':<21}{'revoked':<21}name")
+            for k in keys.list_keys(store):
+                d = k.to_dict()
+                print(f"{d['id']:<14}{d['role']:<10}{','.join(d['facilities']) or '*':<24}{when(d['created_at']):<21}"
+                      f"{when(d['last_used_at']):<21}{when(d['revoked_at']):<21}{d['name'] or ''}")
+        else:
+            record = keys.revoke_key(store, args.key_id, allow_last_admin=args.force)
+            print(f"revoked key {record.id} ({record.role}) at {service.iso(record.revoked_at or record.created_at)}")
+    except service.ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.dispose()
     return 0
 
 

@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from app import store as db
 from app.imaging import ImageError
-from app.service import DetectorProtocol, NotFoundError, ServiceError, _iso, record_analysis
+from app.service import (
+    DetectorProtocol,
+    Idempotency,
+    IdempotencyConflictError,
+    NotFoundError,
+    ServiceError,
+    _iso,
+    record_upload,
+)
 
 if TYPE_CHECKING:
     from huey import Huey
@@ -62,13 +70,21 @@ class JobQueue:
 
     # ---------------------------------------------------------------------------------------------- submit
 
-    def submit(self, facility_id: str, captured_at: datetime, gsd_m: float | None, sha256: str) -> str:
-        """Record a job and enqueue it; return its id."""
-        job_id = str(uuid.uuid4())
+    def submit(self, facility_id: str, captured_at: datetime, gsd_m: float | None, sha256: str,
+               idempotency: Idempotency | None = None) -> str:
+        """Record a job and enqueue it; return its id. A repeat of an unfinished job (same ``Idempotency-Key``, or
+        same image, facility and time) returns that job's id instead (:class:`IdempotencyConflictError` when the
+        key came with another image or time)."""
         with self.store.transaction() as session:
+            existing = _unfinished_job(session, facility_id, captured_at, sha256, idempotency)
+            if existing is not None:
+                log.info("job %s repeated; not queued again", existing)
+                return existing
+            job_id = str(uuid.uuid4())
             session.add(db.Job(id=job_id, facility_id=facility_id, captured_at=captured_at, gsd_m=gsd_m,
                                image_sha256=sha256, status="queued", progress=0.0, created_at=db.utcnow(),
-                               updated_at=db.utcnow()))
+                               updated_at=db.utcnow(), idempotency_scope=None if idempotency is None
+                               else idempotency[0], idempotency_key=None if idempotency is None else idempotency[1]))
         self.task(job_id)
         log.info("job %s queued (facility %s, image %s)", job_id, facility_id, sha256[:12])
         return job_id
@@ -109,6 +125,7 @@ class JobQueue:
                 return
             job.status, job.progress, job.updated_at = "running", 0.0, db.utcnow()
             facility_id, when, gsd, sha = job.facility_id, job.captured_at, job.gsd_m, job.image_sha256
+            idempotency = None if job.idempotency_key is None else (job.idempotency_scope or "-", job.idempotency_key)
         last = [0.0]
 
         def progress(done: int, total: int) -> None:
@@ -124,7 +141,8 @@ class JobQueue:
                                              self.settings, gsd_m=gsd, footprint=footprint, sha256=sha,
                                              progress=progress)
             t1 = time.perf_counter()
-            record = record_analysis(self.store, facility_id, when, analysis)
+            record, _created = record_upload(self.store, facility_id, when, analysis, idempotency,
+                                             count_rel_error=self.settings.count_rel_error)
             t2 = time.perf_counter()
         except (ImageError, ServiceError, FileNotFoundError) as exc:
             log.warning("job %s failed: %s", job_id, exc)
@@ -198,6 +216,30 @@ class JobQueue:
 
         self.resume()
         Consumer(self.huey, workers=workers, worker_type="thread", periodic=False, max_delay=2.0).run()
+
+
+def _unfinished_job(session: Any, facility_id: str, captured_at: datetime, sha256: str,
+                    idempotency: Idempotency | None) -> str | None:
+    """Id of a queued or running job this submission repeats (see :meth:`JobQueue.submit`)."""
+    unfinished = session.query(db.Job).filter(db.Job.facility_id == facility_id,
+                                              db.Job.status.in_(("queued", "running")))
+    if idempotency is not None:
+        job = unfinished.filter(db.Job.idempotency_scope == idempotency[0],
+                                db.Job.idempotency_key == idempotency[1]).first()
+        if job is not None:
+            if job.image_sha256 != sha256 or job.captured_at != captured_at:
+                raise IdempotencyConflictError(f"Idempotency-Key {idempotency[1]!r} was used for job {job.id}, "
+                                               "a different upload (a new upload needs a new key)")
+            return str(job.id)
+    job = unfinished.filter(db.Job.captured_at == captured_at, db.Job.image_sha256 == sha256).first()
+    return None if job is None else str(job.id)
+
+
+def facility_of_job(store: db.Store, job_id: str) -> str | None:
+    """The facility a job uploads to (None for an unknown job)."""
+    with store.session() as session:
+        job = session.get(db.Job, job_id)
+        return None if job is None else job.facility_id
 
 
 def _status_of(exc: Exception) -> int:

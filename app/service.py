@@ -79,6 +79,10 @@ class ImportValidationError(InvalidInputError):
         super().__init__(f"{len(self.errors)} of {total} {noun} invalid; nothing was imported: {shown}{suffix}")
 
 
+class IdempotencyConflictError(InvalidInputError):
+    """An ``Idempotency-Key`` was used again with a different upload."""
+
+
 class ModelUnavailableError(ServiceError):
     """No detector is loaded in this process."""
 
@@ -376,9 +380,54 @@ def check_gsd(gsd_m: float | None) -> None:
         raise InvalidInputError(f"gsd_m {gsd_m} must be between 0.05 and 10 metres per pixel")
 
 
+#: ``(scope, key)`` of an ``Idempotency-Key`` header: the scope is the API key's id (``-`` with auth off).
+Idempotency = tuple[str, str]
+
+
+def find_upload(store: db.Store, facility_id: str, captured_at: datetime, sha256: str,
+                idempotency: Idempotency | None = None) -> ObservationRecord | None:
+    """The stored observation an upload repeats, or None: the one stored under the same ``Idempotency-Key``, or
+    else the one of the same image bytes at the same facility and time. :class:`IdempotencyConflictError` when
+    the key was used for a different image or time."""
+    captured_at = _require_aware(captured_at)
+    with store.session() as session:
+        if idempotency is not None:
+            obs = db.find_idempotent_observation(session, facility_id, *idempotency)
+            if obs is not None:
+                if obs.image_sha256 != sha256 or obs.captured_at != captured_at:
+                    raise IdempotencyConflictError(
+                        f"Idempotency-Key {idempotency[1]!r} was used for observation {obs.id} (image "
+                        f"{(obs.image_sha256 or '')[:12]}, captured_at {_iso(obs.captured_at)}); this upload differs "
+                        "(a new upload needs a new key)")
+                return _observation_record(obs, with_detections=True)
+        obs = db.find_image_observation(session, facility_id, captured_at, sha256)
+        return None if obs is None else _observation_record(obs, with_detections=True)
+
+
+def record_upload(
+    store: db.Store, facility_id: str, captured_at: datetime, analysis: Analysis,
+    idempotency: Idempotency | None = None, count_rel_error: float = DEFAULT_COUNT_REL_ERROR,
+) -> tuple[ObservationRecord, bool]:
+    """Store an analysed upload (:func:`record_analysis`) unless it repeats a stored one (:func:`find_upload`):
+    ``(observation, True)`` when stored, ``(original, False)`` when repeated. The database's unique indexes decide
+    between concurrent duplicates: the loser gets the winner's observation."""
+    found = find_upload(store, facility_id, captured_at, analysis.image.sha256, idempotency)
+    if found is not None:
+        return found, False
+    try:
+        return record_analysis(store, facility_id, captured_at, analysis, count_rel_error=count_rel_error,
+                               idempotency=idempotency), True
+    except IntegrityError:
+        found = find_upload(store, facility_id, captured_at, analysis.image.sha256, idempotency)
+        if found is None:
+            raise
+        log.info("facility %s: concurrent duplicate upload, returning observation %d", facility_id, found.id)
+        return found, False
+
+
 def record_analysis(
     store: db.Store, facility_id: str, captured_at: datetime, analysis: Analysis, source: str = SOURCE_IMAGE,
-    count_rel_error: float = DEFAULT_COUNT_REL_ERROR,
+    count_rel_error: float = DEFAULT_COUNT_REL_ERROR, idempotency: Idempotency | None = None,
 ) -> ObservationRecord:
     """Store an analysed image as an observation with its detections, score it and rescore later ones.
 
@@ -404,6 +453,8 @@ def record_analysis(
             geo=analysis.geo,
             coverage=analysis.coverage,
             exposure=None if analysis.coverage is None else analysis.coverage.get("share"),
+            idempotency_scope=None if idempotency is None else idempotency[0],
+            idempotency_key=None if idempotency is None else idempotency[1],
         )
         conf: dict[str, list[float]] = {}
         for d in analysis.result.detections:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Directory holding the ``app`` package; relative model paths are resolved against it.
@@ -127,6 +127,19 @@ class Settings(BaseSettings):
         "`https://dash.example.org`; `*` allows any. Empty: no CORS headers (same-origin only).",
     )
 
+    # ---- access control
+    auth: bool = Field(
+        default=True,
+        description="Require an API key (`Authorization: Bearer <key>`) on every route except `/healthz`, the "
+        "docs and the dashboard page. `false`/`off` opens everything to anyone who can reach the service (local "
+        "demos only; logged as a warning at start-up and reported by `/healthz`).",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="The first admin key (at least 32 characters), stored on a first start with no keys. Unset: "
+        "the service makes one and prints it once on stderr. Ignored once any key exists.",
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
@@ -142,6 +155,12 @@ class Settings(BaseSettings):
     def cors_origin_list(self) -> list[str]:
         """``cors_origins`` as a list (empty: CORS off)."""
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def admin_key_value(self) -> str | None:
+        """``admin_key`` in clear (also when set by ``model_copy`` as a plain string)."""
+        key = self.admin_key
+        return key.get_secret_value() if isinstance(key, SecretStr) else key
 
     @property
     def max_upload_bytes(self) -> int:

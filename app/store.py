@@ -2,7 +2,8 @@
 
 Tables: ``facilities``; ``observations`` (one per uploaded image or imported row, with image and model metadata
 when there was an image); ``observation_counts`` (one row per observation and *known* class count, with the stored
-anomaly score; a class absent here is unknown, not zero); ``detections`` (oriented boxes of uploaded images).
+anomaly score; a class absent here is unknown, not zero); ``detections`` (oriented boxes of uploaded images);
+``api_keys`` and ``api_key_facilities`` (hashed API keys, their roles and the facilities an uploader may upload to).
 All datetimes are stored as UTC.
 """
 
@@ -79,10 +80,19 @@ class Facility(Base):
 
 
 class Observation(Base):
-    """One point in a facility's history: an analysed image or an imported count."""
+    """One point in a facility's history: an analysed image or an imported count.
+
+    Two unique indexes keep an upload from being counted twice: the same image bytes at the same facility and time
+    (``uq_observations_image``), and the same ``Idempotency-Key`` from the same API key at the same facility
+    (``uq_observations_idempotency``). Imported rows have neither (NULLs never collide).
+    """
 
     __tablename__ = "observations"
-    __table_args__ = (Index("ix_observations_facility_time", "facility_id", "captured_at"),)
+    __table_args__ = (
+        Index("ix_observations_facility_time", "facility_id", "captured_at"),
+        Index("uq_observations_image", "facility_id", "captured_at", "image_sha256", unique=True),
+        Index("uq_observations_idempotency", "facility_id", "idempotency_scope", "idempotency_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"))
@@ -102,6 +112,9 @@ class Observation(Base):
     coverage: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     #: Covered share of the footprint, for the anomaly score (None: whole image counted, no footprint applied).
     exposure: Mapped[float | None] = mapped_column(Float, default=None)
+    #: ``Idempotency-Key`` header of the upload, and whose it was (the API key id; ``-`` with authentication off).
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    idempotency_scope: Mapped[str | None] = mapped_column(String(32), default=None)
 
     counts: Mapped[list[ObservationCount]] = relationship(
         back_populates="observation", cascade="all, delete-orphan", order_by="ObservationCount.class_name"
@@ -146,6 +159,38 @@ ANOMALY_V2_COLUMNS: dict[str, str] = {
     "drop_score": "FLOAT", "model": "VARCHAR(200)", "count_sd": "FLOAT", "highest_in_days": "FLOAT",
     "lowest_in_days": "FLOAT", "expected_lo": "FLOAT", "expected_hi": "FLOAT",
 }
+
+
+#: Columns of ``observations`` (and ``jobs``) added for idempotent uploads, added in place to older databases on start-up.
+IDEMPOTENCY_COLUMNS: dict[str, str] = {"idempotency_key": "VARCHAR(255)", "idempotency_scope": "VARCHAR(32)"}
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is stored; ``id`` is a short public handle (part of the key, shown in lists)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))  # admin, reader, uploader
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    facilities: Mapped[list[ApiKeyFacility]] = relationship(
+        cascade="all, delete-orphan", order_by="ApiKeyFacility.facility_id", lazy="selectin"
+    )
+
+
+class ApiKeyFacility(Base):
+    """A facility an uploader key may upload to."""
+
+    __tablename__ = "api_key_facilities"
+
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"), primary_key=True)
 
 
 class AlertThreshold(Base):
@@ -215,6 +260,9 @@ class Job(Base):
     timing_ms: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The upload's ``Idempotency-Key`` and its scope, given to the observation the job stores.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    idempotency_scope: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class Store:
@@ -225,6 +273,9 @@ class Store:
         self.engine: Engine = make_engine(database_url)
         Base.metadata.create_all(self.engine)
         _add_missing_columns(self.engine, "observation_counts", ANOMALY_V2_COLUMNS)
+        if _add_missing_columns(self.engine, "observations", IDEMPOTENCY_COLUMNS):
+            _create_unique_indexes(self.engine, Observation.__table__)
+        _add_missing_columns(self.engine, "jobs", IDEMPOTENCY_COLUMNS)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -263,14 +314,29 @@ class Store:
         self.engine.dispose()
 
 
-def _add_missing_columns(engine: Engine, table: str, columns: dict[str, str]) -> None:
-    """Add nullable columns a database created by an older version lacks (``create_all`` only adds tables)."""
+def _add_missing_columns(engine: Engine, table: str, columns: dict[str, str]) -> bool:
+    """Add nullable columns a database created by an older version lacks (``create_all`` only adds tables);
+    return whether any was added."""
     present = {c["name"] for c in inspect(engine).get_columns(table)}
     missing = [(name, sql_type) for name, sql_type in columns.items() if name not in present]
     if missing:
         with engine.begin() as conn:
             for name, sql_type in missing:
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+    return bool(missing)
+
+
+def _create_unique_indexes(engine: Engine, table: Any) -> None:
+    """Create the unique indexes of an upgraded table; one that existing duplicate rows prevent is logged."""
+    import logging
+
+    for index in table.indexes:
+        if index.unique:
+            try:
+                index.create(engine, checkfirst=True)
+            except Exception as exc:  # noqa: BLE001 - an old database with duplicates still starts
+                logging.getLogger(__name__).error("unique index %s not created (duplicate rows?): %s",
+                                                  index.name, exc)
 
 
 def make_engine(database_url: str) -> Engine:
@@ -368,6 +434,21 @@ def list_observations(
     if end is not None:
         stmt = stmt.where(Observation.captured_at <= end)
     return session.scalars(stmt).all()
+
+
+def find_image_observation(session: Session, facility_id: str, captured_at: datetime,
+                           image_sha256: str) -> Observation | None:
+    """The observation of these image bytes at this facility and time, or ``None``."""
+    return session.scalars(select(Observation).where(
+        Observation.facility_id == facility_id, Observation.captured_at == captured_at,
+        Observation.image_sha256 == image_sha256)).first()
+
+
+def find_idempotent_observation(session: Session, facility_id: str, scope: str, key: str) -> Observation | None:
+    """The observation stored by the upload with this ``Idempotency-Key`` (of this API key, at this facility)."""
+    return session.scalars(select(Observation).where(
+        Observation.facility_id == facility_id, Observation.idempotency_scope == scope,
+        Observation.idempotency_key == key)).first()
 
 
 def count_history(session: Session, facility_id: str, class_name: str) -> list[tuple[int, datetime, int]]:

@@ -89,6 +89,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Admin key of the benchmark servers (authentication stays on, as in production; `WAGON_ADMIN_KEY`).
+BENCH_KEY = "wd_be4c4be4c4be_benchmark-admin-key-local-only"
+AUTH = {"Authorization": f"Bearer {BENCH_KEY}"}
+
+
 class Server:
     """A real uvicorn server on loopback, in its own process, on a temporary SQLite database."""
 
@@ -96,7 +101,7 @@ class Server:
         self.port = _free_port()
         self.tmp = tempfile.TemporaryDirectory()
         env = {**os.environ, "WAGON_DATABASE_URL": f"sqlite:///{self.tmp.name}/bench.db", "WAGON_RUNTIME": runtime,
-               "WAGON_LOG_LEVEL": "WARNING", "WAGON_MAX_CONCURRENT_INFERENCES": "1"}
+               "WAGON_LOG_LEVEL": "WARNING", "WAGON_MAX_CONCURRENT_INFERENCES": "1", "WAGON_ADMIN_KEY": BENCH_KEY}
         env.pop("WAGON_INFERENCE_THREADS", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
@@ -115,7 +120,7 @@ class Server:
         else:
             self.stop()
             raise RuntimeError("server did not start")
-        httpx.post(self.url + "/v1/facilities", json={"id": "bench", "name": "bench", "kind": "rail"})
+        httpx.post(self.url + "/v1/facilities", json={"id": "bench", "name": "bench", "kind": "rail"}, headers=AUTH)
 
     def rss_mb(self) -> float:
         """Resident memory of the server and its worker processes, MiB."""
@@ -182,7 +187,7 @@ def bench_serving(repeats: int = 15) -> None:
     for runtime in ("torch", "onnx"):
         server = Server(workers=1, runtime=runtime)
         try:
-            with httpx.Client(timeout=120) as client:
+            with httpx.Client(timeout=120, headers=AUTH) as client:
                 _upload(client, server.url, data, 0)
                 times = [_upload(client, server.url, data, k) for k in range(1, repeats + 1)]
         finally:
@@ -213,12 +218,12 @@ def bench_throughput(scene_px: int = 4096, gsd: float = 0.5, requests: int = 24,
     for workers in (1, 2):
         server = Server(workers=workers, runtime="auto")
         try:
-            with httpx.Client(timeout=300) as warm:
+            with httpx.Client(timeout=300, headers=AUTH) as warm:
                 for k in range(2 * workers):
                     _upload(warm, server.url, data, k)
 
             def one(k: int) -> float:
-                with httpx.Client(timeout=300) as client:
+                with httpx.Client(timeout=300, headers=AUTH) as client:
                     return _upload(client, server.url, data, k)
 
             t0 = time.perf_counter()
@@ -242,7 +247,7 @@ def bench_memory(uploads: int = 1000) -> None:
     server = Server(workers=1, runtime="auto")
     try:
         start = server.rss_mb()
-        with httpx.Client(timeout=120) as client:
+        with httpx.Client(timeout=120, headers=AUTH) as client:
             for k in range(20):
                 _upload(client, server.url, data, k)
             warm = server.rss_mb()

@@ -19,6 +19,8 @@ from app.settings import PROJECT_ROOT, Settings
 from app.store import Store
 
 MODEL_PATH = PROJECT_ROOT / "models" / "wagon-obb.pt"
+#: The admin key every test app starts with (``WAGON_ADMIN_KEY``); ``make_client`` sends it unless told otherwise.
+ADMIN_KEY = "wd_0123456789ab_test-suite-admin-key-not-a-secret"
 LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", "testserver", ""}
 
 
@@ -121,9 +123,10 @@ def network_attempts() -> list[str]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    """Settings with a fresh SQLite file and no model loading."""
+    """Settings with a fresh SQLite file, no model loading, authentication on with :data:`ADMIN_KEY`."""
     return Settings(database_url=f"sqlite:///{tmp_path / 'db' / 'wagon.db'}", load_model=False,
-                    archive_dir=tmp_path / "originals", jobs_sqlite_path=tmp_path / "db" / "jobs.db")
+                    archive_dir=tmp_path / "originals", jobs_sqlite_path=tmp_path / "db" / "jobs.db",
+                    admin_key=ADMIN_KEY)
 
 
 @pytest.fixture
@@ -136,16 +139,17 @@ def store(settings: Settings) -> Iterator[Store]:
 
 @pytest.fixture
 def make_client(settings: Settings) -> Iterator[Callable[..., Any]]:
-    """Factory: ``make_client(detector=None, **settings_overrides)`` -> started ``TestClient`` on a fresh DB."""
+    """Factory: ``make_client(detector=None, api_key=ADMIN_KEY, **settings_overrides)`` -> started ``TestClient``
+    on a fresh DB that sends ``Authorization: Bearer <api_key>`` (``api_key=None``: no header)."""
     from fastapi.testclient import TestClient
 
     from app.api import create_app
 
     opened: list[Any] = []
 
-    def factory(detector: Any = None, **overrides: Any) -> Any:
+    def factory(detector: Any = None, api_key: str | None = ADMIN_KEY, **overrides: Any) -> Any:
         app = create_app(settings.model_copy(update=overrides), detector=detector)
-        client = TestClient(app)
+        client = TestClient(app, headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
         client.__enter__()
         opened.append(client)
         return client
@@ -157,7 +161,7 @@ def make_client(settings: Settings) -> Iterator[Callable[..., Any]]:
 
 @pytest.fixture
 def client(make_client: Callable[..., Any]) -> Any:
-    """A started app without a model (uploads answer 503 after validating the input)."""
+    """A started app without a model (uploads answer 503 after validating the input), called with the admin key."""
     return make_client()
 
 

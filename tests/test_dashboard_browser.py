@@ -36,7 +36,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("WAGON_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts"))
-API_KEY = "test-key-7d1f"
+#: Seeds the server (admin); the pages sign in with a reader key made from it (what an analyst gets).
+ADMIN_KEY = "wd_7d1f7d1f7d1f_dashboard-browser-test-admin-key"
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
 pytestmark = [
@@ -53,7 +54,8 @@ def _free_port() -> int:
 
 def _http(base: str, path: str, *, data: bytes | None = None, headers: dict[str, str] | None = None,
           method: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(base + path, data=data, headers=headers or {}, method=method)
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}", **(headers or {})}
+    req = urllib.request.Request(base + path, data=data, headers=headers, method=method)
     with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 - loopback test server
         return resp.status, dict(resp.headers), resp.read()
 
@@ -108,7 +110,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, detector: Any, busy_yard: A
 
     tmp = tmp_path_factory.mktemp("dashboard")
     settings = Settings(database_url=f"sqlite:///{tmp / 'wagon.db'}", load_model=False, archive_dir=tmp / "originals",
-                        jobs_sqlite_path=tmp / "jobs.db", log_level="WARNING")
+                        jobs_sqlite_path=tmp / "jobs.db", log_level="WARNING", admin_key=ADMIN_KEY)
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(settings, detector=detector), host="127.0.0.1", port=port,
                                         log_level="warning", lifespan="on"))
@@ -124,7 +126,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, detector: Any, busy_yard: A
     else:  # pragma: no cover
         pytest.fail("server did not start")
     seeded = _seed(base, busy_yard)
-    yield {"base": base, **seeded}
+    reader_key = _json(base, "/v1/keys", {"role": "reader", "name": "dashboard test"})["key"]
+    yield {"base": base, "reader_key": reader_key, **seeded}
     srv.should_exit = True
     thread.join(timeout=10)
 
@@ -154,12 +157,13 @@ def test_list_signs_in_once_and_sorts_most_anomalous_first(server: dict[str, Any
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     requests: list[Any] = []
     page.on("request", lambda r: requests.append(r) if "/v1/" in r.url else None)
-    page.goto(f"{base}/dashboard?api_key={API_KEY}")
+    key = server["reader_key"]
+    page.goto(f"{base}/dashboard?api_key={key}")
     page.wait_for_selector("body[data-ready=list]")
-    assert "api_key" not in page.url and API_KEY not in page.url
-    assert page.evaluate("sessionStorage.getItem('wagon.api_key')") == API_KEY
-    assert requests and all(r.headers.get("authorization") == f"Bearer {API_KEY}" for r in requests)
-    assert not any(API_KEY in r.url for r in requests)
+    assert "api_key" not in page.url and key not in page.url
+    assert page.evaluate("sessionStorage.getItem('wagon.api_key')") == key
+    assert requests and all(r.headers.get("authorization") == f"Bearer {key}" for r in requests)
+    assert not any(key in r.url for r in requests)
     rows = page.locator("#facilities tbody tr")
     assert rows.count() == 4
     assert rows.nth(0).get_attribute("data-facility-row") == "tumangang"
@@ -189,7 +193,7 @@ def test_facility_view_chart_overlay_and_csv(server: dict[str, Any], browser: An
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.goto(f"{base}/dashboard?facility=tumangang")  # deep link
+    page.goto(f"{base}/dashboard?facility=tumangang&api_key={server['reader_key']}")  # deep link
     page.wait_for_selector("body[data-ready=facility]")
     assert page.locator("#facility-title").inner_text() == "Tumangang rail facility"
 
@@ -260,7 +264,7 @@ def test_facility_view_chart_overlay_and_csv(server: dict[str, Any], browser: An
 
 def test_facility_with_2000_observations_loads_fast(server: dict[str, Any], browser: Any) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(f"{server['base']}/dashboard?facility=big")  # warm-up (first launch of the renderer)
+    page.goto(f"{server['base']}/dashboard?facility=big&api_key={server['reader_key']}")  # warm-up (first launch)
     page.wait_for_selector("body[data-ready=facility]")
     timings = []
     for _ in range(3):

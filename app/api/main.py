@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,13 +13,15 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app import __version__
+from app.api.auth import AuthGate, document_security
 from app.api.deps import Runtime
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimitMiddleware
 from app.api.routes import alerts as alert_routes
-from app.api.routes import dashboard, facilities, health, images, jobs, observations
+from app.api.routes import dashboard, facilities, health, images, jobs, keys, observations
 from app.api.web import ETagMiddleware
 from app.api.schemas import ImportIn
+from app.keys import AUTH_OFF_WARNING, bootstrap_admin
 from app.service import DetectorProtocol, load_configured_detector
 from app.settings import MIB, Settings, get_settings
 from app.jobs import JobQueue
@@ -39,6 +42,7 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store(settings.database_url)
+        await anyio.to_thread.run_sync(_set_up_auth, store, settings)
         model = detector
         if model is None and settings.load_model:
             model = await anyio.to_thread.run_sync(load_configured_detector, settings)
@@ -70,6 +74,7 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
         summary="Count railcars and containers in satellite image chips and score counts against history.",
         lifespan=lifespan,
     )
+    app.add_middleware(AuthGate, routes=app.router.routes)  # innermost: after size limits, inside CORS
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
     app.add_middleware(ETagMiddleware)
     if settings.cors_origin_list:
@@ -81,10 +86,26 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
     app.include_router(health.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", dashboard.static_files(), name="dashboard-static")
-    for module in (facilities, observations, images, alert_routes, jobs):
+    for module in (facilities, observations, images, alert_routes, jobs, keys):
         app.include_router(module.router, prefix="/v1")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _set_up_auth(store: Store, settings: Settings) -> None:
+    """Warn when authentication is off; else, on a database without keys, create the first admin key (printed once
+    on stderr unless it came from ``WAGON_ADMIN_KEY``)."""
+    if not settings.auth:
+        log.warning(AUTH_OFF_WARNING)
+        return
+    configured = settings.admin_key_value
+    new = bootstrap_admin(store, configured)
+    if new is not None and configured is None:
+        print(f"\nwagon-detector: created the first admin key (id {new.record.id}). It is shown only now; "
+              f"store it safely:\n\n    {new.key}\n\nSend it as 'Authorization: Bearer <key>'; create other keys "
+              "with POST /v1/keys or `wagon-detector keys create`.\n", file=sys.stderr, flush=True)
+    elif new is not None:
+        log.info("stored WAGON_ADMIN_KEY as the first admin key (id %s)", new.record.id)
 
 
 async def _deliver_alerts(store: Store, settings: Settings) -> None:
@@ -112,5 +133,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     import_schema = ImportIn.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(import_schema.pop("$defs", {}))
     components["ImportIn"] = import_schema
+    document_security(schema, app.routes)
     app.openapi_schema = schema
     return schema

@@ -236,3 +236,6 @@ class HealthOut(BaseModel):
     db: bool
     model: ModelOut | None
     version: str
+    auth: Literal["enabled", "disabled"] = Field(
+        description="`disabled`: WAGON_AUTH is off and anyone who can reach the service may do anything.")
+    warnings: list[str] = Field(default_factory=list, description="Configuration an operator should fix.")

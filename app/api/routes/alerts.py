@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app import alerts, service
 from app.api import web
+from app.api.auth import allow
+from app.keys import Access
 from app.api.deps import StoreDep
 from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, errors
 
@@ -127,7 +129,8 @@ def _anomaly_page(store: StoreDep, facility_id: str | None, since: str | None, m
     return AnomalyPageOut(anomalies=events, next_cursor=next_cursor)
 
 
-@router.get("/facilities/{facility_id}/alerts", response_model=ThresholdsOut, responses=errors(404))
+@router.get("/facilities/{facility_id}/alerts", response_model=ThresholdsOut, responses=errors(404),
+            dependencies=[allow(Access.READ)])
 def get_thresholds(facility_id: FacilityId, store: StoreDep) -> ThresholdsOut:
     """A facility's alert thresholds (defaults when none are set)."""
     service.get_facility(store, facility_id)
@@ -135,7 +138,8 @@ def get_thresholds(facility_id: FacilityId, store: StoreDep) -> ThresholdsOut:
         return ThresholdsOut.model_validate(alerts.get_thresholds(session, facility_id).to_dict())
 
 
-@router.put("/facilities/{facility_id}/alerts", response_model=ThresholdsOut, responses=errors(404, 422))
+@router.put("/facilities/{facility_id}/alerts", response_model=ThresholdsOut, responses=errors(404, 422),
+            dependencies=[allow(Access.ADMIN)])
 def put_thresholds(facility_id: FacilityId, body: ThresholdsIn, store: StoreDep) -> ThresholdsOut:
     """Set a facility's thresholds. From now on, a stored count that reaches one is queued for the webhook."""
     service.get_facility(store, facility_id)
@@ -144,7 +148,8 @@ def put_thresholds(facility_id: FacilityId, body: ThresholdsIn, store: StoreDep)
             alerts.set_thresholds(session, facility_id, body.score, body.drop_score).to_dict())
 
 
-@router.delete("/facilities/{facility_id}/alerts", status_code=204, responses=errors(404))
+@router.delete("/facilities/{facility_id}/alerts", status_code=204, responses=errors(404),
+               dependencies=[allow(Access.ADMIN)])
 def delete_thresholds(facility_id: FacilityId, store: StoreDep) -> Response:
     """Remove a facility's thresholds (back to the listing defaults; no webhook alerts)."""
     service.get_facility(store, facility_id)
@@ -154,7 +159,7 @@ def delete_thresholds(facility_id: FacilityId, store: StoreDep) -> Response:
 
 
 @router.get("/facilities/{facility_id}/anomalies", response_model=AnomalyPageOut, response_model_by_alias=True,
-            responses={**_CSV_DOC, **errors(404, 422)})
+            responses={**_CSV_DOC, **errors(404, 422)}, dependencies=[allow(Access.READ)])
 def facility_anomalies(
     facility_id: FacilityId,
     store: StoreDep,
@@ -173,7 +178,7 @@ def facility_anomalies(
 
 
 @router.get("/anomalies", response_model=AnomalyPageOut, response_model_by_alias=True,
-            responses={**_CSV_DOC, **errors(422)})
+            responses={**_CSV_DOC, **errors(422)}, dependencies=[allow(Access.READ)])
 def all_anomalies(
     store: StoreDep,
     since: Annotated[str | None, _SINCE] = None,
@@ -187,7 +192,7 @@ def all_anomalies(
 
 
 @router.get("/alerts/deliveries", response_model=DeliveryPageOut, response_model_by_alias=True,
-            responses=errors(422))
+            responses=errors(422), dependencies=[allow(Access.READ)])
 def deliveries(
     store: StoreDep,
     status: Annotated[Literal["pending", "sent", "failed"] | None, Query()] = None,
@@ -203,7 +208,7 @@ def deliveries(
     return DeliveryPageOut(deliveries=[DeliveryOut.model_validate(d) for d in page], next_cursor=next_cursor)
 
 
-@router.post("/alerts/deliveries/retry", responses=errors(422))
+@router.post("/alerts/deliveries/retry", responses=errors(422), dependencies=[allow(Access.ADMIN)])
 def retry_deliveries(store: StoreDep) -> dict[str, int]:
     """Put every failed delivery back in the queue, due now."""
     with store.transaction() as session:

@@ -9,12 +9,15 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from app.api.auth import allow
+from app.keys import Access
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
 
 
-@router.get("/dashboard")
+@router.get("/dashboard", dependencies=[allow(Access.PUBLIC)])
 def dashboard() -> FileResponse:
     """The dashboard page (`?facility=ID` opens a facility; `?api_key=KEY` signs in once)."""
     return FileResponse(STATIC_DIR / "dashboard.html", media_type="text/html",

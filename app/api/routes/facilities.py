@@ -8,6 +8,8 @@ from fastapi import APIRouter, Query
 
 from app import service
 from app.api import web
+from app.api.auth import allow
+from app.keys import Access
 from app.api.deps import StoreDep
 from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, errors
 from app.api.schemas import FacilityCreate, FacilityOut, FacilityPageOut, FacilityPatch
@@ -15,14 +17,15 @@ from app.api.schemas import FacilityCreate, FacilityOut, FacilityPageOut, Facili
 router = APIRouter(tags=["facilities"])
 
 
-@router.post("/facilities", status_code=201, response_model=FacilityOut, responses=errors(409, 422))
+@router.post("/facilities", status_code=201, response_model=FacilityOut, responses=errors(409, 422),
+             dependencies=[allow(Access.ADMIN)])
 def create_facility(body: FacilityCreate, store: StoreDep) -> FacilityOut:
     """Create a facility (409 if the id exists)."""
     rec = service.create_facility(store, body.id, body.name, body.kind, footprint=body.footprint)
     return FacilityOut.model_validate(rec, from_attributes=True)
 
 
-@router.get("/facilities", response_model=FacilityPageOut, responses=errors(422))
+@router.get("/facilities", response_model=FacilityPageOut, responses=errors(422), dependencies=[allow(Access.READ)])
 def list_facilities(
     store: StoreDep,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
@@ -37,14 +40,16 @@ def list_facilities(
                            next_cursor=next_cursor)
 
 
-@router.get("/facilities/{facility_id}", response_model=FacilityOut, responses=errors(404))
+@router.get("/facilities/{facility_id}", response_model=FacilityOut, responses=errors(404),
+            dependencies=[allow(Access.READ)])
 def get_facility(facility_id: FacilityId, store: StoreDep) -> FacilityOut:
     """One facility (404 if unknown)."""
     rec = service.get_facility(store, facility_id)
     return FacilityOut.model_validate(rec, from_attributes=True)
 
 
-@router.patch("/facilities/{facility_id}", response_model=FacilityOut, responses=errors(404, 422))
+@router.patch("/facilities/{facility_id}", response_model=FacilityOut, responses=errors(404, 422),
+              dependencies=[allow(Access.ADMIN)])
 def update_facility(facility_id: FacilityId, body: FacilityPatch, store: StoreDep) -> FacilityOut:
     """Change a facility's name and/or footprint (a GeoJSON Polygon in WGS84; `null` removes it). Fields left out
     stay as they are; earlier observations keep their counts."""

@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, File, Form, Header, HTTPException, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app import scenes, service
+from app.api.auth import allow
 from app.api.deps import RuntimeDep
 from app.api.routes.common import FacilityId, errors
 from app.api.schemas import JobAcceptedOut, UploadOut
 from app.imaging import ImageError
+from app.keys import Access, Principal
 from app.raster import sniff_format
 from app.settings import MIB, Settings
 
@@ -29,33 +31,47 @@ CHUNK = 1024 * 1024
 
 
 @router.post("/facilities/{facility_id}/images", status_code=201, response_model=UploadOut,
-             responses={202: {"model": JobAcceptedOut, "description": "Large upload: analysed in the background."},
+             responses={200: {"model": UploadOut, "description": "A repeated upload: the original observation."},
+                        202: {"model": JobAcceptedOut, "description": "Large upload: analysed in the background."},
                         **errors(404, 413, 415, 422, 503)})
 async def upload_image(
     facility_id: FacilityId,
     runtime: RuntimeDep,
+    principal: Annotated[Principal, allow(Access.UPLOAD)],
     file: Annotated[UploadFile, File(description="GeoTIFF/COG, JPEG 2000, NITF, JPEG, PNG or TIFF "
                                                  "(format read from the content).")],
     captured_at: Annotated[str, Form(description="Acquisition time, ISO 8601 with timezone.")],
     gsd_m: Annotated[float | None, Form(ge=0.05, le=10, description="Ground sample distance, m/pixel; "
                                         "overrides the image's geotransform.")] = None,
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+        description="Any unique string (e.g. a UUID) per upload: a retry with the same key (by the same API key, "
+        "to the same facility) returns the original observation instead of storing a second.")] = None,
 ) -> UploadOut | JSONResponse:
     """Count railcars and containers in an image, store the observation with its detections and score it.
 
     For a georeferenced image of a facility with a footprint, only the part of the scene covering the footprint is
     read and only detections centred inside it are counted; `coverage` says which share of the footprint the image
-    covered. Each detection of a georeferenced image carries `obb_lonlat`."""
+    covered. Each detection of a georeferenced image carries `obb_lonlat`.
+
+    Never counted twice: the same image bytes at the same facility and time, or a repeated `Idempotency-Key`,
+    answer 200 with the original observation (header `Idempotent-Replayed: true`); a key reused for a different
+    upload is refused with 422."""
     t0 = time.perf_counter()
     store = runtime.store
     settings = runtime.settings
     await run_in_threadpool(service.get_facility, store, facility_id)
     when = service.parse_timestamp(captured_at)
     sha, path, size, head = await _archive_upload(file, settings.max_upload_bytes, settings)
+    idempotency = None if idempotency_key is None else (principal.scope, idempotency_key)
+    original = await run_in_threadpool(service.find_upload, store, facility_id, when, sha, idempotency)
+    if original is not None:
+        return _replay(original, t0)
     jobs = runtime.jobs
     if jobs is not None and size > settings.async_upload_mb * MIB and sniff_format(head) is not None:
         if runtime.detector is None and settings.jobs_worker:
             raise service.ModelUnavailableError("no detector is loaded in this service (WAGON_LOAD_MODEL is false)")
-        job_id = await run_in_threadpool(jobs.submit, facility_id, when, gsd_m, sha)
+        job_id = await run_in_threadpool(jobs.submit, facility_id, when, gsd_m, sha, idempotency)
         body = JobAcceptedOut(job_id=job_id, status="queued", status_url=f"/v1/jobs/{job_id}", image_sha256=sha)
         return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
     footprint = await run_in_threadpool(scenes.facility_footprint, store, facility_id)
@@ -68,8 +84,10 @@ async def upload_image(
         path.unlink(missing_ok=True)  # not an image: nothing worth keeping (no observation can share its digest)
         raise
     t1 = time.perf_counter()
-    record = await run_in_threadpool(service.record_analysis, store, facility_id, when, analysis,
-                                    count_rel_error=runtime.settings.count_rel_error)
+    record, created = await run_in_threadpool(lambda: service.record_upload(
+        store, facility_id, when, analysis, idempotency, count_rel_error=runtime.settings.count_rel_error))
+    if not created:  # a concurrent duplicate stored it first
+        return _replay(record, t0)
     t2 = time.perf_counter()
     out = record.to_dict(with_detections=True)
     out["timing_ms"] = {
@@ -79,6 +97,15 @@ async def upload_image(
         "total": round((t2 - t0) * 1000.0, 1),
     }
     return UploadOut.model_validate(out)
+
+
+def _replay(original: service.ObservationRecord, t0: float) -> JSONResponse:
+    """200 with the observation a repeated upload had stored (nothing new is stored)."""
+    out = original.to_dict(with_detections=True)
+    out["timing_ms"] = {"decode": 0.0, "detect": 0.0, "store": 0.0,
+                        "total": round((time.perf_counter() - t0) * 1000.0, 1)}
+    body = UploadOut.model_validate(out).model_dump(mode="json", by_alias=True)
+    return JSONResponse(body, status_code=200, headers={"Idempotent-Replayed": "true"})
 
 
 async def _archive_upload(file: UploadFile, max_bytes: int, settings: Settings) -> tuple[str, Path, int, bytes]:

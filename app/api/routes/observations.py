@@ -12,6 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from app import scenes, service
 from app.api.deps import SettingsDep, StoreDep
 from app.api import web
+from app.api.auth import allow
+from app.keys import Access
 from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, errors
 from app.api.schemas import ImportOut, ObservationDetailOut, ObservationOut, ObservationPageOut
 
@@ -37,6 +39,7 @@ _IMPORT_BODY = {
     response_model=ImportOut,
     responses=errors(404, 413, 415, 422),
     openapi_extra=_IMPORT_BODY,
+    dependencies=[allow(Access.UPLOAD)],
 )
 async def import_observations(facility_id: FacilityId, request: Request, store: StoreDep) -> ImportOut:
     """Import historical counts without images, as JSON or CSV (``Content-Type: text/csv``, header
@@ -66,7 +69,8 @@ async def import_observations(facility_id: FacilityId, request: Request, store: 
 
 @router.get("/facilities/{facility_id}/observations", response_model=ObservationPageOut,
             responses={200: {"content": {"text/csv": {}}, "description": "A page of observations (JSON, or CSV "
-                                                                          "with `format=csv`)."}, **errors(404, 422)})
+                                                                          "with `format=csv`)."}, **errors(404, 422)},
+            dependencies=[allow(Access.READ)])
 def list_observations(
     facility_id: FacilityId,
     store: StoreDep,
@@ -103,7 +107,8 @@ def list_observations(
     return ObservationPageOut(observations=[ObservationOut.model_validate(d) for d in dicts], next_cursor=next_cursor)
 
 
-@router.get("/observations/{observation_id}", response_model=ObservationDetailOut, responses=errors(404))
+@router.get("/observations/{observation_id}", response_model=ObservationDetailOut, responses=errors(404),
+            dependencies=[allow(Access.READ)])
 def get_observation(observation_id: int, store: StoreDep) -> ObservationDetailOut:
     """One observation with its detections."""
     rec = service.get_observation(store, observation_id)
@@ -112,7 +117,7 @@ def get_observation(observation_id: int, store: StoreDep) -> ObservationDetailOu
 
 @router.get("/observations/{observation_id}/detections.geojson", responses={
     200: {"content": {"application/geo+json": {}}, "description": "GeoJSON FeatureCollection (WGS84)."},
-    **errors(404)})
+    **errors(404)}, dependencies=[allow(Access.READ)])
 def get_detections_geojson(observation_id: int, store: StoreDep) -> Response:
     """The observation's detections as a GeoJSON FeatureCollection in WGS84 (one Polygon per oriented box, with
     `class`, `confidence` and `captured_at`); opens as it is in QGIS. 404 when the image was not georeferenced."""
@@ -123,7 +128,7 @@ def get_detections_geojson(observation_id: int, store: StoreDep) -> Response:
 
 @router.get("/observations/{observation_id}/overlay.png", responses={
     200: {"content": {"image/png": {}}, "description": "The image with oriented boxes and a legend."},
-    **errors(404)})
+    **errors(404)}, dependencies=[allow(Access.READ)])
 def get_overlay(observation_id: int, store: StoreDep, settings: SettingsDep) -> Response:
     """The observation's image (the region read, downscaled to at most `WAGON_OVERLAY_MAX_PX` a side) with its
     oriented boxes drawn per class, the facility footprint, and the counts in a legend. 404 without an archived
