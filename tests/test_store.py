@@ -15,6 +15,7 @@ from app.store import Store, count_observations
 from conftest import encode_image, gradient_rgb
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
+pytestmark = pytest.mark.databases("sqlite", "postgresql")  # each database test runs on both
 
 
 @pytest.fixture
