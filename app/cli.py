@@ -1,4 +1,4 @@
-"""Command line: ``wagon-detector serve | detect | reprocess | worker | train | evaluate | export``."""
+"""Command line: ``wagon-detector serve | detect | reprocess | worker | db | train | evaluate | export``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="consume background jobs (large uploads) from the queue")
     worker.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
 
+    dbp = sub.add_parser("db", help="database schema: `db upgrade` migrates to the newest, `db current` reports")
+    dbp.add_argument("action", choices=("upgrade", "current"),
+                     help="upgrade: migrate WAGON_DATABASE_URL to the newest schema (the service does this at "
+                     "start-up too); current: print its revision and the newest one")
+
     for name, module in DELEGATED.items():
         sub.add_parser(name, help=f"{name} the detector (see `wagon-detector {name} --help`; runs {module})",
                        add_help=False)
@@ -74,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _reprocess(args.facility, args.model)
     if args.command == "worker":
         return _worker(args.workers)
+    if args.command == "db":
+        return _db(args.action)
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
 
 
@@ -224,6 +231,29 @@ def _worker(workers: int) -> int:
     JobQueue(settings, store, lambda: service.load_configured_detector(settings)).run_worker(workers)
     store.dispose()
     return 0
+
+
+def _db(action: str) -> int:
+    from sqlalchemy.engine import make_url
+
+    from app import migrate
+    from app.settings import get_settings
+    from app.store import make_engine
+
+    url = get_settings().database_url
+    shown = make_url(url).render_as_string(hide_password=True)
+    engine = make_engine(url)
+    try:
+        if action == "upgrade":
+            print(f"{shown}: at revision {migrate.upgrade(engine)} (newest {migrate.head_revision()})")
+            return 0
+        with engine.connect() as conn:
+            current = migrate.current_revision(conn)
+        state = "up to date" if current == migrate.head_revision() else "needs `wagon-detector db upgrade`"
+        print(f"{shown}: revision {current or 'none'}, newest {migrate.head_revision()} ({state})")
+        return 0
+    finally:
+        engine.dispose()
 
 
 if __name__ == "__main__":  # pragma: no cover

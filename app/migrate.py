@@ -8,14 +8,19 @@ SQLite by the database write lock (``BEGIN IMMEDIATE``). A database made before 
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
-from alembic import command
+logging.getLogger("alembic").setLevel(logging.WARNING)  # its start-up chatter; we log what was migrated
+
+from alembic import command  # noqa: E402 - after quieting its logger
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: Key of the PostgreSQL advisory lock held while migrating (any constant; "wagon-db" in ASCII).
@@ -62,9 +67,13 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
         else:
             conn = conn.execution_options(**{_SQLITE_IMMEDIATE: True})
         try:
+            before = current_revision(conn)
             command.upgrade(alembic_config(conn), revision)
             conn.commit()
-            return current_revision(conn)
+            after = current_revision(conn)
+            if after != before:
+                log.info("database schema migrated from revision %s to %s", before or "none", after)
+            return after
         finally:
             if postgres:
                 conn.rollback()
