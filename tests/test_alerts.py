@@ -15,6 +15,8 @@ import pytest
 from app import alerts, service
 from app.store import AlertDelivery, Store
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")  # each database test runs on both
+
 T0 = datetime(2022, 1, 3, tzinfo=UTC)
 
 

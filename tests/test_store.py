@@ -274,3 +274,15 @@ def test_image_observation_is_history_for_later_imports(store: Store, yard: str)
 def test_get_unknown_observation(store: Store) -> None:
     with pytest.raises(service.NotFoundError):
         service.get_observation(store, 12345)
+
+
+def test_pooled_prior_from_the_largest_counts(store: Store) -> None:
+    """Sums of squared counts exceed 32-bit integers (PostgreSQL's integer overflowed before the cast to float)."""
+    service.create_facility(store, "big", "Big yard", "rail")
+    service.import_observations(store, "big", service.parse_json_import({"observations": [
+        {"captured_at": f"2021-01-0{d}T00:00:00Z", "counts": {"railcar": service.MAX_COUNT - d}} for d in (1, 2, 3)]}))
+    service.create_facility(store, "new", "New yard", "rail")
+    recs = service.import_observations(store, "new", service.parse_json_import({"observations": [
+        {"captured_at": "2021-02-01T00:00:00Z", "counts": {"railcar": 5}},
+        {"captured_at": "2021-02-02T00:00:00Z", "counts": {"railcar": 6}}]}))
+    assert recs[-1].anomaly["railcar"].reason.startswith("cold start")  # type: ignore[union-attr]
