@@ -3,7 +3,8 @@
 #
 #   scripts/pg_test_server.sh run [CMD...]   start one, run CMD (default: scripts/test.sh) with
 #                                            WAGON_TEST_POSTGRES_URL exported, stop it and delete it afterwards
-#   scripts/pg_test_server.sh start          start one; prints `export WAGON_TEST_POSTGRES_URL=...` and the stop command
+#   scripts/pg_test_server.sh start          start one; prints `export WAGON_TEST_POSTGRES_URL=...` (and its
+#                                            directory, for stop): eval "$(scripts/pg_test_server.sh start)"
 #   scripts/pg_test_server.sh stop DIR       stop the one started in DIR and delete DIR
 #
 # Needs the Debian/Ubuntu `postgresql` package (binaries in /usr/lib/postgresql/<version>/bin) or initdb and
@@ -60,7 +61,7 @@ case "${1:-}" in
   start)
     start
     echo "export WAGON_TEST_POSTGRES_URL=$PG_URL"
-    echo "# stop with: $0 stop $PG_DIR"
+    echo "export WAGON_TEST_POSTGRES_DIR=$PG_DIR  # stop with: $0 stop $PG_DIR"
     ;;
   stop)
     [ -n "${2:-}" ] || { echo "usage: $0 stop DIR" >&2; exit 2; }
@@ -76,7 +77,7 @@ case "${1:-}" in
     "$@"
     ;;
   *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
