@@ -37,11 +37,13 @@ def _admin(server_url: str):  # noqa: ANN202 - a psycopg connection
 
 
 @contextmanager
-def temporary_database(server_url: str) -> Iterator[str]:
-    """Create a uniquely named database on the server, yield its SQLAlchemy URL, drop it afterwards."""
+def temporary_database(server_url: str, icu_locale: str | None = None) -> Iterator[str]:
+    """Create a uniquely named database on the server (with ``icu_locale``: sorting text by that ICU locale), yield
+    its SQLAlchemy URL, drop it afterwards."""
     name = f"wagon_test_{uuid.uuid4().hex[:16]}"
+    locale = f" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}'" if icu_locale else ""
     with _admin(server_url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{locale}')
     try:
         yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
     finally:

@@ -286,3 +286,20 @@ def test_pooled_prior_from_the_largest_counts(store: Store) -> None:
         {"captured_at": "2021-02-01T00:00:00Z", "counts": {"railcar": 5}},
         {"captured_at": "2021-02-02T00:00:00Z", "counts": {"railcar": 6}}]}))
     assert recs[-1].anomaly["railcar"].reason.startswith("cold start")  # type: ignore[union-attr]
+
+
+def test_facility_ids_sort_bytewise_in_a_postgresql_database_with_a_natural_language_locale() -> None:
+    """Paging facilities by id orders as on SQLite even where the database sorts text by a locale (en-US: '_' and
+    '-' would be nearly ignored)."""
+    from pgtools import require_postgres, temporary_database
+
+    ids = ["yard-b", "yard_a", "yarda", "yard1", "yard-a", "yard9-z"]
+    with temporary_database(require_postgres(), icu_locale="en-US") as url:
+        st = Store(url)
+        try:
+            for fid in ids:
+                service.create_facility(st, fid, fid, "rail")
+            assert [f.id for f in service.list_facilities(st)] == sorted(ids)
+            assert [f.id for f in service.list_facilities(st, after="yard-b")] == [i for i in sorted(ids) if i > "yard-b"]
+        finally:
+            st.dispose()
