@@ -218,13 +218,12 @@ class Job(Base):
 class Store:
     """Engine and session factory for one database URL; migrates the schema to the newest on construction."""
 
-    def __init__(self, database_url: str, migrate: bool = True) -> None:
+    def __init__(self, database_url: str) -> None:
+        from app.migrate import upgrade
+
         self.url = database_url
         self.engine: Engine = make_engine(database_url)
-        if migrate:
-            from app.migrate import upgrade
-
-            upgrade(self.engine)
+        upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
