@@ -12,21 +12,22 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 
-logging.getLogger("alembic").setLevel(logging.WARNING)  # its start-up chatter; we log what was migrated
+# Before alembic is imported: quiet its start-up chatter (we log what was migrated).
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
-from alembic import command  # noqa: E402 - after quieting its logger
+from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
+
+from app.store import _IMMEDIATE as _SQLITE_IMMEDIATE  # execution option: SQLite begins with BEGIN IMMEDIATE
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: Key of the PostgreSQL advisory lock held while migrating (any constant; "wagon-db" in ASCII).
 ADVISORY_LOCK_KEY = 0x7761676F6E2D6462 & 0x7FFFFFFFFFFFFFFF
-#: Execution option of :mod:`app.store` that makes SQLite begin with ``BEGIN IMMEDIATE``.
-_SQLITE_IMMEDIATE = "wagon_sqlite_immediate"
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
