@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: Threshold used to list anomalies of a facility that has no thresholds of its own (score and drop score).
 DEFAULT_SCORE_THRESHOLD: float = 3.0
 DIRECTIONS = ("surge", "drop")
+#: Seconds beyond the POST timeout a process holds a delivery it is trying (other processes skip it meanwhile).
+CLAIM_MARGIN_S = 60.0
 
 #: ``post(url, body_bytes, timeout_s) -> HTTP status``; raises on transport errors.
 PostFn = Callable[[str, bytes, float], int]
@@ -264,7 +266,10 @@ def deliver_due(
             .limit(batch)
         ).all()
     result = {"sent": 0, "retry": 0, "failed": 0}
+    lease = timedelta(seconds=timeout_s + CLAIM_MARGIN_S)
     for delivery_id, payload, attempts in due:
+        if not _claim(store, delivery_id, now, now + lease):
+            continue  # another process (polling the same database) took it
         body = json.dumps({**payload, "delivery_id": delivery_id}).encode()
         error: str | None = None
         try:
@@ -290,6 +295,19 @@ def deliver_due(
         with store.transaction() as session:
             session.execute(update(db.AlertDelivery).where(db.AlertDelivery.id == delivery_id).values(**values))
     return result
+
+
+def _claim(store: db.Store, delivery_id: int, now: datetime, until: datetime) -> bool:
+    """Take a due delivery for this process by moving its next attempt to ``until`` (a lease: if the process
+    dies before recording the outcome, the delivery is due again then). A conditional update, so of several
+    processes exactly one wins (PostgreSQL rechecks the condition after the row lock; SQLite writes one at a time).
+    """
+    with store.transaction() as session:
+        res = session.execute(update(db.AlertDelivery)
+                              .where(db.AlertDelivery.id == delivery_id, db.AlertDelivery.status == "pending",
+                                     db.AlertDelivery.next_attempt_at <= now)
+                              .values(next_attempt_at=until))
+        return int(res.rowcount or 0) == 1  # type: ignore[attr-defined]
 
 
 def retry_failed(session: Session, now: datetime | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Command line: ``wagon-detector serve | detect | reprocess | worker | keys | train | evaluate | export``."""
+"""Command line: ``wagon-detector serve | detect | reprocess | worker | keys | db | train | evaluate | export``."""
 
 from __future__ import annotations
 
@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id", help="the key's id (the 12 hex digits after wd_, as listed)")
     revoke.add_argument("--force", action="store_true", help="revoke even the last active admin key")
+    dbp = sub.add_parser("db", help="database schema: `db upgrade` migrates to the newest, `db current` reports")
+    dbp.add_argument("action", choices=("upgrade", "current"),
+                     help="upgrade: migrate WAGON_DATABASE_URL to the newest schema (the service does this at "
+                     "start-up too); current: print its revision and the newest one")
 
     for name, module in DELEGATED.items():
         sub.add_parser(name, help=f"{name} the detector (see `wagon-detector {name} --help`; runs {module})",
@@ -89,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _worker(args.workers)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "db":
+        return _db(args.action)
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
 
 
@@ -272,6 +278,27 @@ def _keys(args: argparse.Namespace) -> int:
     finally:
         store.dispose()
     return 0
+def _db(action: str) -> int:
+    from sqlalchemy.engine import make_url
+
+    from app import migrate
+    from app.settings import get_settings
+    from app.store import make_engine
+
+    url = get_settings().database_url
+    shown = make_url(url).render_as_string(hide_password=True)
+    engine = make_engine(url)
+    try:
+        if action == "upgrade":
+            print(f"{shown}: at revision {migrate.upgrade(engine)} (newest {migrate.head_revision()})")
+            return 0
+        with engine.connect() as conn:
+            current = migrate.current_revision(conn)
+        state = "up to date" if current == migrate.head_revision() else "needs `wagon-detector db upgrade`"
+        print(f"{shown}: revision {current or 'none'}, newest {migrate.head_revision()} ({state})")
+        return 0
+    finally:
+        engine.dispose()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -333,6 +333,7 @@ def replace_analysis(store: db.Store, observation_id: int, analysis: Analysis) -
         obs = db.get_observation(session, observation_id)
         if obs is None:
             raise NotFoundError(f"observation {observation_id} not found")
+        db.lock_facility(session, obs.facility_id)  # before rescoring its history
         obs.model_name, obs.model_version = analysis.model_name, analysis.model_version
         obs.gsd_m, obs.geo, obs.coverage = analysis.gsd_m, analysis.geo, analysis.coverage
         obs.exposure = None if analysis.coverage is None else analysis.coverage.get("share")

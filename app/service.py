@@ -303,8 +303,9 @@ def list_facilities(store: db.Store, after: str | None = None, limit: int | None
         return [_facility_record(f, n) for f, n in db.list_facilities(session, after=after, limit=limit)]
 
 
-def _require_facility(session: Session, facility_id: str) -> db.Facility:
-    row = db.get_facility(session, facility_id)
+def _require_facility(session: Session, facility_id: str, lock: bool = False) -> db.Facility:
+    """The facility (``lock``: locked against other writers of its history, before rescoring it)."""
+    row = db.lock_facility(session, facility_id) if lock else db.get_facility(session, facility_id)
     if row is None:
         raise NotFoundError(f"facility {facility_id!r} not found")
     return row
@@ -437,7 +438,7 @@ def record_analysis(
     """
     captured_at = _require_aware(captured_at)
     with store.transaction() as session:
-        _require_facility(session, facility_id)
+        _require_facility(session, facility_id, lock=True)
         obs = db.Observation(
             facility_id=facility_id,
             captured_at=captured_at,
@@ -653,7 +654,7 @@ def import_observations(store: db.Store, facility_id: str, rows: Sequence[Import
     if not rows:
         raise InvalidInputError("nothing to import: no observations given")
     with store.transaction() as session:
-        _require_facility(session, facility_id)
+        _require_facility(session, facility_id, lock=True)
         created = db.utcnow()
         objs: list[db.Observation] = []
         for row in rows:

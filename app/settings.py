@@ -22,8 +22,9 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         default="sqlite:///./var/wagon.db",
-        description="SQLAlchemy database URL. For SQLite files the parent directory is created on start-up; "
-        "tables are created on first start.",
+        description="SQLAlchemy database URL: SQLite, or PostgreSQL as "
+        "`postgresql+psycopg://USER:PASSWORD@HOST:5432/DB`. For SQLite files the parent directory is created on "
+        "start-up; the schema is migrated to the newest at every start-up.",
     )
     model_path: Path = Field(
         default=Path("models/wagon-obb.pt"),

@@ -4,7 +4,8 @@ Tables: ``facilities``; ``observations`` (one per uploaded image or imported row
 when there was an image); ``observation_counts`` (one row per observation and *known* class count, with the stored
 anomaly score; a class absent here is unknown, not zero); ``detections`` (oriented boxes of uploaded images);
 ``api_keys`` and ``api_key_facilities`` (hashed API keys, their roles and the facilities an uploader may upload to).
-All datetimes are stored as UTC.
+All datetimes are stored as UTC. The same code runs on SQLite and PostgreSQL; the schema is made and changed by
+the Alembic migrations in ``app/migrations`` (:mod:`app.migrate`), run when a :class:`Store` is constructed.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     UniqueConstraint,
-    inspect,
     Integer,
+    cast,
     String,
     TypeDecorator,
     create_engine,
@@ -66,12 +67,16 @@ class Base(DeclarativeBase):
     """Declarative base of all tables."""
 
 
+#: Facility ids sort bytewise on PostgreSQL too, whatever the database's locale: paging by id orders as on SQLite.
+FACILITY_ID = String(64).with_variant(String(64, collation="C"), "postgresql")
+
+
 class Facility(Base):
     """A rail yard, port or mixed site whose counts form one history."""
 
     __tablename__ = "facilities"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(FACILITY_ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -142,7 +147,7 @@ class ObservationCount(Base):
     exceeds_history_max: Mapped[bool] = mapped_column(Boolean, default=False)
     history_span_days: Mapped[float | None] = mapped_column(Float, default=None)
     reason: Mapped[str] = mapped_column(String(200), default="not scored yet")
-    # anomaly v2 (added columns; see ANOMALY_V2_COLUMNS for the upgrade of existing databases)
+    # anomaly v2 (columns added later; older databases get them from the baseline migration)
     drop_score: Mapped[float | None] = mapped_column(Float, default=None)
     model: Mapped[str | None] = mapped_column(String(200), default=None)
     count_sd: Mapped[float | None] = mapped_column(Float, default=None)  # detector count uncertainty; None = exact
@@ -152,17 +157,6 @@ class ObservationCount(Base):
     expected_hi: Mapped[float | None] = mapped_column(Float, default=None)
 
     observation: Mapped[Observation] = relationship(back_populates="counts")
-
-
-#: Columns of ``observation_counts`` added after v1, added in place to older databases on start-up.
-ANOMALY_V2_COLUMNS: dict[str, str] = {
-    "drop_score": "FLOAT", "model": "VARCHAR(200)", "count_sd": "FLOAT", "highest_in_days": "FLOAT",
-    "lowest_in_days": "FLOAT", "expected_lo": "FLOAT", "expected_hi": "FLOAT",
-}
-
-
-#: Columns of ``observations`` (and ``jobs``) added for idempotent uploads, added in place to older databases on start-up.
-IDEMPOTENCY_COLUMNS: dict[str, str] = {"idempotency_key": "VARCHAR(255)", "idempotency_scope": "VARCHAR(32)"}
 
 
 class ApiKey(Base):
@@ -266,16 +260,14 @@ class Job(Base):
 
 
 class Store:
-    """Engine and session factory for one database URL; creates tables on construction."""
+    """Engine and session factory for one database URL; migrates the schema to the newest on construction."""
 
     def __init__(self, database_url: str) -> None:
+        from app.migrate import upgrade
+
         self.url = database_url
         self.engine: Engine = make_engine(database_url)
-        Base.metadata.create_all(self.engine)
-        _add_missing_columns(self.engine, "observation_counts", ANOMALY_V2_COLUMNS)
-        if _add_missing_columns(self.engine, "observations", IDEMPOTENCY_COLUMNS):
-            _create_unique_indexes(self.engine, Observation.__table__)
-        _add_missing_columns(self.engine, "jobs", IDEMPOTENCY_COLUMNS)
+        upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -289,7 +281,7 @@ class Store:
         """A session in one write transaction: commits on success, rolls back on any exception.
 
         On SQLite the transaction starts with ``BEGIN IMMEDIATE`` so read-then-write sequences (rescoring) never
-        race another writer.
+        race another writer; on PostgreSQL writers of one facility serialise on :func:`lock_facility`.
         """
         with self._sessions() as session:
             session.connection(execution_options={_IMMEDIATE: True})
@@ -312,31 +304,6 @@ class Store:
     def dispose(self) -> None:
         """Close pooled connections."""
         self.engine.dispose()
-
-
-def _add_missing_columns(engine: Engine, table: str, columns: dict[str, str]) -> bool:
-    """Add nullable columns a database created by an older version lacks (``create_all`` only adds tables);
-    return whether any was added."""
-    present = {c["name"] for c in inspect(engine).get_columns(table)}
-    missing = [(name, sql_type) for name, sql_type in columns.items() if name not in present]
-    if missing:
-        with engine.begin() as conn:
-            for name, sql_type in missing:
-                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
-    return bool(missing)
-
-
-def _create_unique_indexes(engine: Engine, table: Any) -> None:
-    """Create the unique indexes of an upgraded table; one that existing duplicate rows prevent is logged."""
-    import logging
-
-    for index in table.indexes:
-        if index.unique:
-            try:
-                index.create(engine, checkfirst=True)
-            except Exception as exc:  # noqa: BLE001 - an old database with duplicates still starts
-                logging.getLogger(__name__).error("unique index %s not created (duplicate rows?): %s",
-                                                  index.name, exc)
 
 
 def make_engine(database_url: str) -> Engine:
@@ -379,6 +346,20 @@ def make_engine(database_url: str) -> Engine:
 def get_facility(session: Session, facility_id: str) -> Facility | None:
     """The facility with this id, or ``None``."""
     return session.get(Facility, facility_id)
+
+
+def lock_facility(session: Session, facility_id: str) -> Facility | None:
+    """The facility, locked until the transaction ends against other writers of its history (``None``: unknown).
+
+    Rescoring reads a facility's whole history and then writes scores, so two writers of one facility must not
+    interleave. PostgreSQL (read committed) takes a row lock (``FOR NO KEY UPDATE``: inserts of rows that merely
+    refer to the facility are not blocked) and every later statement sees what the previous holder committed;
+    SQLite needs nothing more, as its write transactions already begin with ``BEGIN IMMEDIATE``.
+    """
+    return session.scalars(
+        select(Facility).where(Facility.id == facility_id).with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
 
 
 def list_facilities(
@@ -485,8 +466,8 @@ def pooled_count_stats(
 ) -> list[tuple[int, float, float]]:
     """``(n, mean, sample variance)`` of the counts of a class at every other facility of a kind."""
     rows = session.execute(
-        select(Observation.facility_id, func.count(), func.sum(ObservationCount.count),
-               func.sum(ObservationCount.count * ObservationCount.count))
+        select(Observation.facility_id, func.count(), func.sum(cast(ObservationCount.count, Float)),
+               func.sum(cast(ObservationCount.count, Float) * cast(ObservationCount.count, Float)))
         .join(ObservationCount, ObservationCount.observation_id == Observation.id)
         .join(Facility, Facility.id == Observation.facility_id)
         .where(Facility.kind == kind, ObservationCount.class_name == class_name,

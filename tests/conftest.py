@@ -17,6 +17,7 @@ from PIL import Image
 
 from app.settings import PROJECT_ROOT, Settings
 from app.store import Store
+from pgtools import require_postgres, temporary_database
 
 MODEL_PATH = PROJECT_ROOT / "models" / "wagon-obb.pt"
 #: The admin key every test app starts with (``WAGON_ADMIN_KEY``); ``make_client`` sends it unless told otherwise.
@@ -25,6 +26,8 @@ LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopb
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "databases(*names): run the module's database tests on each of these "
+                            "(default sqlite and postgresql; postgresql needs WAGON_TEST_POSTGRES_URL)")
     # Starlette 1.x nags about httpx in its TestClient; not our concern here.
     config.addinivalue_line("filterwarnings", "ignore::starlette.exceptions.StarletteDeprecationWarning")
 
@@ -121,10 +124,34 @@ def network_attempts() -> list[str]:
 # ------------------------------------------------------------------------------------------- stores and apps
 
 
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests of a module marked ``pytest.mark.databases`` run once per database of ``database_url``."""
+    marker = metafunc.definition.get_closest_marker("databases")
+    if marker is not None and "database_url" in metafunc.fixturenames:
+        metafunc.parametrize("database_url", marker.args or DATABASES, indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """Settings with a fresh SQLite file, no model loading, authentication on with :data:`ADMIN_KEY`."""
-    return Settings(database_url=f"sqlite:///{tmp_path / 'db' / 'wagon.db'}", load_model=False,
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: an SQLite file, or (parameter ``postgresql``) a new database on the server in
+    ``WAGON_TEST_POSTGRES_URL``, dropped afterwards (skipped when that is unset)."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db' / 'wagon.db'}"
+        return
+    assert backend == "postgresql", backend
+    with temporary_database(require_postgres()) as url:
+        yield url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """Settings with a fresh database (SQLite unless the module asks for both), no model loading, authentication
+    on with :data:`ADMIN_KEY`."""
+    return Settings(database_url=database_url, load_model=False,
                     archive_dir=tmp_path / "originals", jobs_sqlite_path=tmp_path / "db" / "jobs.db",
                     admin_key=ADMIN_KEY)
 

@@ -15,6 +15,8 @@ import pytest
 from app import alerts, service
 from app.store import AlertDelivery, Store
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")  # each database test runs on both
+
 T0 = datetime(2022, 1, 3, tzinfo=UTC)
 
 
@@ -166,3 +168,41 @@ def test_alert_routes_and_background_delivery(make_client: Callable[..., Any], r
     assert sent and sent[0]["attempts"] == 2 and sent[0]["class"] == "railcar"
     assert client.delete("/v1/facilities/yard/alerts").status_code == 204
     assert client.get("/v1/facilities/yard/alerts").json()["configured"] is False
+
+
+def test_processes_polling_one_database_send_each_delivery_once(store: Store, database_url: str) -> None:
+    """Several service processes deliver webhooks from one database: each delivery is claimed by one of them."""
+    fid = _facility(store)
+    _import(store, fid, _quiet())
+    with store.transaction() as s:
+        alerts.set_thresholds(s, fid, 3.0, 3.0)
+    _import(store, fid, [_at(300, 73), _at(310, 1), _at(320, 95)])
+    with store.session() as s:
+        pending = s.query(AlertDelivery).count()
+    assert pending >= 2
+    posted: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(3)
+
+    def post(url: str, body: bytes, timeout_s: float) -> int:
+        time.sleep(0.05)  # both pollers have read the same due list by now
+        with lock:
+            posted.append(json.loads(body)["delivery_id"])
+        return 200
+
+    stores = [store, Store(database_url), Store(database_url)]
+
+    def poll(st: Store) -> None:
+        barrier.wait()
+        alerts.deliver_due(st, "http://127.0.0.1:9/hook", post=post)
+
+    threads = [threading.Thread(target=poll, args=(st,)) for st in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for st in stores[1:]:
+        st.dispose()
+    assert len(posted) == pending and len(set(posted)) == pending
+    with store.session() as s:
+        assert {d.status for d in s.query(AlertDelivery)} == {"sent"}

@@ -1,4 +1,4 @@
-"""API v1 end to end through ``TestClient`` on a temporary SQLite file.
+"""API v1 end to end through ``TestClient`` on a temporary database (SQLite, and PostgreSQL when configured).
 
 Every refusal must be a 4xx with a JSON ``detail`` string and must leave the observation count unchanged.
 """
@@ -14,6 +14,7 @@ import pytest
 from conftest import NetworkAccessError, crafted_png_header, encode_image, gradient_rgb
 
 CSV = "text/csv"
+pytestmark = pytest.mark.databases("sqlite", "postgresql")  # each database test runs on both
 
 
 def _facility(client: Any, fid: str = "yard", kind: str = "rail") -> None:

@@ -18,6 +18,8 @@ from app.store import Store
 from tests.conftest import encode_image
 from tests.geodata import BlobDetector, blob_scene, ground_distance_m, make_geotiff
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")  # each database test runs on both
+
 CENTRES = ((100.0, 80.0), (250.0, 200.0), (330.0, 60.0))
 WHEN = "2024-05-01T10:30:00Z"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy import func, inspect, select, text
 
 from app import service
@@ -17,6 +18,8 @@ from app.settings import Settings
 from app.store import Store
 from tests.conftest import encode_image
 from tests.geodata import BlobDetector, blob_scene, make_geotiff
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 WHEN = "2024-05-01T10:30:00Z"
 
@@ -123,7 +126,7 @@ def test_lost_race_is_answered_from_the_unique_index(store: Store, chips: tuple[
     again, created = service.record_upload(store, "yard", when, analysis, ("k1", "abc"))
     assert not created and again.id == original.id and len(calls) == 2
     assert _rows(store)["observations"] == 1
-    with pytest.raises(Exception, match="UNIQUE"):  # the index itself, without the service's check
+    with pytest.raises(IntegrityError, match="(?i)unique"):  # the index itself, without the service's check
         service.record_analysis(store, "yard", when, analysis)
 
 
@@ -192,21 +195,51 @@ def test_repeated_large_upload_joins_the_pending_job(make_client: Callable[..., 
         assert session.query(db.Job).count() == 1
 
 
-def test_older_database_gets_the_columns_and_unique_indexes(settings: Settings) -> None:
-    st = Store(settings.database_url)
-    with st.engine.begin() as conn:  # back to the schema before idempotent uploads
+def _back_to_revision_0001(st: Store) -> None:
+    """Put a database back to the schema before idempotent uploads and API keys (Alembic revision 0001)."""
+    with st.engine.begin() as conn:
         conn.execute(text("DROP INDEX uq_observations_image"))
         conn.execute(text("DROP INDEX uq_observations_idempotency"))
         conn.execute(text("ALTER TABLE observations DROP COLUMN idempotency_key"))
         conn.execute(text("ALTER TABLE observations DROP COLUMN idempotency_scope"))
         conn.execute(text("ALTER TABLE jobs DROP COLUMN idempotency_key"))
-    st.dispose()
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN idempotency_scope"))
+        conn.execute(text("DROP TABLE api_key_facilities"))
+        conn.execute(text("DROP TABLE api_keys"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+
+
+def test_database_at_revision_0001_gets_the_columns_and_unique_indexes(settings: Settings) -> None:
     st = Store(settings.database_url)
+    _back_to_revision_0001(st)
+    st.dispose()
+    st = Store(settings.database_url)  # migrates 0001 -> head
     try:
         inspector = inspect(st.engine)
         assert {"idempotency_key", "idempotency_scope"} <= {c["name"] for c in inspector.get_columns("observations")}
         assert "idempotency_key" in {c["name"] for c in inspector.get_columns("jobs")}
+        assert {"api_keys", "api_key_facilities"} <= set(inspector.get_table_names())
         unique = {i["name"] for i in inspector.get_indexes("observations") if i["unique"]}
         assert unique == {"uq_observations_image", "uq_observations_idempotency"}
+    finally:
+        st.dispose()
+
+
+def test_migration_keeps_duplicate_uploads_already_stored(settings: Settings) -> None:
+    st = Store(settings.database_url)
+    _back_to_revision_0001(st)
+    with st.engine.begin() as conn:
+        conn.execute(text("INSERT INTO facilities (id, name, kind, created_at) VALUES ('yard', 'Yard', 'rail', "
+                          "'2026-01-01 00:00:00')"))
+        for _ in range(2):  # the same image uploaded twice by an older release
+            conn.execute(text("INSERT INTO observations (facility_id, captured_at, source, created_at, image_sha256) "
+                              "VALUES ('yard', '2026-01-02 00:00:00', 'upload', '2026-01-02 00:00:00', 'ab12')"))
+    st.dispose()
+    st = Store(settings.database_url)
+    try:
+        with st.engine.connect() as conn:
+            assert conn.execute(text("SELECT COUNT(*) FROM observations")).scalar_one() == 2
+        unique = {i["name"] for i in inspect(st.engine).get_indexes("observations") if i["unique"]}
+        assert unique == {"uq_observations_idempotency"}  # the index the duplicates prevent is skipped
     finally:
         st.dispose()

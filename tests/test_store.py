@@ -15,6 +15,7 @@ from app.store import Store, count_observations
 from conftest import encode_image, gradient_rgb
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
+pytestmark = pytest.mark.databases("sqlite", "postgresql")  # each database test runs on both
 
 
 @pytest.fixture
@@ -273,3 +274,32 @@ def test_image_observation_is_history_for_later_imports(store: Store, yard: str)
 def test_get_unknown_observation(store: Store) -> None:
     with pytest.raises(service.NotFoundError):
         service.get_observation(store, 12345)
+
+
+def test_pooled_prior_from_the_largest_counts(store: Store) -> None:
+    """Sums of squared counts exceed 32-bit integers (PostgreSQL's integer overflowed before the cast to float)."""
+    service.create_facility(store, "big", "Big yard", "rail")
+    service.import_observations(store, "big", service.parse_json_import({"observations": [
+        {"captured_at": f"2021-01-0{d}T00:00:00Z", "counts": {"railcar": service.MAX_COUNT - d}} for d in (1, 2, 3)]}))
+    service.create_facility(store, "new", "New yard", "rail")
+    recs = service.import_observations(store, "new", service.parse_json_import({"observations": [
+        {"captured_at": "2021-02-01T00:00:00Z", "counts": {"railcar": 5}},
+        {"captured_at": "2021-02-02T00:00:00Z", "counts": {"railcar": 6}}]}))
+    assert recs[-1].anomaly["railcar"].reason.startswith("cold start")  # type: ignore[union-attr]
+
+
+def test_facility_ids_sort_bytewise_in_a_postgresql_database_with_a_natural_language_locale() -> None:
+    """Paging facilities by id orders as on SQLite even where the database sorts text by a locale (en-US: '_' and
+    '-' would be nearly ignored)."""
+    from pgtools import require_postgres, temporary_database
+
+    ids = ["yard-b", "yard_a", "yarda", "yard1", "yard-a", "yard9-z"]
+    with temporary_database(require_postgres(), icu_locale="en-US") as url:
+        st = Store(url)
+        try:
+            for fid in ids:
+                service.create_facility(st, fid, fid, "rail")
+            assert [f.id for f in service.list_facilities(st)] == sorted(ids)
+            assert [f.id for f in service.list_facilities(st, after="yard-b")] == [i for i in sorted(ids) if i > "yard-b"]
+        finally:
+            st.dispose()
