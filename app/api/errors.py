@@ -10,6 +10,8 @@
 | ``NotFoundError``                           | 404    |
 | ``ConflictError``                           | 409    |
 | ``ModelUnavailableError``                   | 503    |
+| ``OverloadedError`` (inference queue full)  | 503 + ``Retry-After`` |
+| request over ``WAGON_REQUEST_TIMEOUT_S``    | 504 (``app.api.limits``) |
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from app.api.observability import mark_error
 from app.imaging import CorruptImageError, EmptyImageError, ImageError, ImageTooLargeError, UnsupportedImageError
+from app.inference_gate import OverloadedError
 from app.service import (
     ConflictError,
     ImportValidationError,
@@ -36,6 +40,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (ConflictError, 409),
     (InvalidInputError, 422),
     (ModelUnavailableError, 503),
+    (OverloadedError, 503),
     (EmptyImageError, 422),
     (CorruptImageError, 422),
     (UnsupportedImageError, 415),
@@ -59,15 +64,18 @@ def _loc(loc: Sequence[Any]) -> str:
     return out
 
 
-async def _core_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _core_error(request: Request, exc: Exception) -> JSONResponse:
+    mark_error(request.scope, type(exc).__name__)
     body: dict[str, Any] = {"detail": str(exc)}
     if isinstance(exc, ImportValidationError):
         body["errors"] = exc.errors
-    return JSONResponse(body, status_code=status_for(exc))
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, OverloadedError) else None
+    return JSONResponse(body, status_code=status_for(exc), headers=headers)
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    mark_error(request.scope, "validation")
     errors = [{"loc": _loc(e.get("loc", ())), "msg": str(e.get("msg", "invalid"))} for e in exc.errors()]
     detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors) or "invalid request"
     return JSONResponse({"detail": detail, "errors": errors}, status_code=422)

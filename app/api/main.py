@@ -8,17 +8,21 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app import __version__
 from app.api.deps import Runtime
 from app.api.errors import install_error_handlers
-from app.api.limits import BodySizeLimitMiddleware
+from app.api.limits import BodySizeLimitMiddleware, RequestTimeoutMiddleware
+from app.api.observability import Metrics, RequestContextMiddleware, metrics_endpoint
 from app.api.routes import alerts as alert_routes
 from app.api.routes import dashboard, facilities, health, images, jobs, observations
+from app.api.routes.common import reject_unknown_params
 from app.api.web import ETagMiddleware
 from app.api.schemas import ImportIn
+from app.inference_gate import InferenceGate
+from app.logs import configure_logging
 from app.service import DetectorProtocol, load_configured_detector
 from app.settings import MIB, Settings, get_settings
 from app.jobs import JobQueue
@@ -34,7 +38,8 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
     """Build the FastAPI app. ``detector`` injects an already-loaded model (tests); otherwise the lifespan loads
     it from ``settings.model_path`` unless ``settings.load_model`` is false."""
     settings = settings or get_settings()
-    logging.getLogger("app").setLevel(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,13 +51,10 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
         await anyio.to_thread.run_sync(queue.resume)
         if settings.jobs_worker:
             queue.start_worker()
-        app.state.runtime = Runtime(
-            settings=settings,
-            store=store,
-            detector=model,
-            inference_limiter=anyio.CapacityLimiter(settings.max_concurrent_inferences),
-            jobs=queue,
-        )
+        gate = InferenceGate(settings.max_concurrent_inferences, settings.max_queued_inferences,
+                             on_pass=metrics.inference.observe)
+        metrics.watch_gate(lambda: gate.waiting, lambda: gate.running)
+        app.state.runtime = Runtime(settings=settings, store=store, detector=model, inference_gate=gate, jobs=queue)
         log.info("wagon-detector %s ready (model: %s)", __version__, "none" if model is None else model.name)
         async with anyio.create_task_group() as tasks:
             if settings.webhook_url:
@@ -70,19 +72,25 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
         summary="Count railcars and containers in satellite image chips and score counts against history.",
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
     app.add_middleware(ETagMiddleware)
+    app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s)
     if settings.cors_origin_list:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["ETag", "X-Next-Cursor", "Location"])
+                           allow_headers=["*"],
+                           expose_headers=["ETag", "X-Next-Cursor", "Location", "Retry-After", "X-Request-ID"])
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, routes=lambda: app.routes)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", dashboard.static_files(), name="dashboard-static")
+    # Unauthenticated, like /healthz: to guard it, add a dependency here (or block it at the proxy).
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     for module in (facilities, observations, images, alert_routes, jobs):
-        app.include_router(module.router, prefix="/v1")
+        app.include_router(module.router, prefix="/v1", dependencies=[Depends(reject_unknown_params)])
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import scenes, service
 from app.api.deps import SettingsDep, StoreDep
+from app.api.limits import disarm_timeout
 from app.api import web
 from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, errors
 from app.api.schemas import ImportOut, ObservationDetailOut, ObservationOut, ObservationPageOut
@@ -60,6 +61,7 @@ async def import_observations(facility_id: FacilityId, request: Request, store: 
     else:
         raise HTTPException(status_code=415, detail=f"unsupported content type {media_type!r}; "
                             "send application/json or text/csv")
+    disarm_timeout(request.scope)  # storing: the request finishes, so a 504 never hides a stored import
     records = await run_in_threadpool(service.import_observations, store, facility_id, rows)
     return ImportOut(imported=len(records), observations=[ObservationOut.model_validate(r.to_dict()) for r in records])
 
