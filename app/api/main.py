@@ -15,7 +15,7 @@ from app import __version__
 from app.api.deps import Runtime
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimitMiddleware, RequestTimeoutMiddleware
-from app.api.observability import Metrics, RequestContextMiddleware, metrics_endpoint
+from app.api.observability import Metrics, RequestContextMiddleware, metrics_endpoint, route_templates
 from app.api.routes import alerts as alert_routes
 from app.api.routes import dashboard, facilities, health, images, jobs, observations
 from app.api.routes.common import reject_unknown_params
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
                            allow_headers=["*"],
                            expose_headers=["ETag", "X-Next-Cursor", "Location", "Retry-After", "X-Request-ID"])
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, routes=lambda: app.routes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, templates=lambda: route_templates(app))
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(dashboard.router)

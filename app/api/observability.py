@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -19,7 +20,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match
+from starlette.routing import Mount, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logs import request_id_from, request_id_var
@@ -86,29 +87,39 @@ def metrics_endpoint(request: Request) -> Response:
     return metrics.render()
 
 
-def route_template(scope: Scope, routes: Iterable[BaseRoute]) -> str:
-    """The template of the route a request matched (``/v1/jobs/{job_id}``), ``<unmatched>`` if none."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    if isinstance(path, str):
-        return path
-    for candidate in routes:  # refused before routing (e.g. 413 on Content-Length): match it ourselves
-        try:
-            match, _ = candidate.matches(scope)
-        except Exception:  # noqa: BLE001 - a route that cannot judge the scope does not match it
-            continue
-        if match == Match.FULL:
-            return str(getattr(candidate, "path", UNMATCHED))
+Templates = list[tuple[re.Pattern[str], str]]
+
+
+def route_templates(app: Any) -> Templates:
+    """Path templates of every route of ``app`` (those in the OpenAPI document, with their router prefixes, and
+    the undocumented ones such as ``/metrics`` and mounts), as anchored patterns, most literal first."""
+    found: set[str] = set(app.openapi().get("paths", {}))
+    for route in app.routes:
+        path = getattr(route, "path", None)
+        if isinstance(route, Mount) and path:
+            found.add(path.rstrip("/") + "/{path:path}")
+        elif isinstance(path, str) and path:
+            found.add(path)
+    ordered = sorted(found, key=lambda t: (t.count("{"), -len(t)))
+    return [(compile_path(t)[0], re.sub(r":path}", "}", t)) for t in ordered]
+
+
+def route_template(path: str, templates: Templates) -> str:
+    """The template a path matches (``/v1/jobs/{job_id}``), ``<unmatched>`` if none: never the raw path."""
+    for pattern, template in templates:
+        if pattern.match(path):
+            return template
     return UNMATCHED
 
 
 class RequestContextMiddleware:
     """Outermost middleware: request id (``X-Request-ID`` in and out), access log line, request metrics."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Callable[[], Iterable[BaseRoute]]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, templates: Callable[[], Templates]) -> None:
         self.app = app
         self.metrics = metrics
-        self.routes = routes
+        self._make_templates = templates
+        self._templates: Templates | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -147,7 +158,9 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
     def _record(self, scope: Scope, status: int, elapsed: float, request_id: str) -> None:
-        route = route_template(scope, self.routes())
+        if self._templates is None:
+            self._templates = self._make_templates()
+        route = route_template(str(scope.get("path", "")), self._templates)
         method = str(scope.get("method", ""))
         self.metrics.requests.labels(route=route, method=method, status=str(status)).observe(elapsed)
         if status >= 400:
