@@ -315,3 +315,31 @@ def test_times_need_a_zone_and_must_exist_in_utc(api: Any, value: str, words: li
     r = api.post("/v1/facilities/yard/observations", content=csv, headers={"content-type": "text/csv"})
     assert r.status_code == 422 and "line 2" in r.json()["detail"]
     assert _n_obs(api) == 0
+
+
+# ------------------------------------------------------------------------------------------- found by the fuzzer
+
+
+def test_huge_observation_id_is_422_not_500(api: Any) -> None:
+    for path in ("/v1/observations/{}", "/v1/observations/{}/overlay.png", "/v1/observations/{}/detections.geojson"):
+        r = api.get(path.format(2**70))
+        assert r.status_code == 422 and "observation_id" in r.json()["detail"]
+    assert api.get("/v1/observations/0").status_code == 422
+
+
+@pytest.mark.parametrize("method, path", [("post", "/v1/facilities"), ("patch", "/v1/facilities/yard"),
+                                          ("put", "/v1/facilities/yard/alerts")])
+def test_body_that_is_not_utf8_json_is_422(api: Any, method: str, path: str) -> None:
+    r = getattr(api, method)(path, content=b"\xff\xfe{", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "cannot be parsed" in r.json()["detail"]
+
+
+def test_422_shape_is_documented(api: Any) -> None:
+    spec = api.get("/openapi.json").json()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    out = spec["components"]["schemas"]["ValidationErrorOut"]
+    assert out["properties"]["detail"]["type"] == "string" and "errors" in out["properties"]
+    r = api.get("/v1/observations/abc")
+    assert set(r.json()) == {"detail", "errors"} and r.json()["errors"][0]["loc"] == "observation_id"
+    form = next(v for k, v in spec["components"]["schemas"].items() if k.startswith("Body_"))
+    assert form["additionalProperties"] is False and set(form["properties"]) == {"file", "captured_at", "gsd_m"}

@@ -7,6 +7,7 @@
 | ``EmptyImageError``, ``CorruptImageError``  | 422    |
 | ``UnsupportedImageError`` (not JPEG/PNG/TIFF) | 415  |
 | ``ImageTooLargeError``, body over the limit | 413    |
+| body the framework cannot parse (its 400)   | 422    |
 | ``NotFoundError``                           | 404    |
 | ``ConflictError``                           | 409    |
 | ``ModelUnavailableError``                   | 503    |
@@ -21,7 +22,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.observability import mark_error
 from app.imaging import CorruptImageError, EmptyImageError, ImageError, ImageTooLargeError, UnsupportedImageError
@@ -81,8 +84,23 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette/FastAPI refusals; a body that cannot be parsed at all (400 from the framework: not UTF-8, broken
+    multipart) is a 422 like every other bad input."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code != 400:
+        mark_error(request.scope, f"http_{exc.status_code}")
+        return await http_exception_handler(request, exc)
+    mark_error(request.scope, "unparsable_body")
+    cause = exc.__cause__ or exc.__context__
+    reason = f": {cause}" if cause is not None and str(cause) else ""
+    detail = exc.detail if exc.detail != "There was an error parsing the body" else "the request body cannot be parsed"
+    return JSONResponse({"detail": f"{detail}{reason}"}, status_code=422)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on ``app``."""
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ServiceError, _core_error)
     app.add_exception_handler(ImageError, _core_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

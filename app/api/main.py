@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ from app.api.routes import alerts as alert_routes
 from app.api.routes import dashboard, facilities, health, images, jobs, observations
 from app.api.routes.common import reject_unknown_params
 from app.api.web import ETagMiddleware
-from app.api.schemas import ImportIn
+from app.api.schemas import ImportIn, ValidationErrorOut
 from app.inference_gate import InferenceGate
 from app.logs import configure_logging
 from app.service import DetectorProtocol, load_configured_detector
@@ -116,9 +117,18 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    # 422 answers are {"detail": "...", "errors": [...]} (app.api.errors), not FastAPI's default shape.
+    schema = json.loads(json.dumps(schema).replace('"#/components/schemas/HTTPValidationError"',
+                                                    '"#/components/schemas/ValidationErrorOut"'))
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    import_schema = ImportIn.model_json_schema(ref_template="#/components/schemas/{model}")
-    components.update(import_schema.pop("$defs", {}))
-    components["ImportIn"] = import_schema
+    for model in (ImportIn, ValidationErrorOut):
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    for name, body in components.items():
+        if name.startswith("Body_"):  # form bodies: unknown form fields are refused (routes.common)
+            body["additionalProperties"] = False
     app.openapi_schema = schema
     return schema

@@ -17,6 +17,8 @@ DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
 
 FacilityId = Annotated[str, Path(description=f"Facility slug ({FACILITY_ID_PATTERN}).")]
+#: Database ids are 64-bit: larger numbers are refused (422) before they reach the database.
+ObservationId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Observation id.")]
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -13,7 +13,7 @@ from app import scenes, service
 from app.api.deps import SettingsDep, StoreDep
 from app.api.limits import disarm_timeout
 from app.api import web
-from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, errors
+from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, ObservationId, errors
 from app.api.schemas import ImportOut, ObservationDetailOut, ObservationOut, ObservationPageOut
 
 router = APIRouter(tags=["observations"])
@@ -105,8 +105,8 @@ def list_observations(
     return ObservationPageOut(observations=[ObservationOut.model_validate(d) for d in dicts], next_cursor=next_cursor)
 
 
-@router.get("/observations/{observation_id}", response_model=ObservationDetailOut, responses=errors(404))
-def get_observation(observation_id: int, store: StoreDep) -> ObservationDetailOut:
+@router.get("/observations/{observation_id}", response_model=ObservationDetailOut, responses=errors(404, 422))
+def get_observation(observation_id: ObservationId, store: StoreDep) -> ObservationDetailOut:
     """One observation with its detections."""
     rec = service.get_observation(store, observation_id)
     return ObservationDetailOut.model_validate(rec.to_dict(with_detections=True))
@@ -115,7 +115,7 @@ def get_observation(observation_id: int, store: StoreDep) -> ObservationDetailOu
 @router.get("/observations/{observation_id}/detections.geojson", responses={
     200: {"content": {"application/geo+json": {}}, "description": "GeoJSON FeatureCollection (WGS84)."},
     **errors(404)})
-def get_detections_geojson(observation_id: int, store: StoreDep) -> Response:
+def get_detections_geojson(observation_id: ObservationId, store: StoreDep) -> Response:
     """The observation's detections as a GeoJSON FeatureCollection in WGS84 (one Polygon per oriented box, with
     `class`, `confidence` and `captured_at`); opens as it is in QGIS. 404 when the image was not georeferenced."""
     collection = scenes.observation_geojson(store, observation_id)
@@ -126,7 +126,7 @@ def get_detections_geojson(observation_id: int, store: StoreDep) -> Response:
 @router.get("/observations/{observation_id}/overlay.png", responses={
     200: {"content": {"image/png": {}}, "description": "The image with oriented boxes and a legend."},
     **errors(404)})
-def get_overlay(observation_id: int, store: StoreDep, settings: SettingsDep) -> Response:
+def get_overlay(observation_id: ObservationId, store: StoreDep, settings: SettingsDep) -> Response:
     """The observation's image (the region read, downscaled to at most `WAGON_OVERLAY_MAX_PX` a side) with its
     oriented boxes drawn per class, the facility footprint, and the counts in a legend. 404 without an archived
     original."""
