@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     max_concurrent_inferences: int = Field(
         default=1,
         ge=1,
-        description="How many detector passes may run at once in one process; further uploads wait their turn "
+        description="How many image analyses may run at once in one process; further uploads wait their turn "
         "without blocking the event loop.",
     )
     max_queued_inferences: int = Field(
