@@ -92,11 +92,12 @@ def test_timeout_is_504_stores_nothing_and_keeps_the_slot_until_the_pass_ends(
         make_client: Callable[..., Any]) -> None:
     detector = SlowFakeDetector()
     client = make_client(detector=detector, max_concurrent_inferences=1, max_queued_inferences=0,
-                         request_timeout_s=0.5)
+                         request_timeout_s=2.0)  # long enough for the pass to start on a busy machine
     _facility(client)
     gate = client.app.state.runtime.inference_gate
     r = _upload(client)
     assert r.status_code == 504, r.text
+    assert detector.started.acquire(timeout=0)  # the pass had started when the request gave up
     assert "WAGON_REQUEST_TIMEOUT_S" in r.json()["detail"] and r.headers["X-Request-ID"]
     assert gate.running == 1  # the abandoned pass still runs in its thread and holds the only slot
     busy = _upload(client)

@@ -100,6 +100,11 @@ def test_413_before_routing_is_labelled_by_template(make_client: Callable[..., A
     assert _metric(text, "wagon_http_request_duration_seconds_count", route="/v1/facilities/{facility_id}/observations",
                    method="POST", status="413") == 1
     assert _metric(text, "wagon_errors_total", kind="body_too_large") == 1
+    small = b"\x89PNG\r\n\x1a\n" + bytes(20_000)  # over the file limit, under the multipart allowance
+    r = client.post("/v1/facilities/yard/images", data={"captured_at": "2024-05-01T10:30:00Z"},
+                    files={"file": ("x.png", small, "image/png")})
+    assert r.status_code == 413  # refused by the route while archiving the file
+    assert _metric(client.get("/metrics").text, "wagon_errors_total", kind="body_too_large") == 2
 
 
 def test_inference_and_detection_metrics(make_client: Callable[..., Any]) -> None:

@@ -89,7 +89,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     multipart) is a 422 like every other bad input."""
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code != 400:
-        mark_error(request.scope, f"http_{exc.status_code}")
+        mark_error(request.scope, "body_too_large" if exc.status_code == 413 else f"http_{exc.status_code}")
         return await http_exception_handler(request, exc)
     mark_error(request.scope, "unparsable_body")
     cause = exc.__cause__ or exc.__context__
