@@ -119,7 +119,7 @@ def _serve(host: str, port: int, workers: int = 1) -> int:
     os.environ["WAGON_INFERENCE_THREADS"] = str(threads)  # read by every worker process's settings
     get_settings.cache_clear()
     uvicorn.run("app.api:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=settings.log_level.lower())
+                log_level=settings.log_level.lower(), access_log=False)  # the app writes its own (JSON, request id)
     return 0
 
 

@@ -41,6 +41,10 @@ def _pillow_open() -> Callable[..., Image.Image]:
 
 _OPEN = _pillow_open()
 
+#: What a user whose JPEG/PNG is too big to decode whole should do instead.
+_TOO_BIG_ADVICE = ("JPEG and PNG are decoded whole (WAGON_MAX_PIXELS); send a larger scene as a GeoTIFF, which is "
+                   "read window by window (and analysed as a background job when large)")
+
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, MemoryError)
 
 
@@ -72,6 +76,7 @@ class DecodedImage:
     format: str  # "JPEG", "PNG" or "TIFF"
     sha256: str  # of the uploaded bytes
     original_mode: str  # Pillow mode before conversion, e.g. "RGB", "P", "I;16", "CMYK"
+    valid: np.ndarray | None = None  # H x W bool, False where fully transparent; None: every pixel valid
 
     @property
     def width(self) -> int:
@@ -100,11 +105,18 @@ def decode_image(data: bytes, max_pixels: int = 100_000_000) -> DecodedImage:
             oriented = ImageOps.exif_transpose(im)
         except _DECODE_ERRORS:
             oriented = im  # unreadable EXIF: keep the pixels as stored
-        array = to_rgb_array(oriented if oriented is not None else im)
+        oriented = oriented if oriented is not None else im
+        array = to_rgb_array(oriented)
+        alpha = alpha_of(oriented)
     finally:
         im.close()
+    valid = None
+    if alpha is not None and int(alpha.min()) < 255:
+        array = composite_over_black(array, alpha)
+        valid = alpha > 0
     return DecodedImage(
-        array=array, format=str(im.format), sha256=hashlib.sha256(data).hexdigest(), original_mode=original_mode
+        array=array, format=str(im.format), sha256=hashlib.sha256(data).hexdigest(), original_mode=original_mode,
+        valid=valid,
     )
 
 
@@ -116,7 +128,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = _OPEN(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"image has more than {max_pixels} pixels") from exc
+        raise ImageTooLargeError(f"image has more than {max_pixels} pixels; {_TOO_BIG_ADVICE}") from exc
     except (UnidentifiedImageError, ImportError) as exc:  # ImportError: a wrapper's plugin hook failed
         other = _identify_any(data)
         if other is not None:
@@ -135,7 +147,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         im.close()
         raise ImageTooLargeError(
-            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}; {_TOO_BIG_ADVICE}"
         )
     return im
 
@@ -181,7 +193,7 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
 
     Integer data deeper than 8 bits is scaled by its apparent bit depth: the smallest of 8, 10, 12, 14 or 16 bits
     that holds the image maximum (so 12-bit sensor data spans the full 8-bit range). Float data in ``[0, 1]`` is
-    scaled by 255, other float data is clipped to ``[0, 255]``. Alpha is dropped (colour kept as stored).
+    scaled by 255, other float data is clipped to ``[0, 255]``. Alpha is ignored here (see :func:`alpha_of`).
     """
     mode = im.mode
     if mode == "RGB":
@@ -196,6 +208,25 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
     except _DECODE_ERRORS as exc:
         raise UnsupportedImageError(f"unsupported pixel mode {mode}") from exc
     return _contiguous(np.asarray(rgb, dtype=np.uint8))
+
+
+def alpha_of(im: Image.Image) -> np.ndarray | None:
+    """The image's alpha (``H x W`` uint8) if it has any (alpha band, or a transparent palette or colour key)."""
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return np.asarray(im.getchannel("A"), dtype=np.uint8)
+    if "transparency" in im.info and im.mode in ("P", "L", "RGB", "1"):
+        try:
+            return np.asarray(im.convert("RGBA").getchannel("A"), dtype=np.uint8)
+        except _DECODE_ERRORS:
+            return None
+    return None
+
+
+def composite_over_black(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Premultiply colour by alpha: transparent pixels become black (as nodata does in GeoTIFF scenes), so that
+    colour hidden under transparency is never shown to the detector."""
+    out = rgb.astype(np.uint16) * alpha[:, :, None].astype(np.uint16)
+    return np.ascontiguousarray(((out + 127) // 255).astype(np.uint8))
 
 
 def _scale_to_uint8(values: np.ndarray) -> np.ndarray:

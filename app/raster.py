@@ -204,7 +204,8 @@ class Scene(Protocol):
 
 
 class ArrayScene:
-    """A decoded JPEG/PNG (EXIF orientation applied): the whole image is in memory, every pixel valid."""
+    """A decoded JPEG/PNG (EXIF orientation applied): the whole image is in memory; every pixel is valid except
+    fully transparent ones."""
 
     georef: Georef | None = None
     bands = "RGB"
@@ -227,9 +228,13 @@ class ArrayScene:
         """A window, optionally resampled (area interpolation) to ``out_shape`` (rows, cols)."""
         c, r, w, h = window
         rgb = self.image.array[r:r + h, c:c + w]
+        valid = None if self.image.valid is None else self.image.valid[r:r + h, c:c + w]
         if out_shape is not None and out_shape != rgb.shape[:2]:
             rgb = cv2.resize(rgb, (out_shape[1], out_shape[0]), interpolation=cv2.INTER_AREA)
-        return rgb, np.ones(rgb.shape[:2], bool)
+            if valid is not None:
+                valid = cv2.resize(valid.astype(np.uint8), (out_shape[1], out_shape[0]),
+                                   interpolation=cv2.INTER_NEAREST).astype(bool)
+        return rgb, (np.ones(rgb.shape[:2], bool) if valid is None else valid)
 
 
 class RasterScene:

@@ -217,7 +217,9 @@ iso = _iso
 def parse_timestamp(value: str, name: str = "captured_at") -> datetime:
     """Parse an ISO 8601 datetime that carries a timezone; return it in UTC.
 
-    Raises :class:`InvalidInputError` for malformed or naive values.
+    The rule, everywhere a time is read (form fields, query parameters, JSON and CSV imports): a timezone is
+    required (``Z`` or ``+hh:mm``); a naive time is refused rather than guessed. Raises :class:`InvalidInputError`
+    for malformed or naive values and for times that do not exist in UTC (year 1 with a positive offset).
     """
     text = (value or "").strip()
     if not text:
@@ -232,7 +234,10 @@ def parse_timestamp(value: str, name: str = "captured_at") -> datetime:
         raise InvalidInputError(
             f"{name} {value!r} has no timezone; add one, e.g. 'Z' or '+00:00' (2024-05-01T10:30:00Z)"
         )
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInputError(f"{name} {value!r} is out of range in UTC") from None
 
 
 def validate_facility_id(facility_id: str) -> str:

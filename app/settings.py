@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         default=100_000_000,
         gt=0,
-        description="Largest accepted image in pixels (width x height), checked from the image header "
-        "before decoding; larger images are refused with 413.",
+        description="Largest JPEG/PNG (decoded whole) in pixels (width x height), checked from the image header "
+        "before decoding; larger ones are refused with 413 (send such a scene as a GeoTIFF, which is read window "
+        "by window under `WAGON_MAX_SCENE_PIXELS`).",
     )
     inference_threads: int | None = Field(
         default=None,
@@ -60,8 +61,25 @@ class Settings(BaseSettings):
     max_concurrent_inferences: int = Field(
         default=1,
         ge=1,
-        description="How many detector passes may run at once in one process; further uploads wait their turn "
+        description="How many image analyses may run at once in one process; further uploads wait their turn "
         "without blocking the event loop.",
+    )
+    max_queued_inferences: int = Field(
+        default=8,
+        ge=0,
+        description="How many uploads may wait for an inference slot beyond those running; further uploads are "
+        "refused at once with 503 and a `Retry-After` header.",
+    )
+    request_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest time one request may take, body upload included; a request still running then "
+        "answers 504 (an inference already running finishes in its thread and is discarded, its slot released "
+        "when it ends).",
+    )
+    log_format: Literal["json", "plain"] = Field(
+        default="json",
+        description="Log line format of the service: `json` (one object per line, with `request_id`) or `plain`.",
     )
     count_rel_error: float = Field(
         default=0.10, ge=0, le=1,

@@ -27,6 +27,7 @@ from app.store import Store
 EXPECTED_RULES: dict[tuple[str, str], Access] = {
     ("GET", "/healthz"): Access.PUBLIC,
     ("GET", "/dashboard"): Access.PUBLIC,
+    ("GET", "/metrics"): Access.READ,
     ("POST", "/v1/facilities"): Access.ADMIN,
     ("GET", "/v1/facilities"): Access.READ,
     ("GET", "/v1/facilities/{facility_id}"): Access.READ,

@@ -121,12 +121,18 @@ def test_palette() -> None:
     assert tuple(out[0, 0]) == (255, 0, 0) and tuple(out[0, 7]) == (0, 255, 0)
 
 
-def test_rgba_drops_alpha() -> None:
+def test_rgba_is_composited_over_black_and_masked() -> None:
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     rgba[..., 0] = 200
     rgba[..., 3] = np.array([0, 255, 128, 255], dtype=np.uint8)[None, :]
-    out = decode_image(encode_image(rgba, "PNG")).array
-    assert out.shape == (4, 4, 3) and (out[..., 0] == 200).all() and (out[..., 1:] == 0).all()
+    decoded = decode_image(encode_image(rgba, "PNG"))
+    out = decoded.array
+    assert out.shape == (4, 4, 3) and (out[..., 1:] == 0).all()
+    assert (out[:, :, 0] == np.array([0, 200, 100, 200])[None, :]).all()  # colour premultiplied by alpha
+    assert decoded.valid is not None and (decoded.valid == np.array([False, True, True, True])[None, :]).all()
+    opaque = rgba.copy()
+    opaque[..., 3] = 255
+    assert decode_image(encode_image(opaque, "PNG")).valid is None  # no transparency: no mask
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "1"])

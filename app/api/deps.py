@@ -1,13 +1,13 @@
-"""Typed dependencies shared by the routes: settings, store, detector and the inference limiter."""
+"""Typed dependencies shared by the routes: settings, store, detector and the inference gate."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated
 
-import anyio
 from fastapi import Depends, Request
 
+from app.inference_gate import InferenceGate
 from app.jobs import JobQueue
 from app.service import DetectorProtocol
 from app.settings import Settings
@@ -21,7 +21,7 @@ class Runtime:
     settings: Settings
     store: Store
     detector: DetectorProtocol | None
-    inference_limiter: anyio.CapacityLimiter
+    inference_gate: InferenceGate
     jobs: JobQueue | None = None
 
 

@@ -7,9 +7,12 @@
 | ``EmptyImageError``, ``CorruptImageError``  | 422    |
 | ``UnsupportedImageError`` (not JPEG/PNG/TIFF) | 415  |
 | ``ImageTooLargeError``, body over the limit | 413    |
+| body the framework cannot parse (its 400)   | 422    |
 | ``NotFoundError``                           | 404    |
 | ``ConflictError``                           | 409    |
 | ``ModelUnavailableError``                   | 503    |
+| ``OverloadedError`` (inference queue full)  | 503 + ``Retry-After`` |
+| request over ``WAGON_REQUEST_TIMEOUT_S``    | 504 (``app.api.limits``) |
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.observability import mark_error
 from app.imaging import CorruptImageError, EmptyImageError, ImageError, ImageTooLargeError, UnsupportedImageError
+from app.inference_gate import OverloadedError
 from app.service import (
     ConflictError,
     ImportValidationError,
@@ -36,6 +43,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (ConflictError, 409),
     (InvalidInputError, 422),
     (ModelUnavailableError, 503),
+    (OverloadedError, 503),
     (EmptyImageError, 422),
     (CorruptImageError, 422),
     (UnsupportedImageError, 415),
@@ -59,22 +67,40 @@ def _loc(loc: Sequence[Any]) -> str:
     return out
 
 
-async def _core_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _core_error(request: Request, exc: Exception) -> JSONResponse:
+    mark_error(request.scope, type(exc).__name__)
     body: dict[str, Any] = {"detail": str(exc)}
     if isinstance(exc, ImportValidationError):
         body["errors"] = exc.errors
-    return JSONResponse(body, status_code=status_for(exc))
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, OverloadedError) else None
+    return JSONResponse(body, status_code=status_for(exc), headers=headers)
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    mark_error(request.scope, "validation")
     errors = [{"loc": _loc(e.get("loc", ())), "msg": str(e.get("msg", "invalid"))} for e in exc.errors()]
     detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors) or "invalid request"
     return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette/FastAPI refusals; a body that cannot be parsed at all (400 from the framework: not UTF-8, broken
+    multipart) is a 422 like every other bad input."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code != 400:
+        mark_error(request.scope, "body_too_large" if exc.status_code == 413 else f"http_{exc.status_code}")
+        return await http_exception_handler(request, exc)
+    mark_error(request.scope, "unparsable_body")
+    cause = exc.__cause__ or exc.__context__
+    reason = f": {cause}" if cause is not None and str(cause) else ""
+    detail = exc.detail if exc.detail != "There was an error parsing the body" else "the request body cannot be parsed"
+    return JSONResponse({"detail": f"{detail}{reason}"}, status_code=422)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on ``app``."""
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ServiceError, _core_error)
     app.add_exception_handler(ImageError, _core_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

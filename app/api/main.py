@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -9,19 +10,23 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app import __version__
-from app.api.auth import AuthGate, document_security
+from app.api.auth import Access, AuthGate, allow, document_security
 from app.api.deps import Runtime
 from app.api.errors import install_error_handlers
-from app.api.limits import BodySizeLimitMiddleware
+from app.api.limits import BodySizeLimitMiddleware, RequestTimeoutMiddleware
+from app.api.observability import Metrics, RequestContextMiddleware, metrics_endpoint, route_templates
 from app.api.routes import alerts as alert_routes
 from app.api.routes import dashboard, facilities, health, images, jobs, keys, observations
+from app.api.routes.common import reject_unknown_params
 from app.api.web import ETagMiddleware
-from app.api.schemas import ImportIn
+from app.api.schemas import ImportIn, ValidationErrorOut
 from app.keys import AUTH_OFF_WARNING, bootstrap_admin
+from app.inference_gate import InferenceGate
+from app.logs import configure_logging
 from app.service import DetectorProtocol, load_configured_detector
 from app.settings import MIB, Settings, get_settings
 from app.jobs import JobQueue
@@ -37,7 +42,8 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
     """Build the FastAPI app. ``detector`` injects an already-loaded model (tests); otherwise the lifespan loads
     it from ``settings.model_path`` unless ``settings.load_model`` is false."""
     settings = settings or get_settings()
-    logging.getLogger("app").setLevel(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,13 +56,10 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
         await anyio.to_thread.run_sync(queue.resume)
         if settings.jobs_worker:
             queue.start_worker()
-        app.state.runtime = Runtime(
-            settings=settings,
-            store=store,
-            detector=model,
-            inference_limiter=anyio.CapacityLimiter(settings.max_concurrent_inferences),
-            jobs=queue,
-        )
+        gate = InferenceGate(settings.max_concurrent_inferences, settings.max_queued_inferences,
+                             on_pass=metrics.inference.observe)
+        metrics.watch_gate(lambda: gate.waiting, lambda: gate.running)
+        app.state.runtime = Runtime(settings=settings, store=store, detector=model, inference_gate=gate, jobs=queue)
         log.info("wagon-detector %s ready (model: %s)", __version__, "none" if model is None else model.name)
         async with anyio.create_task_group() as tasks:
             if settings.webhook_url:
@@ -75,19 +78,26 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
         lifespan=lifespan,
     )
     app.add_middleware(AuthGate, routes=app.router.routes)  # innermost: after size limits, inside CORS
+    app.state.metrics = metrics
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
     app.add_middleware(ETagMiddleware)
+    app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s)
     if settings.cors_origin_list:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["ETag", "X-Next-Cursor", "Location"])
+                           allow_headers=["*"],
+                           expose_headers=["ETag", "X-Next-Cursor", "Location", "Retry-After", "X-Request-ID"])
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, templates=lambda: route_templates(app))
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", dashboard.static_files(), name="dashboard-static")
+    # Prometheus scrapes with a reader key (``authorization: {credentials: <key>}`` in its scrape config).
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False,
+                      dependencies=[allow(Access.READ)])
     for module in (facilities, observations, images, alert_routes, jobs, keys):
-        app.include_router(module.router, prefix="/v1")
+        app.include_router(module.router, prefix="/v1", dependencies=[Depends(reject_unknown_params)])
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -129,10 +139,19 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    # 422 answers are {"detail": "...", "errors": [...]} (app.api.errors), not FastAPI's default shape.
+    schema = json.loads(json.dumps(schema).replace('"#/components/schemas/HTTPValidationError"',
+                                                    '"#/components/schemas/ValidationErrorOut"'))
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    import_schema = ImportIn.model_json_schema(ref_template="#/components/schemas/{model}")
-    components.update(import_schema.pop("$defs", {}))
-    components["ImportIn"] = import_schema
+    for model in (ImportIn, ValidationErrorOut):
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    for name, body in components.items():
+        if name.startswith("Body_"):  # form bodies: unknown form fields are refused (routes.common)
+            body["additionalProperties"] = False
     document_security(schema, app.routes)
     app.openapi_schema = schema
     return schema

@@ -18,6 +18,20 @@ class ErrorOut(BaseModel):
     detail: str
 
 
+class FieldErrorOut(BaseModel):
+    """One invalid field: where (``captured_at``, ``observations[2].counts``) and why."""
+
+    loc: str
+    msg: str
+
+
+class ValidationErrorOut(BaseModel):
+    """A 422 refusal: the reason, and each bad field (request validation) or row (imports)."""
+
+    detail: str
+    errors: list[FieldErrorOut | str] | None = None
+
+
 class FacilityCreate(BaseModel):
     """A facility to create."""
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Path
+from fastapi import Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 
 from app.api.schemas import ErrorOut
 from app.service import FACILITY_ID_PATTERN
@@ -14,8 +17,53 @@ DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
 
 FacilityId = Annotated[str, Path(description=f"Facility slug ({FACILITY_ID_PATTERN}).")]
+#: Database ids are 64-bit: larger numbers are refused (422) before they reach the database.
+ObservationId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Observation id.")]
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for refusals (all shaped ``{"detail": "..."}``)."""
     return {code: {"model": ErrorOut} for code in codes}
+
+
+@dataclass(frozen=True)
+class _Declared:
+    query: frozenset[str]
+    form: frozenset[str]
+
+
+_DECLARED: dict[int, _Declared] = {}
+
+
+def _declared(route: APIRoute) -> _Declared:
+    """Names of the query parameters and form fields a route (and its dependencies) declares; cached."""
+    found = _DECLARED.get(id(route))
+    if found is None:
+        query: set[str] = set()
+        form: set[str] = set()
+        stack = [route.dependant]
+        while stack:
+            dependant = stack.pop()
+            query.update(f.alias for f in dependant.query_params)
+            form.update(f.alias for f in dependant.body_params)
+            stack.extend(dependant.dependencies)
+        found = _DECLARED[id(route)] = _Declared(frozenset(query), frozenset(form))
+    return found
+
+
+async def reject_unknown_params(request: Request) -> None:
+    """Refuse (422, naming each) query parameters and form fields the route does not declare: a misspelt
+    ``gsd`` must not silently mean "no GSD"."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    declared = _declared(route)
+    errors = [{"type": "extra_forbidden", "loc": ("query", name), "msg": "unknown query parameter", "input": None}
+              for name in sorted(set(request.query_params) - declared.query)]
+    content_type = request.headers.get("content-type", "")
+    if declared.form and content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        form = await request.form()  # already parsed (and cached) by FastAPI for the route's own fields
+        errors += [{"type": "extra_forbidden", "loc": ("form", name), "msg": "unknown form field", "input": None}
+                   for name in sorted(set(form.keys()) - declared.form)]
+    if errors:
+        raise RequestValidationError(errors)

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, File, Form, Header, HTTPException, UploadFile
+from fastapi import APIRouter, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app import scenes, service
 from app.api.auth import allow
 from app.api.deps import RuntimeDep
+from app.api.limits import disarm_timeout
 from app.api.routes.common import FacilityId, errors
 from app.api.schemas import JobAcceptedOut, UploadOut
 from app.imaging import ImageError
@@ -33,10 +34,11 @@ CHUNK = 1024 * 1024
 @router.post("/facilities/{facility_id}/images", status_code=201, response_model=UploadOut,
              responses={200: {"model": UploadOut, "description": "A repeated upload: the original observation."},
                         202: {"model": JobAcceptedOut, "description": "Large upload: analysed in the background."},
-                        **errors(404, 413, 415, 422, 503)})
+                        **errors(404, 413, 415, 422, 503, 504)})
 async def upload_image(
     facility_id: FacilityId,
     runtime: RuntimeDep,
+    request: Request,
     principal: Annotated[Principal, allow(Access.UPLOAD)],
     file: Annotated[UploadFile, File(description="GeoTIFF/COG, JPEG 2000, NITF, JPEG, PNG or TIFF "
                                                  "(format read from the content).")],
@@ -76,13 +78,13 @@ async def upload_image(
         return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
     footprint = await run_in_threadpool(scenes.facility_footprint, store, facility_id)
     try:
-        analysis = await anyio.to_thread.run_sync(
-            scenes.analyse_with_settings, runtime.detector, path, settings, gsd_m, footprint, sha,
-            limiter=runtime.inference_limiter,
-        )
+        analysis = await runtime.inference_gate.run(
+            scenes.analyse_with_settings, runtime.detector, path, settings, gsd_m, footprint, sha)
     except ImageError:
         path.unlink(missing_ok=True)  # not an image: nothing worth keeping (no observation can share its digest)
         raise
+    disarm_timeout(request.scope)  # from here on the request finishes: what is stored is answered
+    request.app.state.metrics.count_detections(analysis.counts)
     t1 = time.perf_counter()
     record, created = await run_in_threadpool(lambda: service.record_upload(
         store, facility_id, when, analysis, idempotency, count_rel_error=runtime.settings.count_rel_error))

@@ -11,10 +11,11 @@ from starlette.concurrency import run_in_threadpool
 
 from app import scenes, service
 from app.api.deps import SettingsDep, StoreDep
+from app.api.limits import disarm_timeout
 from app.api import web
 from app.api.auth import allow
 from app.keys import Access
-from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, errors
+from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, ObservationId, errors
 from app.api.schemas import ImportOut, ObservationDetailOut, ObservationOut, ObservationPageOut
 
 router = APIRouter(tags=["observations"])
@@ -63,6 +64,7 @@ async def import_observations(facility_id: FacilityId, request: Request, store: 
     else:
         raise HTTPException(status_code=415, detail=f"unsupported content type {media_type!r}; "
                             "send application/json or text/csv")
+    disarm_timeout(request.scope)  # storing: the request finishes, so a 504 never hides a stored import
     records = await run_in_threadpool(service.import_observations, store, facility_id, rows)
     return ImportOut(imported=len(records), observations=[ObservationOut.model_validate(r.to_dict()) for r in records])
 
@@ -107,9 +109,9 @@ def list_observations(
     return ObservationPageOut(observations=[ObservationOut.model_validate(d) for d in dicts], next_cursor=next_cursor)
 
 
-@router.get("/observations/{observation_id}", response_model=ObservationDetailOut, responses=errors(404),
+@router.get("/observations/{observation_id}", response_model=ObservationDetailOut, responses=errors(404, 422),
             dependencies=[allow(Access.READ)])
-def get_observation(observation_id: int, store: StoreDep) -> ObservationDetailOut:
+def get_observation(observation_id: ObservationId, store: StoreDep) -> ObservationDetailOut:
     """One observation with its detections."""
     rec = service.get_observation(store, observation_id)
     return ObservationDetailOut.model_validate(rec.to_dict(with_detections=True))
@@ -118,7 +120,7 @@ def get_observation(observation_id: int, store: StoreDep) -> ObservationDetailOu
 @router.get("/observations/{observation_id}/detections.geojson", responses={
     200: {"content": {"application/geo+json": {}}, "description": "GeoJSON FeatureCollection (WGS84)."},
     **errors(404)}, dependencies=[allow(Access.READ)])
-def get_detections_geojson(observation_id: int, store: StoreDep) -> Response:
+def get_detections_geojson(observation_id: ObservationId, store: StoreDep) -> Response:
     """The observation's detections as a GeoJSON FeatureCollection in WGS84 (one Polygon per oriented box, with
     `class`, `confidence` and `captured_at`); opens as it is in QGIS. 404 when the image was not georeferenced."""
     collection = scenes.observation_geojson(store, observation_id)
@@ -129,7 +131,7 @@ def get_detections_geojson(observation_id: int, store: StoreDep) -> Response:
 @router.get("/observations/{observation_id}/overlay.png", responses={
     200: {"content": {"image/png": {}}, "description": "The image with oriented boxes and a legend."},
     **errors(404)}, dependencies=[allow(Access.READ)])
-def get_overlay(observation_id: int, store: StoreDep, settings: SettingsDep) -> Response:
+def get_overlay(observation_id: ObservationId, store: StoreDep, settings: SettingsDep) -> Response:
     """The observation's image (the region read, downscaled to at most `WAGON_OVERLAY_MAX_PX` a side) with its
     oriented boxes drawn per class, the facility footprint, and the counts in a legend. 404 without an archived
     original."""
