@@ -22,7 +22,7 @@ from sqlalchemy import text
 from app import service
 from app.offline import CLASS_NAMES
 from app.store import Store
-from conftest import encode_image
+from conftest import ADMIN_KEY, encode_image
 from geodata import blob_scene
 from procserver import ServerProcess
 
@@ -36,6 +36,9 @@ def _image(k: int) -> bytes:
     """A 400 x 300 PNG with ``k`` (1-40) white blobs that the blob detector counts as railcars."""
     centres = tuple((20.0 + 36.0 * (j % 10), 20.0 + 36.0 * (j // 10)) for j in range(k))
     return encode_image(blob_scene(400, 300, centres), "PNG")
+
+
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def _upload(client: httpx.Client, when: datetime, k: int) -> httpx.Response:
@@ -53,8 +56,8 @@ def _prepare(database_url: str) -> Store:
 
 
 def _env(tmp_path: Path, database_url: str, name: str) -> dict[str, str]:
-    # Auth: none at present; once API keys exist the servers need one configured here (and the clients a header).
-    return {"WAGON_DATABASE_URL": database_url, "WAGON_ARCHIVE_DIR": str(tmp_path / "originals"),
+    # Both servers start with the same first admin key (created once, whichever starts first); clients send it.
+    return {"WAGON_ADMIN_KEY": ADMIN_KEY, "WAGON_DATABASE_URL": database_url, "WAGON_ARCHIVE_DIR": str(tmp_path / "originals"),
             "WAGON_JOBS_SQLITE_PATH": str(tmp_path / f"jobs-{name}.db"), "WAGON_JOBS_WORKER": "false"}
 
 
@@ -108,7 +111,7 @@ def test_two_processes_upload_to_one_facility(database_url: str, tmp_path: Path)
 
         def client(c: int) -> None:
             server = servers[c % 2]
-            with httpx.Client(base_url=server.url, timeout=60) as http:
+            with httpx.Client(base_url=server.url, timeout=60, headers=AUTH) as http:
                 for when, k in plan[c::n_clients]:
                     r = _upload(http, when, k)
                     with lock:
@@ -155,7 +158,7 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_upload_and_nothing_partial(
     n_clients = 3
 
     def client(c: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+        with httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as http:
             for i in range(c, 10_000, n_clients):
                 when, k = T0 + timedelta(hours=i), 1 + (7 * i) % 30
                 with lock:
@@ -190,7 +193,7 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_upload_and_nothing_partial(
             assert counts.get(obs_id) == {"railcar": k, "container": 0}, f"acknowledged observation {obs_id} lost"
         assert len(acked) <= found <= sent[0]
         _assert_scores_are_fresh(store)
-        with httpx.Client(base_url=server.url, timeout=30) as http:  # and the restarted server works
+        with httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as http:  # and the restarted server works
             assert _upload(http, T0 - timedelta(days=100), 5).status_code == 201
             assert http.get("/v1/facilities/yard").json()["observation_count"] == HISTORY + found + 1
         print(f"\nkill test ({_backend(database_url)}): {sent[0]} uploads sent, {len(acked)} acknowledged before "
