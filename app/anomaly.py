@@ -6,14 +6,15 @@ The full method, its choices and the benchmark behind them are in ``docs/anomaly
   (the most recent :data:`FIT_WINDOW_DAYS` days, at most :data:`MAX_FIT_POINTS` points), on the raw irregular
   timestamps (no resampling). Covariates: an intercept, a yearly harmonic ``sin/cos(2 pi day_of_year / 365.25)``
   when the window spans >= 1 year with >= :data:`MIN_SEASONAL_POINTS` points, and a linear trend (years) when it
-  spans >= 2 years. Among the eligible designs the lowest AIC wins; the trend must also pass a likelihood-ratio
-  test at 5 % against the same design without it. Coefficients by IRLS (weak ridge on non-intercept terms),
-  dispersion ``alpha`` (``Var = mu + alpha mu^2``) by weighted moments, alternating to convergence.
+  spans >= :data:`MIN_TREND_YEARS` years. Among the eligible designs the lowest AIC wins; a trend must also pass a
+  likelihood-ratio test at 0.1 % against the same design without it. Coefficients by IRLS (weak ridge on
+  non-intercept terms), dispersion ``alpha`` (``Var = mu + alpha mu^2``) by weighted ML, alternating.
 * **Robust baseline (Farrington-style).** After a first fit, Anscombe residuals of the history points are scaled
-  by their standard deviation; points with ``|s| > 2.58`` get weight ``s^-2`` (weights renormalised to sum to
-  ``n``), and the model is refitted, so earlier surges do not inflate the baseline.
-* **Prediction.** The predictive at the scored time is NB with the fitted mean and a dispersion widened by the
-  uncertainty of the fitted log-mean (``alpha_eff = (1 + alpha) exp(var_eta) - 1``): few points, wide spread.
+  by their standard deviation; points with ``|s| > 2.58`` get weight ``(2.58 / s)^2`` (weights renormalised to sum
+  to ``n``), and the model is refitted, so earlier surges do not inflate the baseline.
+* **Prediction.** The predictive at the scored time integrates over the parameters' uncertainty: a mixture of NBs
+  over the posterior of ``alpha`` (grid on ``log alpha``), each widened by the uncertainty of the fitted log-mean
+  (``alpha_eff = (1 + alpha) exp(var_eta) - 1``, mean ``exp(eta + var_eta / 2)``): few points, wide spread.
 * **Cold start.** With fewer than :data:`MIN_HISTORY` earlier points the rate gets a gamma prior pooled across
   facilities of the same kind (:class:`PooledPrior`, empirical Bayes), or a weakly informative one, updated with
   the facility's own points; ``reason`` says so. No earlier point and nothing to pool from: no score.
@@ -62,8 +63,10 @@ MIN_TREND_POINTS: int = 24
 RIDGE: float = 0.5
 #: Within-facility dispersion assumed when nothing better is known (cold start without a pool).
 DEFAULT_ALPHA: float = 0.5
-#: Pseudo-observations with which a pooled dispersion is blended into a short history's own estimate.
+#: Pseudo-observations with which a pooled dispersion is blended into a cold start's own estimate.
 ALPHA_PRIOR_WEIGHT: float = 4.0
+#: Prior sd of ``log alpha`` around a pooled dispersion (one e-fold: weakly informative).
+ALPHA_PRIOR_SD: float = 1.0
 
 
 # ------------------------------------------------------------------------------------------------ v1 helpers
@@ -89,11 +92,11 @@ class CountModel:
         return cls("negative_binomial", mean=mean, variance=mean + alpha * mean * mean, n=n, p=n / (n + mean))
 
     def _logsf_logpmf_logcdf_below(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self.family == "negative_binomial":
-            d = stats.nbinom(self.n, self.p)
-        else:
-            d = stats.poisson(self.mean)
-        return d.logsf(x), d.logpmf(x), d.logcdf(x - 1)
+        if self.family == "negative_binomial":  # unfrozen calls: freezing a scipy distribution costs milliseconds
+            return (stats.nbinom.logsf(x, self.n, self.p), stats.nbinom.logpmf(x, self.n, self.p),
+                    stats.nbinom.logcdf(x - 1, self.n, self.p))
+        m = self.mean
+        return stats.poisson.logsf(x, m), stats.poisson.logpmf(x, m), stats.poisson.logcdf(x - 1, m)
 
     def log_mid_p(self, x: int) -> float:
         """Natural log of ``P(X > x) + 0.5 * P(X = x)``."""
@@ -115,15 +118,7 @@ class CountModel:
         The true count is taken as a normal around ``x`` with standard deviation ``count_sd``, discretised on the
         non-negative integers within 4 standard deviations.
         """
-        if count_sd is None or count_sd <= 0.05:
-            grid = np.asarray([int(x)])
-            weights = np.ones(1)
-        else:
-            lo = max(0, int(math.floor(x - 4 * count_sd)))
-            hi = int(math.ceil(x + 4 * count_sd))
-            grid = np.arange(lo, hi + 1)
-            weights = np.exp(-0.5 * ((grid - x) / count_sd) ** 2)
-            weights /= weights.sum()
+        grid, weights = _true_count_grid(x, count_sd)
         log_sf, log_pmf, log_cdf = self._logsf_logpmf_logcdf_below(grid)
         half_pmf = math.log(0.5) + log_pmf
         upper = np.exp(np.logaddexp(log_sf, half_pmf))
@@ -135,9 +130,74 @@ class CountModel:
 
     def quantiles(self, lo: float = 0.05, hi: float = 0.95) -> tuple[float, float]:
         """The ``lo`` and ``hi`` quantiles of the count (e.g. a 90 % band)."""
-        d = stats.nbinom(self.n, self.p) if self.family == "negative_binomial" else stats.poisson(self.mean)
-        q = d.ppf([lo, hi])
+        qs = np.asarray([lo, hi])
+        if self.family == "negative_binomial":
+            q = stats.nbinom.ppf(qs, self.n, self.p)
+        else:
+            q = stats.poisson.ppf(qs, self.mean)
         return float(q[0]), float(q[1])
+
+
+def _true_count_grid(x: int, count_sd: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Possible true counts around a reported ``x`` and their weights (discretised normal, +-4 sd)."""
+    if count_sd is None or count_sd <= 0.05:
+        return np.asarray([int(x)]), np.ones(1)
+    lo = max(0, int(math.floor(x - 4 * count_sd)))
+    hi = int(math.ceil(x + 4 * count_sd))
+    grid = np.arange(lo, hi + 1)
+    weights = np.exp(-0.5 * ((grid - x) / count_sd) ** 2)
+    return grid, weights / weights.sum()
+
+
+@dataclass(frozen=True)
+class NbMixture:
+    """Predictive count distribution: a mixture of NBs with one mean and several dispersions.
+
+    The components are the dispersion's posterior grid (``weights`` sum to 1): the predictive integrates over the
+    dispersion's uncertainty instead of plugging in a point estimate, whose tails are too light on short histories.
+    """
+
+    mean: float
+    alphas: np.ndarray
+    weights: np.ndarray
+
+    @property
+    def alpha(self) -> float:
+        """Posterior-mean dispersion: the mixture's variance is ``mean + alpha mean^2``."""
+        return float(self.weights @ self.alphas)
+
+    def _np(self) -> tuple[np.ndarray, np.ndarray]:
+        """scipy's ``(n, p)`` of the components, as a column (unfrozen calls: freezing costs more than the maths)."""
+        r = 1.0 / np.maximum(self.alphas, 1e-8)
+        return r[:, None], (r / (r + self.mean))[:, None]
+
+    def tail_probs(self, x: int, count_sd: float | None = None) -> tuple[float, float]:
+        """Natural logs of the upper and lower mid-p of ``x`` (see :meth:`CountModel.tail_probs`)."""
+        grid, gw = _true_count_grid(x, count_sd)
+        n, p = self._np()
+        g = grid[None, :]
+        half_pmf = math.log(0.5) + stats.nbinom.logpmf(g, n, p)
+        log_up = np.logaddexp(stats.nbinom.logsf(g, n, p), half_pmf)  # components x grid
+        log_down = np.logaddexp(stats.nbinom.logcdf(g - 1, n, p), half_pmf)
+        b = self.weights[:, None] * gw[None, :]
+        return float(special.logsumexp(log_up, b=b)), float(special.logsumexp(log_down, b=b))
+
+    def log_mid_p_lower(self, x: int) -> float:
+        """Natural log of ``P(X < x) + 0.5 * P(X = x)``."""
+        return self.tail_probs(x)[1]
+
+    def mid_p(self, x: int) -> float:
+        """``P(X > x) + 0.5 * P(X = x)``."""
+        return math.exp(self.tail_probs(x)[0])
+
+    def quantiles(self, lo: float = 0.05, hi: float = 0.95) -> tuple[float, float]:
+        """The ``lo`` and ``hi`` quantiles of the mixture (each lies between its components' quantiles)."""
+        n, p = self._np()
+        comp = stats.nbinom.ppf(np.asarray([[lo, hi]]), n, p)
+        k = np.arange(int(comp.min()), int(comp.max()) + 1)
+        cdf = self.weights @ stats.nbinom.cdf(k[None, :], n, p)
+        idx = np.minimum(np.searchsorted(cdf, np.asarray([lo, hi]) - 1e-12), k.size - 1)
+        return float(k[idx[0]]), float(k[idx[1]])
 
 
 def fit_count_model(mean: float, variance: float, size: int) -> CountModel:
@@ -289,7 +349,7 @@ def fit_nb_glm(X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, max_it
     return GlmFit(beta=beta, alpha=alpha, cov=cov, loglik=loglik, mu=mu)
 
 
-_LOG_ALPHA_GRID = np.linspace(-7.0, math.log(50.0), 40)
+_LOG_ALPHA_GRID = np.linspace(-10.0, math.log(50.0), 50)
 
 
 def _ml_alpha(y: np.ndarray, mu: np.ndarray, w: np.ndarray, start: float) -> float:
@@ -298,8 +358,7 @@ def _ml_alpha(y: np.ndarray, mu: np.ndarray, w: np.ndarray, start: float) -> flo
     0 (Poisson) when no grid value beats the Poisson likelihood.
     """
     mu = np.maximum(mu, 1e-12)
-    r = np.exp(-_LOG_ALPHA_GRID)[:, None]
-    ll = (special.gammaln(y + r) - special.gammaln(r) + r * np.log(r / (r + mu)) + y * np.log(mu / (r + mu))) @ w
+    ll = _alpha_grid_loglik(y, mu, w)
     pois = float(w @ (y * np.log(mu) - mu))
     i = int(np.argmax(ll))
     if ll[i] <= pois:
@@ -313,10 +372,33 @@ def _ml_alpha(y: np.ndarray, mu: np.ndarray, w: np.ndarray, start: float) -> flo
     return float(math.exp(_LOG_ALPHA_GRID[i]))
 
 
+def _alpha_grid_loglik(y: np.ndarray, mu: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted NB log-likelihood (up to a constant in ``alpha``) on :data:`_LOG_ALPHA_GRID`."""
+    r = np.exp(-_LOG_ALPHA_GRID)[:, None]
+    return (special.gammaln(y + r) - special.gammaln(r) + r * np.log(r / (r + mu)) + y * np.log(mu / (r + mu))) @ w
+
+
+def _alpha_posterior(
+    y: np.ndarray, mu: np.ndarray, w: np.ndarray, prior_alpha: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior of ``alpha`` on :data:`_LOG_ALPHA_GRID` given the means: grid values and weights (pruned).
+
+    Prior on ``log alpha``: flat over the grid, or, with a pooled dispersion from facilities of the same kind,
+    normal around its log with sd :data:`ALPHA_PRIOR_SD` (weakly informative: it matters only on short histories).
+    """
+    lp = _alpha_grid_loglik(y, np.maximum(mu, 1e-12), w)
+    if prior_alpha is not None:
+        centre = math.log(max(prior_alpha, math.exp(_LOG_ALPHA_GRID[0])))
+        lp = lp - 0.5 * ((_LOG_ALPHA_GRID - centre) / ALPHA_PRIOR_SD) ** 2
+    post = np.exp(lp - lp.max())
+    keep = post > 1e-4
+    return np.exp(_LOG_ALPHA_GRID[keep]), post[keep] / post[keep].sum()
+
+
 def _moment_alpha(y: np.ndarray, mu: np.ndarray, w: np.ndarray, p: int) -> float:
     """Pearson moment estimate: ``alpha`` solving ``sum w (y - mu)^2 / (mu (1 + alpha mu)) = sum w - p``.
 
-    Each point's Pearson term is bounded after Farrington's ``s^-2`` weights, so one huge point cannot dominate.
+    Each point's Pearson term is bounded after the outlier weights, so one huge point cannot dominate.
     The left side decreases and is convex in ``alpha``: Newton from 0 climbs monotonically to the root.
     """
     df = float(w.sum()) - p
@@ -342,21 +424,23 @@ def _moment_alpha(y: np.ndarray, mu: np.ndarray, w: np.ndarray, p: int) -> float
     return float(a)
 
 
+_ROBUST_ALPHA_GRID = np.r_[0.0, np.geomspace(1e-4, 50.0, 48)]
+
+
 def _robust_alpha(r2: np.ndarray, mu: np.ndarray) -> float:
-    """``alpha`` at which the median squared scaled Anscombe residual is that of a standard normal (0.455)."""
+    """``alpha`` at which the median squared scaled Anscombe residual is that of a standard normal (0.455).
+
+    The median falls as ``alpha`` grows: bracketed on a log grid (one vectorised pass), then interpolated.
+    """
     target = 0.4549
-    if float(np.median(r2)) <= target:
+    med = np.median(r2[None, :] / (1.0 + _ROBUST_ALPHA_GRID[:, None] * mu[None, :]), axis=1)
+    if med[0] <= target:
         return 0.0
-    lo, hi = 0.0, 50.0
-    if float(np.median(r2 / (1.0 + hi * mu))) > target:
-        return hi
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        if float(np.median(r2 / (1.0 + mid * mu))) > target:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    if med[-1] > target:
+        return float(_ROBUST_ALPHA_GRID[-1])
+    i = int(np.argmax(med <= target))  # first grid value at or below the target; med[i - 1] > target
+    a0, a1, m0, m1 = _ROBUST_ALPHA_GRID[i - 1], _ROBUST_ALPHA_GRID[i], med[i - 1], med[i]
+    return float(a0 + (a1 - a0) * (m0 - target) / (m0 - m1))
 
 
 def _screen_weights(y: np.ndarray) -> np.ndarray:
@@ -370,14 +454,11 @@ def _screen_weights(y: np.ndarray) -> np.ndarray:
     r = 1.5 * (np.cbrt(y) ** 2 - np.cbrt(mu) ** 2) / mu ** (1.0 / 6.0)
     r2 = r * r
     s = np.sqrt(r2 / (1.0 + _robust_alpha(r2, mu) * mu)) * np.sign(r)
-    out = np.ones_like(y)
-    bad = s > REWEIGHT_THRESHOLD
-    out[bad] = s[bad] ** -2.0
-    return out * (y.size / out.sum())
+    return _outlier_weights(np.maximum(s, 0.0))[0]
 
 
 def _anscombe_weights(X: np.ndarray, y: np.ndarray, fit: GlmFit, w: np.ndarray) -> tuple[np.ndarray, int]:
-    """Farrington reweighting: ``s^-2`` for ``|s| > 2.58``, renormalised to sum to ``n``; also the count.
+    """Farrington-style reweighting (see :func:`_outlier_weights`) from a fit; also the number down-weighted.
 
     ``s`` is the Anscombe residual over its standard deviation. The dispersion used to scale it is the smaller of
     the fitted one and a median-based one, so that outliers cannot mask themselves by inflating the dispersion.
@@ -388,19 +469,28 @@ def _anscombe_weights(X: np.ndarray, y: np.ndarray, fit: GlmFit, w: np.ndarray) 
     r = 1.5 * (np.cbrt(y) ** 2 - np.cbrt(mu) ** 2) / mu ** (1.0 / 6.0)
     r2 = r * r / (1.0 - h)
     alpha = min(fit.alpha, _robust_alpha(r2, mu))
-    s = np.sqrt(r2 / (1.0 + alpha * mu)) * np.sign(r)
-    out = np.ones_like(y)
-    bad = np.abs(s) > REWEIGHT_THRESHOLD
-    out[bad] = s[bad] ** -2.0
-    out *= y.size / out.sum()
-    return out, int(bad.sum())
+    return _outlier_weights(np.sqrt(r2 / (1.0 + alpha * mu)))
+
+
+def _outlier_weights(s: np.ndarray) -> tuple[np.ndarray, int]:
+    """Weights ``(c / |s|)^2`` beyond ``c`` = :data:`REWEIGHT_THRESHOLD`, renormalised to sum to ``n``; the count.
+
+    Farrington's ``s^-2`` drops from 1 to 0.15 at the threshold, which trims legitimate tail points of a quiet
+    series and biases the dispersion (and mean) low; ``(c / s)^2`` is continuous there and still gives a surge with
+    ``s = 8`` a weight of 0.1.
+    """
+    s = np.abs(s)
+    out = np.ones_like(s)
+    bad = s > REWEIGHT_THRESHOLD
+    out[bad] = (REWEIGHT_THRESHOLD / s[bad]) ** 2
+    return out * (s.size / out.sum()), int(bad.sum())
 
 
 @dataclass(frozen=True)
 class Prediction:
     """Predictive distribution of the next count, and how it was obtained."""
 
-    model: CountModel
+    model: CountModel | NbMixture
     description: str
     cold_start: bool = False
 
@@ -475,16 +565,17 @@ def predict(
     x_star = _design(np.zeros(1), _angle(np.asarray([at_day])), *choice)[0]
     eta = float(x_star @ fit.beta)
     var_eta = float(x_star @ fit.cov @ x_star)
-    alpha = fit.alpha
-    if prior is not None and n < 3 * MIN_HISTORY:  # short history: shrink its noisy dispersion to the pool's
-        alpha = (ALPHA_PRIOR_WEIGHT * prior.alpha + (n - X.shape[1]) * alpha) / (ALPHA_PRIOR_WEIGHT + n - X.shape[1])
-    alpha_eff = (1.0 + alpha) * math.exp(min(var_eta, 5.0)) - 1.0
-    mean = math.exp(min(eta, 30.0))
+    pooled_alpha = prior.alpha if prior is not None and n < 3 * MIN_HISTORY else None  # short history only
+    alphas, post = _alpha_posterior(y, fit.mu, w, pooled_alpha)
+    inflate = math.exp(min(var_eta, 5.0))  # a log-normal mean: alpha_eff = (1 + alpha) exp(var_eta) - 1
+    mean = math.exp(min(eta + 0.5 * min(var_eta, 5.0), 30.0))  # predictive mean, not the median exp(eta)
+    alpha = float(post @ alphas)
+    model = NbMixture(mean, (1.0 + alphas) * inflate - 1.0, post)
     terms = ["intercept"] + (["trend"] if choice[1] else []) + (["yearly season"] if choice[0] else [])
     desc = f"negative binomial GLM ({' + '.join(terms)}) on {n} points, alpha {alpha:.3g}"
     if n_down:
         desc += f", {n_down} earlier outlier{'s' if n_down > 1 else ''} down-weighted"
-    return Prediction(CountModel.from_mean_alpha(mean, alpha_eff), desc)
+    return Prediction(model, desc)
 
 
 def _cold_start(y: np.ndarray, prior: PooledPrior | None) -> Prediction | None:
