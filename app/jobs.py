@@ -1,9 +1,15 @@
 """Background analysis of large uploads on huey: SQLite queue by default (no server), Redis for several machines.
 
 A job is a row in the service database (``jobs``: inputs, status, progress, result) plus a huey task carrying its
-id. The original upload is already in the content-addressed archive, so a job needs nothing else. Jobs survive a
-restart: queued tasks stay in huey's storage, and on start-up every job still ``queued`` or ``running`` whose task
-is no longer pending is enqueued again (a job that had started is rerun from the start; its result is stored once).
+id. The original upload is already in the content-addressed archive, so a job needs nothing else.
+
+Never run twice: before a worker runs a job it claims it with one conditional ``UPDATE`` (``queued``, or
+``running`` with an expired lease, becomes ``running`` with ``claimed_by`` = this worker and ``lease_until`` = now +
+:data:`LEASE_S`); a task whose claim fails (another worker holds the job, or it is finished) is dropped. The worker
+renews the lease while it works (a heartbeat thread, every third of the lease). Jobs survive a restart: queued tasks
+stay in huey's storage, and on start-up every ``queued`` job whose task is no longer pending, and every ``running``
+job whose lease has expired (its worker died), is enqueued again; a job another live worker is running is left to it.
+A job that had started is rerun from the start; its result is stored once.
 
 Workers: a thread inside the API process (``WAGON_JOBS_WORKER=true``, the default), or ``wagon-detector worker``
 processes on any machine that sees the same database, archive and queue.
@@ -12,12 +18,17 @@ processes on any machine that sees the same database, archive and queue.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, or_, update
 
 from app import store as db
 from app.imaging import ImageError
@@ -41,6 +52,8 @@ log = logging.getLogger(__name__)
 TASK_NAME = "wagon.analyse_upload"
 #: Least seconds between two progress writes of one job.
 PROGRESS_INTERVAL_S = 1.0
+#: Seconds a worker's claim on a job holds without renewal (renewed every third of it while the job runs).
+LEASE_S = 60.0
 
 
 def make_huey(settings: Settings) -> Huey:
@@ -60,10 +73,14 @@ class JobQueue:
     """Submit, run, report and resume background jobs."""
 
     def __init__(self, settings: Settings, store: db.Store,
-                 detector: DetectorProtocol | Callable[[], DetectorProtocol | None] | None) -> None:
+                 detector: DetectorProtocol | Callable[[], DetectorProtocol | None] | None,
+                 lease_s: float = LEASE_S) -> None:
         self.settings = settings
         self.store = store
         self._detector = detector
+        self.lease_s = lease_s
+        #: Who this process is in ``jobs.claimed_by``.
+        self.worker_id = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.huey = make_huey(settings)
         self.task = self.huey.task(name=TASK_NAME)(self.run)
         self._consumer: Any = None
@@ -90,22 +107,62 @@ class JobQueue:
         return job_id
 
     def resume(self) -> int:
-        """Enqueue again every unfinished job whose task is not pending (after a restart); return how many."""
+        """Enqueue again every job left behind (after a restart): ``queued`` ones whose task is not pending, and
+        ``running`` ones whose lease has expired; return how many. A job with a live lease is left to its worker."""
+        now = db.utcnow()
         with self.store.session() as session:
-            unfinished = [j.id for j in session.query(db.Job).filter(db.Job.status.in_(("queued", "running")))]
-        if not unfinished:
+            left = [j.id for j in session.query(db.Job).filter(or_(
+                db.Job.status == "queued",
+                and_(db.Job.status == "running", or_(db.Job.lease_until.is_(None), db.Job.lease_until < now))))]
+        if not left:
             return 0
         pending = {t.args[0] for t in self.huey.pending() if t.args}
-        again = [j for j in unfinished if j not in pending]
+        again = [j for j in left if j not in pending]
         for job_id in again:
-            with self.store.transaction() as session:
-                job = session.get(db.Job, job_id)
-                if job is not None:
-                    job.status, job.progress, job.updated_at = "queued", 0.0, db.utcnow()
             self.task(job_id)
         if again:
             log.info("resumed %d unfinished job(s)", len(again))
         return len(again)
+
+    # ---------------------------------------------------------------------------------------------- lease
+
+    def claim(self, job_id: str) -> bool:
+        """Claim a job for this worker (``queued``, or ``running`` under an expired lease, becomes ``running``
+        under this worker's lease) with one conditional update; False when another worker holds it or it is
+        finished (or unknown)."""
+        now = db.utcnow()
+        with self.store.transaction() as session:
+            result = session.execute(
+                update(db.Job)
+                .where(db.Job.id == job_id, or_(
+                    db.Job.status == "queued",
+                    and_(db.Job.status == "running",
+                         or_(db.Job.lease_until.is_(None), db.Job.lease_until < now))))
+                .values(status="running", progress=0.0, claimed_by=self.worker_id,
+                        lease_until=now + timedelta(seconds=self.lease_s), updated_at=now)
+                .execution_options(synchronize_session=False))
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def renew(self, job_id: str) -> bool:
+        """Extend this worker's lease on a running job; False when the job is no longer this worker's."""
+        now = db.utcnow()
+        with self.store.transaction() as session:
+            result = session.execute(
+                update(db.Job)
+                .where(db.Job.id == job_id, db.Job.status == "running", db.Job.claimed_by == self.worker_id)
+                .values(lease_until=now + timedelta(seconds=self.lease_s))
+                .execution_options(synchronize_session=False))
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def _heartbeat(self, job_id: str, stop: threading.Event) -> None:
+        """Renew the lease every third of it until ``stop`` is set (or the lease is lost)."""
+        while not stop.wait(self.lease_s / 3):
+            try:
+                if not self.renew(job_id):
+                    log.warning("job %s: lease lost (another worker claimed it)", job_id)
+                    return
+            except Exception:  # noqa: BLE001 - a database hiccup: try again at the next beat
+                log.exception("job %s: lease renewal failed", job_id)
 
     # ---------------------------------------------------------------------------------------------- run
 
@@ -116,16 +173,30 @@ class JobQueue:
         return self._detector  # type: ignore[return-value]
 
     def run(self, job_id: str) -> None:
-        """Analyse the job's image and store the observation (the huey task body)."""
-        from app.scenes import analyse_with_settings, archive_path, facility_footprint
-
-        with self.store.transaction() as session:
+        """Claim the job, analyse its image and store the observation (the huey task body); a task of a job that
+        another worker holds or that is finished does nothing."""
+        if not self.claim(job_id):
+            log.info("job %s is finished or another worker holds it; duplicate task dropped", job_id)
+            return
+        with self.store.session() as session:
             job = session.get(db.Job, job_id)
-            if job is None or job.status in ("done", "failed"):
-                return
-            job.status, job.progress, job.updated_at = "running", 0.0, db.utcnow()
+            assert job is not None  # just claimed
             facility_id, when, gsd, sha = job.facility_id, job.captured_at, job.gsd_m, job.image_sha256
             idempotency = None if job.idempotency_key is None else (job.idempotency_scope or "-", job.idempotency_key)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job_id, stop), name=f"lease-{job_id[:8]}", daemon=True)
+        beat.start()
+        try:
+            self._run_claimed(job_id, facility_id, when, gsd, sha, idempotency)
+        finally:
+            stop.set()
+            beat.join()
+
+    def _run_claimed(self, job_id: str, facility_id: str, when: datetime, gsd: float | None, sha: str,
+                     idempotency: Idempotency | None) -> None:
+        """Analyse and store a job this worker holds; record its outcome and release the lease."""
+        from app.scenes import analyse_with_settings, archive_path, facility_footprint
+
         last = [0.0]
 
         def progress(done: int, total: int) -> None:
@@ -146,15 +217,18 @@ class JobQueue:
             t2 = time.perf_counter()
         except (ImageError, ServiceError, FileNotFoundError) as exc:
             log.warning("job %s failed: %s", job_id, exc)
-            self._update(job_id, status="failed", error=str(exc)[:2000], error_status=_status_of(exc))
+            self._update(job_id, status="failed", error=str(exc)[:2000], error_status=_status_of(exc),
+                         lease_until=None)
             return
         except Exception as exc:  # noqa: BLE001 - report, never lose a job silently
             log.exception("job %s failed", job_id)
-            self._update(job_id, status="failed", error=f"internal error: {exc}"[:2000], error_status=500)
+            self._update(job_id, status="failed", error=f"internal error: {exc}"[:2000], error_status=500,
+                         lease_until=None)
             return
         timing = {"decode": round(analysis.decode_ms, 1), "detect": round(analysis.detect_ms, 1),
                   "store": round((t2 - t1) * 1000.0, 1), "total": round((t2 - t0) * 1000.0, 1)}
-        self._update(job_id, status="done", progress=1.0, observation_id=record.id, timing_ms=timing)
+        self._update(job_id, status="done", progress=1.0, observation_id=record.id, timing_ms=timing,
+                     lease_until=None)
         log.info("job %s done: observation %d", job_id, record.id)
 
     def _update(self, job_id: str, **fields: Any) -> None:

@@ -30,7 +30,7 @@ from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from app import store as db
-from app.service import ConflictError, InvalidInputError, NotFoundError, iso
+from app.service import ConflictError, InvalidInputError, NotFoundError, check_text, iso
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,8 @@ def _check_grant(role: str, facilities: Iterable[str]) -> list[str]:
         raise InvalidInputError("an uploader key needs at least one facility (--facility / \"facilities\")")
     if role != "uploader" and granted:
         raise InvalidInputError(f"only uploader keys are granted facilities; a {role} key reaches every facility")
+    for facility_id in granted:
+        check_text(facility_id, "facility id")
     return granted
 
 
@@ -157,6 +159,8 @@ def create_key(store: db.Store, role: str, facilities: Iterable[str] = (), name:
     granted = _check_grant(role, facilities)
     if name is not None and not 1 <= len(name.strip()) <= 200:
         raise InvalidInputError("name must be 1 to 200 characters")
+    if name is not None:
+        check_text(name, "name")
     if key is not None and len(key) < MIN_KEY_LENGTH:
         raise InvalidInputError(f"a key must be at least {MIN_KEY_LENGTH} characters long")
     for _attempt in range(3):

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FACILITY_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+#: Text without control characters (names, sources, ids in paths): PostgreSQL refuses NUL in text, and no name
+#: needs a control character.
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 FACILITY_KINDS: tuple[str, ...] = ("rail", "port", "mixed")
 #: Most rows one import may carry.
 MAX_IMPORT_ROWS = 100_000
@@ -240,6 +243,13 @@ def parse_timestamp(value: str, name: str = "captured_at") -> datetime:
         raise InvalidInputError(f"{name} {value!r} is out of range in UTC") from None
 
 
+def check_text(value: str, name: str) -> str:
+    """Return ``value`` unless it holds a control character (NUL, tab, newline, ...): :class:`InvalidInputError`."""
+    if not re.fullmatch(NO_CONTROL_PATTERN, value):
+        raise InvalidInputError(f"{name} must not contain control characters (such as NUL or a line break)")
+    return value
+
+
 def validate_facility_id(facility_id: str) -> str:
     """Return the id if it is a lowercase slug, else raise :class:`InvalidInputError`."""
     if not isinstance(facility_id, str) or not re.fullmatch(FACILITY_ID_PATTERN, facility_id):
@@ -262,6 +272,7 @@ def create_facility(store: db.Store, facility_id: str, name: str, kind: str,
         raise InvalidInputError(f"kind {kind!r} must be one of {', '.join(FACILITY_KINDS)}")
     if not name or not name.strip():
         raise InvalidInputError("name must not be empty")
+    check_text(name, "name")
     try:
         with store.transaction() as session:
             if db.get_facility(session, facility_id) is not None:
@@ -291,6 +302,8 @@ def update_facility(store: db.Store, facility_id: str, name: str | None = None,
     unknown. Existing observations keep their counts (rerun them with ``wagon-detector reprocess``)."""
     if name is not None and not name.strip():
         raise InvalidInputError("name must not be empty")
+    if name is not None:
+        check_text(name, "name")
     checked = footprint if footprint is _UNSET else check_footprint(footprint)
     with store.transaction() as session:
         row = _require_facility(session, facility_id)
@@ -553,6 +566,8 @@ def _json_row(item: Any) -> ImportRow:
     source = item.get("source", SOURCE_IMPORT)
     if not isinstance(source, str) or not 1 <= len(source.strip()) <= 64:
         problems.append("source must be a string of 1 to 64 characters")
+    elif not re.fullmatch(NO_CONTROL_PATTERN, source):
+        problems.append("source must not contain control characters")
     if problems:
         raise InvalidInputError("; ".join(problems))
     assert captured_at is not None
@@ -630,6 +645,8 @@ def _csv_row(columns: list[str], cells: list[str], default_source: str) -> Impor
             if cell:
                 if len(cell) > 64:
                     problems.append("source is longer than 64 characters")
+                if not re.fullmatch(NO_CONTROL_PATTERN, cell):
+                    problems.append("source must not contain control characters")
                 source = cell
         elif cell:
             if not re.fullmatch(r"\d+", cell):
@@ -652,17 +669,44 @@ def _check_row_total(n: int) -> None:
 
 
 def import_observations(store: db.Store, facility_id: str, rows: Sequence[ImportRow]) -> list[ObservationRecord]:
+    """Store historical counts (no images) and rescore later observations (:func:`import_counts`); return the
+    observations stored, oldest first (rows repeating stored observations are skipped)."""
+    return import_counts(store, facility_id, rows).observations
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import stored (``observations``, oldest first), how many rows it skipped as already stored
+    (``duplicates``), and whether it is the answer of an earlier import with the same ``Idempotency-Key``."""
+
+    observations: list[ObservationRecord]
+    duplicates: int = 0
+    replayed: bool = False
+
+
+def import_counts(store: db.Store, facility_id: str, rows: Sequence[ImportRow],
+                  idempotency: Idempotency | None = None, payload_sha256: str = "") -> ImportResult:
     """Store historical counts (no images) in one transaction and rescore every later observation.
 
-    Returns the imported observations, oldest first, with their scores.
+    Never counted twice: a row with the same ``captured_at``, ``source`` and known counts as an observation already
+    stored at the facility (or as an earlier row of the same import) is skipped and counted in ``duplicates``; one
+    with the same time and source but other counts raises :class:`ConflictError` naming it, and nothing is stored.
+    With ``idempotency`` (an ``Idempotency-Key`` and its scope), a repeat of the same key with the same
+    ``payload_sha256`` returns the first result (``replayed``) and stores nothing; with another payload it raises
+    :class:`IdempotencyConflictError`. The key is recorded in the same transaction as the rows.
     """
     if not rows:
         raise InvalidInputError("nothing to import: no observations given")
     with store.transaction() as session:
         _require_facility(session, facility_id, lock=True)
+        if idempotency is not None:
+            prior = session.get(db.ImportRequest, (facility_id, *idempotency))
+            if prior is not None:
+                return _replay_import(session, prior, idempotency[1], payload_sha256)
+        fresh, duplicates = _new_rows(session, facility_id, rows)
         created = db.utcnow()
         objs: list[db.Observation] = []
-        for row in rows:
+        for row in fresh:
             obs = db.Observation(facility_id=facility_id, captured_at=_require_aware(row.captured_at),
                                  source=row.source, created_at=created)
             obs.counts = [db.ObservationCount(class_name=c, count=int(n)) for c, n in row.counts.items()]
@@ -670,14 +714,60 @@ def import_observations(store: db.Store, facility_id: str, rows: Sequence[Import
         session.add_all(objs)
         session.flush()
         for cls in CLASS_NAMES:
-            times = [r.captured_at for r in rows if cls in r.counts]
+            times = [r.captured_at for r in fresh if cls in r.counts]
             if times:
                 rescore(session, facility_id, since=min(times), classes=[cls])
         alerts.enqueue_alerts(session, facility_id, objs)
         objs.sort(key=lambda o: (o.captured_at, o.id))
         records = [_observation_record(o) for o in objs]
-    log.info("facility %s: imported %d observations", facility_id, len(records))
-    return records
+        if idempotency is not None:
+            session.add(db.ImportRequest(facility_id=facility_id, idempotency_scope=idempotency[0],
+                                         idempotency_key=idempotency[1], payload_sha256=payload_sha256,
+                                         observation_ids=[o.id for o in objs], duplicates=duplicates,
+                                         created_at=created))
+    log.info("facility %s: imported %d observations, skipped %d duplicates", facility_id, len(records), duplicates)
+    return ImportResult(records, duplicates)
+
+
+def _replay_import(session: Session, prior: db.ImportRequest, key: str, payload_sha256: str) -> ImportResult:
+    """The result of the import stored under this ``Idempotency-Key`` (the same payload), else refuse."""
+    if prior.payload_sha256 != payload_sha256:
+        raise IdempotencyConflictError(
+            f"Idempotency-Key {key!r} was used for another import (at {_iso(prior.created_at)}, "
+            f"{len(prior.observation_ids)} observations stored); this body differs (a new import needs a new key)")
+    ids = [int(i) for i in prior.observation_ids]
+    by_id = {o.id: o for o in (session.get(db.Observation, i) for i in ids) if o is not None}
+    objs = sorted(by_id.values(), key=lambda o: (o.captured_at, o.id))
+    return ImportResult([_observation_record(o) for o in objs], int(prior.duplicates), replayed=True)
+
+
+def _new_rows(session: Session, facility_id: str, rows: Sequence[ImportRow]) -> tuple[list[ImportRow], int]:
+    """The rows that repeat no stored observation of the facility (nor an earlier row), and how many did.
+
+    A row repeats an observation with the same ``captured_at``, ``source`` and known counts; one with the same time
+    and source but other counts is a conflict (:class:`ConflictError` naming the first few such rows)."""
+    seen: dict[tuple[datetime, str], tuple[dict[str, int], str]] = {
+        (t, src): (counts, f"observation {oid}") for oid, t, src, counts in db.observation_counts(session, facility_id)
+    }
+    fresh: list[ImportRow] = []
+    conflicts: list[str] = []
+    for i, row in enumerate(rows):
+        key = (_require_aware(row.captured_at), row.source)
+        earlier = seen.get(key)
+        if earlier is None:
+            seen[key] = (dict(row.counts), f"row {i + 1}")
+            fresh.append(row)
+        elif earlier[0] != row.counts:
+            conflicts.append(f"row {i + 1} ({_iso(key[0])}, source {row.source!r}, counts {row.counts}) differs from "
+                             f"{earlier[1]} {earlier[0]}")
+    if conflicts:
+        shown = "; ".join(conflicts[:MAX_REPORTED_ERRORS])
+        more = len(conflicts) - MAX_REPORTED_ERRORS
+        raise ConflictError(
+            f"{len(conflicts)} row(s) give other counts for a time and source already stored; nothing was imported "
+            "(a second reading at the same time needs another source): " + shown + (f"; and {more} more" if more > 0
+                                                                                    else ""))
+    return fresh, len(rows) - len(fresh)
 
 
 # ----------------------------------------------------------------------------------------------- scoring/read

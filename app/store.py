@@ -3,7 +3,8 @@
 Tables: ``facilities``; ``observations`` (one per uploaded image or imported row, with image and model metadata
 when there was an image); ``observation_counts`` (one row per observation and *known* class count, with the stored
 anomaly score; a class absent here is unknown, not zero); ``detections`` (oriented boxes of uploaded images);
-``api_keys`` and ``api_key_facilities`` (hashed API keys, their roles and the facilities an uploader may upload to).
+``api_keys`` and ``api_key_facilities`` (hashed API keys, their roles and the facilities an uploader may upload to);
+``import_requests`` (imports sent with an ``Idempotency-Key``: what they stored, to answer a repeat).
 All datetimes are stored as UTC. The same code runs on SQLite and PostgreSQL; the schema is made and changed by
 the Alembic migrations in ``app/migrations`` (:mod:`app.migrate`), run when a :class:`Store` is constructed.
 """
@@ -39,6 +40,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 _IMMEDIATE = "wagon_sqlite_immediate"
+#: Largest value of an ``Integer`` column (ids, counts): 32-bit on PostgreSQL. Larger numbers from requests are
+#: refused before they reach the database (which would fail on PostgreSQL, not on SQLite).
+MAX_DB_INT = 2**31 - 1
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -257,6 +261,25 @@ class Job(Base):
     #: The upload's ``Idempotency-Key`` and its scope, given to the observation the job stores.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     idempotency_scope: Mapped[str | None] = mapped_column(String(32), default=None)
+    #: Lease of the worker running the job: who claimed it, and until when (renewed while it works; a job whose
+    #: lease has expired is taken to be abandoned by a dead worker and may be claimed again).
+    claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class ImportRequest(Base):
+    """An import sent with an ``Idempotency-Key`` (per API key and facility): the SHA-256 of its body and what it
+    stored, written in the import's transaction, so that a repeat is answered with the original result."""
+
+    __tablename__ = "import_requests"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"), primary_key=True)
+    idempotency_scope: Mapped[str] = mapped_column(String(32), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    observation_ids: Mapped[list[int]] = mapped_column(JSON)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Store:
@@ -430,6 +453,24 @@ def find_idempotent_observation(session: Session, facility_id: str, scope: str, 
     return session.scalars(select(Observation).where(
         Observation.facility_id == facility_id, Observation.idempotency_scope == scope,
         Observation.idempotency_key == key)).first()
+
+
+def observation_counts(session: Session, facility_id: str) -> list[tuple[int, datetime, str, dict[str, int]]]:
+    """``(observation_id, captured_at, source, {class: count})`` of every observation of a facility (known counts
+    only), oldest first."""
+    rows = session.execute(
+        select(Observation.id, Observation.captured_at, Observation.source, ObservationCount.class_name,
+               ObservationCount.count)
+        .outerjoin(ObservationCount, ObservationCount.observation_id == Observation.id)
+        .where(Observation.facility_id == facility_id)
+        .order_by(Observation.captured_at, Observation.id)
+    ).all()
+    out: dict[int, tuple[int, datetime, str, dict[str, int]]] = {}
+    for oid, at, source, cls, n in rows:
+        entry = out.setdefault(int(oid), (int(oid), at, source, {}))
+        if cls is not None:
+            entry[3][cls] = int(n)
+    return list(out.values())
 
 
 def count_history(session: Session, facility_id: str, class_name: str) -> list[tuple[int, datetime, int]]:

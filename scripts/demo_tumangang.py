@@ -127,11 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         csv_text = history_csv()
         imported = check(http.post(f"/v1/facilities/{FACILITY['id']}/observations", content=csv_text,
                                    headers={"Content-Type": "text/csv"}), 201)
-        railcars = [o["counts"]["railcar"] for o in imported["observations"]]
-        first, last = imported["observations"][0], imported["observations"][-1]
-        print(f"imported {imported['imported']} hand counts, {first['captured_at'][:10]} .. "
-              f"{last['captured_at'][:10]}: railcars min {min(railcars)}, mean {np.mean(railcars):.1f}, "
-              f"max {max(railcars)}")
+        if imported["observations"]:
+            railcars = [o["counts"]["railcar"] for o in imported["observations"]]
+            first, last = imported["observations"][0], imported["observations"][-1]
+            print(f"imported {imported['imported']} hand counts, {first['captured_at'][:10]} .. "
+                  f"{last['captured_at'][:10]}: railcars min {min(railcars)}, mean {np.mean(railcars):.1f}, "
+                  f"max {max(railcars)}")
+        if imported.get("duplicates"):
+            print(f"{imported['duplicates']} hand counts were stored already (duplicates, not imported again)")
 
         chip = busy_chip()
         truth = chip.counts()

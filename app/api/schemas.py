@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from app.service import FACILITY_ID_PATTERN
+from app.service import FACILITY_ID_PATTERN, NO_CONTROL_PATTERN
 
 Point = tuple[float, float]
 
@@ -39,7 +39,7 @@ class FacilityCreate(BaseModel):
 
     id: str = Field(pattern=FACILITY_ID_PATTERN, description="Lowercase slug, e.g. `tumangang`.",
                     examples=["tumangang"])
-    name: str = Field(min_length=1, max_length=200, examples=["Tumangang rail yard"])
+    name: str = Field(min_length=1, max_length=200, pattern=NO_CONTROL_PATTERN, examples=["Tumangang rail yard"])
     kind: Literal["rail", "port", "mixed"]
     footprint: dict[str, Any] | None = Field(
         default=None, description="GeoJSON Polygon in WGS84 (lon, lat): counts of georeferenced images are of "
@@ -53,7 +53,7 @@ class FacilityPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_CONTROL_PATTERN)
     footprint: dict[str, Any] | None = Field(default=None, description="GeoJSON Polygon in WGS84, or null.")
 
 
@@ -239,8 +239,10 @@ class ImportIn(BaseModel):
 class ImportOut(BaseModel):
     """Result of an import."""
 
-    imported: int
+    imported: int = Field(description="Observations stored by this import.")
     observations: list[ObservationOut]
+    duplicates: int = Field(default=0, description="Rows not stored because the facility already had an "
+                            "observation with the same captured_at, source and counts (or an earlier row did).")
 
 
 class HealthOut(BaseModel):

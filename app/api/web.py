@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 from fastapi import HTTPException, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.store import MAX_DB_INT
+
 T = TypeVar("T")
 
 #: Responses larger than this are passed through without an ETag (they are not buffered).
@@ -129,9 +131,18 @@ def cursor_key(cursor: str | None, *types: type) -> list[Any] | None:
     if not cursor:
         return None
     key = decode_cursor(cursor)
-    if len(key) != len(types) or not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(key, types)):
+    if len(key) != len(types) or not all(isinstance(v, t) and not isinstance(v, bool) and _storable(v)
+                                         for v, t in zip(key, types)):
         raise HTTPException(status_code=422, detail="cursor is not valid for this list (pass next_cursor as it is)")
     return key
+
+
+def _storable(value: Any) -> bool:
+    """Whether a cursor part can be compared in the database: no NUL in text (PostgreSQL refuses it), integers
+    within the database's ``Integer`` range."""
+    if isinstance(value, str):
+        return "\x00" not in value
+    return not isinstance(value, int) or abs(value) <= MAX_DB_INT
 
 
 def paginate(items: Sequence[T], limit: int, key: Callable[[T], Sequence[Any]]) -> tuple[list[T], str | None]:

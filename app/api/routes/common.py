@@ -10,15 +10,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from app.api.schemas import ErrorOut
-from app.service import FACILITY_ID_PATTERN
+from app.service import FACILITY_ID_PATTERN, NO_CONTROL_PATTERN
+from app.store import MAX_DB_INT
 
 #: Default and largest page size of list endpoints.
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
 
-FacilityId = Annotated[str, Path(description=f"Facility slug ({FACILITY_ID_PATTERN}).")]
-#: Database ids are 64-bit: larger numbers are refused (422) before they reach the database.
-ObservationId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Observation id.")]
+FacilityId = Annotated[str, Path(pattern=NO_CONTROL_PATTERN, description=f"Facility slug ({FACILITY_ID_PATTERN}).")]
+#: Any other id in a path (jobs, keys): control characters are refused (PostgreSQL cannot compare NUL).
+TextId = Annotated[str, Path(pattern=NO_CONTROL_PATTERN)]
+#: Database ids are 32-bit on PostgreSQL: larger numbers are refused (422) before they reach the database.
+ObservationId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="Observation id.")]
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:

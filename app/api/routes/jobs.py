@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import RuntimeDep
 from app.api.auth import allow
-from app.api.routes.common import errors
+from app.api.routes.common import TextId, errors
 from app.api.schemas import JobOut
 from app.keys import Access
 from app.service import NotFoundError
@@ -16,7 +16,7 @@ router = APIRouter(tags=["jobs"])
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=errors(404), dependencies=[allow(Access.JOB)])
-async def get_job(job_id: str, runtime: RuntimeDep) -> JobOut:
+async def get_job(job_id: TextId, runtime: RuntimeDep) -> JobOut:
     """A background job: `queued`, `running` (with `progress` 0-1), `done` (with `result`, shaped as an upload's
     201 answer) or `failed` (with `error` and the `error_status` a direct upload would have had)."""
     if runtime.jobs is None:

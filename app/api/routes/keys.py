@@ -12,8 +12,9 @@ from starlette.concurrency import run_in_threadpool
 from app import keys
 from app.api.auth import allow
 from app.api.deps import StoreDep
-from app.api.routes.common import errors
+from app.api.routes.common import TextId, errors
 from app.keys import Access
+from app.service import NO_CONTROL_PATTERN
 
 router = APIRouter(tags=["keys"], dependencies=[allow(Access.ADMIN)])
 
@@ -27,7 +28,8 @@ class KeyCreateIn(BaseModel):
     facilities: list[str] = Field(default_factory=list, max_length=1000,
                                   description="Facility ids (uploader keys only, at least one).",
                                   examples=[["tumangang"]])
-    name: str | None = Field(default=None, min_length=1, max_length=200, description="Who holds the key.",
+    name: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_CONTROL_PATTERN,
+                             description="Who holds the key.",
                              examples=["vendor A uploads"])
 
 
@@ -70,6 +72,6 @@ async def list_keys(store: StoreDep) -> KeyListOut:
 
 
 @router.delete("/keys/{key_id}", response_model=KeyOut, responses=errors(404, 409))
-async def revoke_key(key_id: str, store: StoreDep) -> KeyOut:
+async def revoke_key(key_id: TextId, store: StoreDep) -> KeyOut:
     """Revoke a key: it stops working at once. The last active admin key cannot be revoked (409)."""
     return KeyOut.model_validate((await run_in_threadpool(keys.revoke_key, store, key_id)).to_dict())

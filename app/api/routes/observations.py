@@ -3,10 +3,12 @@ as GeoJSON and an overlay picture."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app import scenes, service
@@ -14,7 +16,7 @@ from app.api.deps import SettingsDep, StoreDep
 from app.api.limits import disarm_timeout
 from app.api import web
 from app.api.auth import allow
-from app.keys import Access
+from app.keys import Access, Principal
 from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, ObservationId, errors
 from app.api.schemas import ImportOut, ObservationDetailOut, ObservationOut, ObservationPageOut
 
@@ -38,14 +40,28 @@ _IMPORT_BODY = {
     "/facilities/{facility_id}/observations",
     status_code=201,
     response_model=ImportOut,
-    responses=errors(404, 413, 415, 422),
+    responses={200: {"model": ImportOut, "description": "A repeated `Idempotency-Key`: the original result."},
+               **errors(404, 409, 413, 415, 422)},
     openapi_extra=_IMPORT_BODY,
-    dependencies=[allow(Access.UPLOAD)],
 )
-async def import_observations(facility_id: FacilityId, request: Request, store: StoreDep) -> ImportOut:
+async def import_observations(
+    facility_id: FacilityId,
+    request: Request,
+    store: StoreDep,
+    principal: Annotated[Principal, allow(Access.UPLOAD)],
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+        description="Any unique string (e.g. a UUID) per import: a retry with the same key and body (by the same "
+        "API key, to the same facility) returns the original result instead of importing again.")] = None,
+) -> ImportOut | JSONResponse:
     """Import historical counts without images, as JSON or CSV (``Content-Type: text/csv``, header
     ``captured_at,railcar,container``; an empty cell is unknown). All rows are validated first; if any is bad
-    nothing is imported and the error names each bad row. Later observations are rescored."""
+    nothing is imported and the error names each bad row. Later observations are rescored.
+
+    Never counted twice: a row with the same `captured_at`, `source` and counts as a stored observation is skipped
+    (`duplicates`); one with the same time and source but other counts is refused with 409 (nothing is imported).
+    A repeated `Idempotency-Key` with the same body answers 200 with the original result (header
+    `Idempotent-Replayed: true`); with another body, 422."""
     await run_in_threadpool(service.get_facility, store, facility_id)
     media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     body = await request.body()
@@ -65,8 +81,14 @@ async def import_observations(facility_id: FacilityId, request: Request, store: 
         raise HTTPException(status_code=415, detail=f"unsupported content type {media_type!r}; "
                             "send application/json or text/csv")
     disarm_timeout(request.scope)  # storing: the request finishes, so a 504 never hides a stored import
-    records = await run_in_threadpool(service.import_observations, store, facility_id, rows)
-    return ImportOut(imported=len(records), observations=[ObservationOut.model_validate(r.to_dict()) for r in records])
+    idempotency = None if idempotency_key is None else (principal.scope, idempotency_key)
+    digest = hashlib.sha256(media_type.encode() + b"\n" + body).hexdigest()
+    result = await run_in_threadpool(service.import_counts, store, facility_id, rows, idempotency, digest)
+    out = ImportOut(imported=len(result.observations), duplicates=result.duplicates,
+                    observations=[ObservationOut.model_validate(r.to_dict()) for r in result.observations])
+    if result.replayed:
+        return JSONResponse(out.model_dump(mode="json"), status_code=200, headers={"Idempotent-Replayed": "true"})
+    return out
 
 
 @router.get("/facilities/{facility_id}/observations", response_model=ObservationPageOut,
