@@ -12,7 +12,7 @@ none.
 2. imports 60 monthly hand counts, October 2018 to September 2023, as CSV (railcars drawn from a seeded negative
    binomial and kept between 5 and 30; a few containers);
 3. renders a busy synthetic rail-yard chip (``training.synth.generate_chip``, the first seed from 9,100,000 whose
-   chip holds at least 60 railcars; drawn without the generator's heavy-noise sensor mode, which imitates a
+   chip holds 60-100 railcars; drawn without the generator's heavy-noise sensor mode, which imitates a
    failed acquisition rather than a delivered chip) and uploads it as captured on 2023-10-15;
 4. prints the detected and true counts, the railcar anomaly block, and the response JSON.
 
@@ -44,6 +44,7 @@ FACILITY = {"id": "tumangang", "name": "Tumangang rail facility", "kind": "rail"
 HISTORY_SEED = 20231015
 FIRST_CHIP_SEED = 9_100_000
 MIN_RAILCARS = 60
+MAX_RAILCARS = 100  # a busy day like Tumangang's 73, not a marshalling yard
 CAPTURED_AT = "2023-10-15T02:30:00Z"
 
 
@@ -63,13 +64,14 @@ def history_csv(seed: int = HISTORY_SEED) -> str:
     return "\n".join(lines) + "\n"
 
 
-def busy_chip(first_seed: int = FIRST_CHIP_SEED, min_railcars: int = MIN_RAILCARS) -> SynthChip:
-    """The first synthetic chip from ``first_seed`` on that holds at least ``min_railcars`` railcars."""
+def busy_chip(first_seed: int = FIRST_CHIP_SEED, min_railcars: int = MIN_RAILCARS,
+              max_railcars: int = MAX_RAILCARS) -> SynthChip:
+    """The first synthetic chip from ``first_seed`` on that holds ``min_railcars..max_railcars`` railcars."""
     for seed in range(first_seed, first_seed + 1000):
         chip = generate_chip(seed, SynthConfig(heavy_noise_probability=0.0))
-        if chip.counts()["railcar"] >= min_railcars:
+        if min_railcars <= chip.counts()["railcar"] <= max_railcars:
             return chip
-    raise SystemExit(f"no chip with {min_railcars}+ railcars in seeds {first_seed}..{first_seed + 999}")
+    raise SystemExit(f"no chip with {min_railcars}-{max_railcars} railcars in seeds {first_seed}..{first_seed + 999}")
 
 
 def check(response: httpx.Response, *ok: int) -> Any:
