@@ -15,6 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
+from app.offline import configure_offline
+
 Decoded = tuple[np.ndarray, np.ndarray, np.ndarray]  # corners (n, 4, 2) float64, confidences (n,), class ids (n,)
 
 #: OpenVINO inference precisions: ``auto`` lets the CPU plugin choose (bf16 on CPUs with AMX or AVX512-BF16,
@@ -41,8 +43,6 @@ def decode(raw: np.ndarray, conf: float, iou: float, max_det: int, n_classes: in
     """Raw OBB output (N x (4 + classes + 1) x anchors, boxes as x y w h and the angle last) to detections per
     image: best class per box above ``conf``, then :func:`rotated_fast_nms` per class (what Ultralytics'
     ``non_max_suppression`` does with ``rotated=True``, in NumPy: no thread pool for a few hundred boxes)."""
-    from ultralytics.utils.ops import xywhr2xyxyxyxy
-
     out = []
     for x in raw.transpose(0, 2, 1):  # anchors x (4 + classes + 1)
         x = x[x[:, 4:4 + n_classes].max(1) > conf]
@@ -56,8 +56,17 @@ def decode(raw: np.ndarray, conf: float, iou: float, max_det: int, n_classes: in
         shifted = rboxes.copy()
         shifted[:, :2] += cls[:, None].astype(np.float32) * MAX_WH  # classes apart: never overlap
         keep = rotated_fast_nms(shifted, best, iou)[:max_det]
-        out.append((xywhr2xyxyxyxy(rboxes[keep]).astype(np.float64), best[keep], cls[keep].astype(int)))
+        out.append((corners_of(rboxes[keep]), best[keep], cls[keep].astype(int)))
     return out
+
+
+def corners_of(xywhr: np.ndarray) -> np.ndarray:
+    """The four corners (n, 4, 2, float64) of xywhr boxes, in Ultralytics' ``xywhr2xyxyxyxy`` order."""
+    centre, w, h, angle = xywhr[:, None, :2], xywhr[:, 2:3], xywhr[:, 3:4], xywhr[:, 4:5]
+    cos, sin = np.cos(angle), np.sin(angle)
+    u = np.concatenate([w / 2 * cos, w / 2 * sin], -1)[:, None]
+    v = np.concatenate([-h / 2 * sin, h / 2 * cos], -1)[:, None]
+    return np.concatenate([centre + u + v, centre + u - v, centre - u - v, centre - u + v], 1).astype(np.float64)
 
 
 MAX_NMS = 30_000  # Ultralytics' cap on boxes entering NMS
@@ -122,6 +131,7 @@ class TorchEngine:
     """The PyTorch checkpoint in eager mode (Conv and BatchNorm fused, as Ultralytics' predictor does)."""
 
     def __init__(self, path: Path, threads: int) -> None:
+        configure_offline()
         import torch
         from ultralytics import YOLO
 

@@ -42,6 +42,9 @@ def test_export_gives_the_same_detections_as_pytorch(detector: Any, busy_yard: A
 
 def test_decode_keeps_what_ultralytics_nms_keeps() -> None:
     """The pairwise fast NMS equals Ultralytics' full-matrix one on crowded, overlapping, two-class boxes."""
+    from app.offline import configure_offline
+
+    configure_offline()  # before Ultralytics is imported: no online check
     import torch
     from ultralytics.utils.nms import non_max_suppression
     from ultralytics.utils.ops import xywhr2xyxyxyxy
@@ -102,3 +105,21 @@ def test_parity_counts_mismatches() -> None:
     parity.add(a, [Detection("railcar", 0.95, box)], ("railcar", "container"))
     assert (parity.matched, parity.conf_ok, parity.max_count_diff) == (1, 0, 1)  # conf off by 0.05; one missing
     assert parity.match_share == 0 and parity.count_share == 0.5 and not parity.holds()
+
+
+@pytest.mark.slow
+def test_openvino_conversion_reproduces_the_shipped_ir(tmp_path: Path) -> None:
+    """`wagon-detector export` converts the ONNX file offline; the result is byte for byte the committed IR.
+
+    In a fresh process: OpenVINO numbers unnamed nodes from a per-process counter, so a second conversion in the
+    same process names them differently (same network, same .bin)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from training.export import export_openvino; "
+            "export_openvino(Path(sys.argv[1]), Path(sys.argv[2]))")
+    subprocess.run([sys.executable, "-c", code, str(MODEL_PATH.with_suffix(".onnx")), str(tmp_path / MODEL_PATH.name)],
+                   check=True, cwd=MODEL_PATH.parent.parent, timeout=300)
+    exports = json.loads((MODEL_PATH.parent / "metrics.json").read_text())["exports"]
+    for key in ("wagon-obb_openvino_model/wagon-obb.xml", "wagon-obb_openvino_model/wagon-obb.bin"):
+        assert hashlib.sha256((tmp_path / key).read_bytes()).hexdigest() == exports[key]["sha256"], key

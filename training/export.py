@@ -5,6 +5,8 @@
 The ONNX export has a fixed 640 x 640 input and a batch of one: the detector always feeds exact tiles, so a fixed
 shape costs nothing and runs faster than a dynamic one. The OpenVINO IR is converted from that ONNX file offline
 (``openvino.convert_model``), weights kept in float32; Ultralytics' metadata travels in its ``framework`` rt_info.
+Converted in a fresh process the IR is byte for byte reproducible (OpenVINO names unnamed nodes from a
+per-process counter).
 """
 
 from __future__ import annotations
