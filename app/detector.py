@@ -21,6 +21,7 @@ import numpy as np
 from app.detection import Detection, DetectionResult
 from app.geometry import greedy_rotated_nms, tile_core, tile_origins
 from app.offline import CLASS_NAMES, configure_offline
+from app.runtimes import Engine, OnnxEngine, OpenVinoEngine, TorchEngine, decode, to_input
 
 
 @dataclass(frozen=True)
@@ -47,29 +48,39 @@ def read_model_info(weights: Path) -> ModelInfo:
     return ModelInfo(name=weights.stem, version=digest)
 
 
-RUNTIMES = ("auto", "torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx", "openvino")
+
+
+def export_path(weights: Path, runtime: str) -> Path:
+    """The file a runtime loads for these weights: the ``.pt`` itself, ``<stem>.onnx`` or
+    ``<stem>_openvino_model/<stem>.xml`` beside it (both written by ``wagon-detector export``)."""
+    if runtime == "onnx":
+        return weights.with_suffix(".onnx")
+    if runtime == "openvino":
+        return weights.parent / f"{weights.stem}_openvino_model" / f"{weights.stem}.xml"
+    return weights
 
 
 def resolve_runtime(weights: Path, runtime: str) -> tuple[str, Path]:
-    """Pick the runtime and the file it loads: ``auto`` takes the ONNX export next to the weights when present."""
+    """Pick the runtime and the file it loads: ``auto`` takes the fastest export present beside the weights
+    (OpenVINO, then ONNX; see bench/results.md), else PyTorch."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
-    onnx_path = weights.with_suffix(".onnx")
-    if runtime == "onnx" or (runtime == "auto" and onnx_path.exists()):
-        if not onnx_path.exists():
-            raise FileNotFoundError(f"ONNX export not found: {onnx_path} (run `wagon-detector export`)")
-        return "onnx", onnx_path
-    return "torch", weights
+    if runtime == "auto":
+        runtime = next((r for r in ("openvino", "onnx") if export_path(weights, r).exists()), "torch")
+    path = export_path(weights, runtime)
+    if not path.exists():
+        raise FileNotFoundError(f"{runtime} export not found: {path} (run `wagon-detector export`)")
+    return runtime, path
 
 
 class Detector:
     """A loaded OBB model with tiling, GSD resampling and duplicate removal."""
 
     def __init__(self, weights: str | Path, threads: int | None = None, conf: float | None = None,
-                 runtime: str = "torch", max_det: int = 2000) -> None:
+                 runtime: str = "torch", max_det: int = 2000, openvino_precision: str = "f32") -> None:
         configure_offline()
         import torch
-        from ultralytics import YOLO
 
         self.weights = Path(weights)
         if not self.weights.exists():
@@ -87,45 +98,25 @@ class Detector:
         self.conf = min(self.class_conf.values())
         self._conf_by_id = np.array([self.class_conf[c] for c in CLASS_NAMES])
         self.threads = threads or torch.get_num_threads()
-        self._torch = torch
-        self._model = YOLO(str(model_file), task="obb")
+        self._engine: Engine
+        if self.runtime == "torch":
+            self._engine = TorchEngine(model_file, self.threads)
+        elif self.runtime == "onnx":
+            self._engine = OnnxEngine(model_file, self.threads)
+        else:
+            self._engine = OpenVinoEngine(model_file, self.threads, precision=openvino_precision)
         self._lock = threading.Lock()
+        if self._engine.names != CLASS_NAMES:
+            raise ValueError(f"model classes {self._engine.names} are not {CLASS_NAMES}")
         self._predict([np.full((self.info.imgsz, self.info.imgsz, 3), 114, np.uint8)])  # warm up
-        if self.runtime == "onnx":
-            self._limit_onnx_threads(model_file)
-        names = tuple(self._model.names[i] for i in sorted(self._model.names))  # known once loaded (ONNX too)
-        if names != CLASS_NAMES:
-            raise ValueError(f"model classes {names} are not {CLASS_NAMES}")
-
-    def _limit_onnx_threads(self, model_file: Path) -> None:
-        """Give ONNX Runtime exactly ``self.threads`` intra-op threads (its default takes every core, which
-        oversubscribes the CPU when several server workers run)."""
-        import onnxruntime as ort
-
-        backend = getattr(self._model.predictor.model, "backend", None)
-        if backend is None or not hasattr(backend, "session"):
-            return
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        backend.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
     def _predict(self, tiles_bgr: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Run the network on equally sized BGR tiles; return (corners, conf, cls) per tile."""
-        # the ONNX export has a fixed batch of one tile; PyTorch takes the tiles as one batch
-        groups = [[t] for t in tiles_bgr] if self.runtime == "onnx" else [tiles_bgr]
-        results = []
         with self._lock:
-            for group in groups:
-                results += self._model.predict(group, imgsz=self.info.imgsz, conf=self.conf, iou=self.info.iou,
-                                               device="cpu", max_det=self.max_det, verbose=False)
-                # Ultralytics drops to one thread in select_device; put ours back for the next call
-                self._torch.set_num_threads(self.threads)
+            raw = self._engine.run(to_input(tiles_bgr))
+            decoded = decode(raw, self.conf, self.info.iou, self.max_det, len(CLASS_NAMES))
         out = []
-        for r in results:
-            obb = r.obb
-            corners = obb.xyxyxyxy.cpu().numpy().astype(np.float64)
-            scores, classes = obb.conf.cpu().numpy(), obb.cls.cpu().numpy().astype(int)
+        for corners, scores, classes in decoded:
             keep = scores >= self._conf_by_id[classes]  # per-class operating thresholds
             out.append((corners[keep], scores[keep], classes[keep]))
         return out
@@ -201,13 +192,14 @@ class Detector:
         return c, s, k
 
 
-_CACHE: dict[tuple[str, int | None, float | None, str], Detector] = {}
+_CACHE: dict[tuple[str, int | None, float | None, str, str], Detector] = {}
 
 
 def load_detector(weights: str | Path, threads: int | None = None, conf: float | None = None,
-                  runtime: str = "torch") -> Detector:
+                  runtime: str = "torch", openvino_precision: str = "f32") -> Detector:
     """Load (once per process) and warm up the detector for these weights and runtime."""
-    key = (str(Path(weights).resolve()), threads, conf, runtime)
+    key = (str(Path(weights).resolve()), threads, conf, runtime, openvino_precision)
     if key not in _CACHE:
-        _CACHE[key] = Detector(weights, threads=threads, conf=conf, runtime=runtime)
+        _CACHE[key] = Detector(weights, threads=threads, conf=conf, runtime=runtime,
+                               openvino_precision=openvino_precision)
     return _CACHE[key]

@@ -14,14 +14,52 @@ def polygon_area(corners: np.ndarray) -> float:
     return float(abs(cv2.contourArea(np.asarray(corners, np.float32))))
 
 
+Polygon = list[tuple[float, float]]
+
+
+def _clip_convex(subject: Polygon, clip: Polygon) -> Polygon:
+    """Sutherland-Hodgman: the part of polygon ``subject`` inside the counter-clockwise convex polygon ``clip``."""
+    out = subject
+    for k in range(len(clip)):
+        if not out:
+            break
+        (ax, ay), (bx, by) = clip[k - 1], clip[k]
+        ex, ey = bx - ax, by - ay
+        points, out = out, []
+        sides = [ex * (y - ay) - ey * (x - ax) for x, y in points]  # >= 0: inside (left of the edge)
+        for i, (p, sp) in enumerate(zip(points, sides)):
+            q, sq = points[i - 1], sides[i - 1]
+            if (sp >= 0) != (sq >= 0):  # the edge q -> p crosses the clip line
+                t = sq / (sq - sp)
+                out.append((q[0] + t * (p[0] - q[0]), q[1] + t * (p[1] - q[1])))
+            if sp >= 0:
+                out.append(p)
+    return out
+
+
+def _signed_area(p: Polygon) -> float:
+    return 0.5 * sum(p[i - 1][0] * y - x * p[i - 1][1] for i, (x, y) in enumerate(p))
+
+
 def rotated_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two convex quadrilaterals (4, 2)."""
-    pa, pb = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    inter, _ = cv2.intersectConvexConvex(pa, pb)
-    if inter <= 0:
+    """Intersection over union of two convex quadrilaterals (4, 2).
+
+    Polygon clipping in float64: OpenCV's ``intersectConvexConvex`` returns a fraction of the true overlap (or none)
+    for boxes whose edges nearly coincide, e.g. the same box from two runtimes a millionth of a pixel apart."""
+    pa: Polygon = [(float(x), float(y)) for x, y in np.asarray(a, np.float64).tolist()]
+    pb: Polygon = [(float(x), float(y)) for x, y in np.asarray(b, np.float64).tolist()]
+    if (max(x for x, _ in pa) <= min(x for x, _ in pb) or max(x for x, _ in pb) <= min(x for x, _ in pa)
+            or max(y for _, y in pa) <= min(y for _, y in pb) or max(y for _, y in pb) <= min(y for _, y in pa)):
         return 0.0
-    union = polygon_area(pa) + polygon_area(pb) - inter
-    return float(inter / union) if union > 0 else 0.0
+    area_a, area_b = abs(_signed_area(pa)), _signed_area(pb)
+    if area_b < 0:
+        pb, area_b = pb[::-1], -area_b
+    inter_poly = _clip_convex(pa, pb)
+    if len(inter_poly) < 3:
+        return 0.0
+    inter = abs(_signed_area(inter_poly))
+    union = area_a + area_b - inter
+    return inter / union if union > 0 else 0.0
 
 
 def greedy_rotated_nms(corners: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> list[int]:

@@ -52,11 +52,18 @@ class Settings(BaseSettings):
         description="CPU threads the detector may use per inference (passed to the model loader). "
         "Unset: the loader decides. Keep workers x threads <= CPU cores.",
     )
-    runtime: Literal["auto", "torch", "onnx"] = Field(
+    runtime: Literal["auto", "torch", "onnx", "openvino"] = Field(
         default="auto",
-        description="Inference runtime: `onnx` (ONNX Runtime on the export next to the weights, made by "
-        "`wagon-detector export`), `torch` (PyTorch through Ultralytics), or `auto` (ONNX when the export "
-        "exists, else PyTorch).",
+        description="Inference runtime: `openvino` (OpenVINO on `<weights>_openvino_model/`), `onnx` (ONNX Runtime "
+        "on `<weights>.onnx`; both exports made by `wagon-detector export`), `torch` (PyTorch eager), or `auto` "
+        "(the fastest export present: OpenVINO, then ONNX, else PyTorch). All give the same detections "
+        "(bench/results.md).",
+    )
+    openvino_precision: Literal["f32", "auto", "bf16"] = Field(
+        default="f32",
+        description="OpenVINO inference precision. `f32` matches PyTorch; `auto`/`bf16` use bfloat16 on CPUs with "
+        "AMX or AVX512-BF16 (about 3x faster there, but counts differ from PyTorch's on a quarter of chips; "
+        "see bench/results.md).",
     )
     max_concurrent_inferences: int = Field(
         default=1,

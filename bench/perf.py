@@ -1,7 +1,7 @@
 """CPU performance benchmarks: runtime, serving overhead, throughput, memory and the hardware limit.
 
-    python -m bench.perf                 # all five, prints a Markdown table, writes bench/results.md
-    python -m bench.perf runtime serving # a subset
+    python -m bench.perf                        # all five, prints a Markdown table, writes bench/results.md
+    python -m bench.perf --only runtime,serving # a quick subset (also: python -m bench.perf runtime serving)
 
 Every figure is the median of several runs; ratios are measured in the same run. The machine is shared and noisy:
 run it on a quiet machine and read the spread columns.
@@ -51,35 +51,59 @@ def _chips(n: int, first_seed: int = 9_000_000) -> list:
 
 
 # ------------------------------------------------------------------------------------------------- 1. runtime
-def bench_runtime(repeats: int = 15, parity_chips: int = 20) -> None:
-    """PyTorch eager vs ONNX Runtime: latency per 640 x 640 chip and detection parity on held-out chips."""
+RUNTIME_LABELS = {"torch": "PyTorch eager", "onnx": "ONNX Runtime", "openvino": "OpenVINO f32",
+                  "openvino-bf16": "OpenVINO bf16"}
+
+
+def _runtime_detectors(threads: int) -> dict[str, object]:
     from app.detector import Detector
-    from app.geometry import rotated_iou
+
+    return {"torch": Detector(WEIGHTS, threads=threads, runtime="torch"),
+            "onnx": Detector(WEIGHTS, threads=threads, runtime="onnx"),
+            "openvino": Detector(WEIGHTS, threads=threads, runtime="openvino", openvino_precision="f32"),
+            "openvino-bf16": Detector(WEIGHTS, threads=threads, runtime="openvino", openvino_precision="bf16")}
+
+
+def bench_runtime(repeats: int = 30, parity_chips: int = 20) -> None:
+    """PyTorch eager vs ONNX Runtime vs OpenVINO: latency per 640 x 640 chip (network, decoding and NMS; runtimes
+    interleaved so load affects all alike) and detection parity with PyTorch on held-out chips."""
+    from app.runtimes import Parity
 
     threads = len(os.sched_getaffinity(0))
-    torch_det = Detector(WEIGHTS, threads=threads, runtime="torch")
-    onnx_det = Detector(WEIGHTS, threads=threads, runtime="onnx")
+    dets = _runtime_detectors(threads)
     chip = _chips(1)[0]
     bgr = [np.ascontiguousarray(chip.image[..., ::-1])]
-    med_t, lo_t, hi_t = _median_ms(lambda: torch_det._predict(bgr), repeats)
-    med_o, lo_o, hi_o = _median_ms(lambda: onnx_det._predict(bgr), repeats)
-    _row("runtime", "PyTorch eager, ms per 640 chip (median; min-max)", f"{med_t:.0f} ({lo_t:.0f}-{hi_t:.0f})")
-    _row("runtime", "ONNX Runtime, ms per 640 chip (median; min-max)", f"{med_o:.0f} ({lo_o:.0f}-{hi_o:.0f})")
-    _row("runtime", "speed-up of ONNX Runtime over PyTorch (ratio of medians)", f"{med_t / med_o:.2f}x")
-    count_diff, matched, total = [], 0, 0
-    for c in _chips(parity_chips):
-        a = torch_det.detect(c.image, c.gsd_m).detections
-        b = onnx_det.detect(c.image, c.gsd_m).detections
-        for cls in torch_det.class_names:
-            count_diff.append(abs(sum(d.class_name == cls for d in a) - sum(d.class_name == cls for d in b)))
-        for d in a:
-            q = np.asarray(d.obb)
-            total += 1
-            matched += any(e.class_name == d.class_name and rotated_iou(q, np.asarray(e.obb)) >= 0.9 for e in b)
-    _row("runtime", f"parity on {parity_chips} held-out chips: max |count difference| per class",
-         str(max(count_diff)))
-    _row("runtime", "parity: PyTorch boxes matched by ONNX (same class, rotated IoU >= 0.9)",
-         f"{matched / max(total, 1):.1%} of {total}")
+    times: dict[str, list[float]] = {k: [] for k in dets}
+    for _ in range(repeats):
+        for k, det in dets.items():
+            t0 = time.perf_counter()
+            det._predict(bgr)
+            times[k].append((time.perf_counter() - t0) * 1000)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in times.items():
+        _row("runtime", f"{RUNTIME_LABELS[k]}, ms per 640 chip (median; min-max)",
+             f"{med[k]:.1f} ({min(v):.1f}-{max(v):.1f})")
+    for k in dets:
+        if k != "torch":
+            _row("runtime", f"speed-up of {RUNTIME_LABELS[k]} over PyTorch eager, ratio of medians (of minima; "
+                 "target >= 1.5)", f"{med['torch'] / med[k]:.2f}x ({min(times['torch']) / min(times[k]):.2f}x)")
+    chips = _chips(parity_chips)
+    names = dets["torch"].class_names
+    reference = [dets["torch"].detect(c.image, c.gsd_m).detections for c in chips]
+    for k, det in dets.items():
+        if k == "torch":
+            continue
+        parity = Parity(iou=0.9, conf_tol=0.02)
+        for c, ref in zip(chips, reference):
+            parity.add(ref, det.detect(c.image, c.gsd_m).detections, names)
+        _row("runtime", f"parity {RUNTIME_LABELS[k]} vs PyTorch, {parity_chips} held-out chips: (chip, class) pairs "
+             "with equal counts; max difference", f"{parity.count_share:.1%}; {parity.max_count_diff}")
+        _row("runtime", f"parity {RUNTIME_LABELS[k]}: boxes matched (same class, rotated IoU >= 0.9, |conf diff| "
+             "<= 0.02); max |conf diff|", f"{parity.match_share:.1%} of {parity.reference}; {parity.max_conf_diff:.2g}")
+        _row("runtime", f"parity {RUNTIME_LABELS[k]} holds (both shares >= 99%)", "yes" if parity.holds() else "NO")
+    from app.detector import resolve_runtime
+
+    _row("runtime", "service default (WAGON_RUNTIME=auto) resolves to", resolve_runtime(WEIGHTS, "auto")[0])
 
 
 # ------------------------------------------------------------------------------------------------- 2. serving
@@ -161,10 +185,13 @@ def _upload(client: object, url: str, data: bytes, k: int, gsd: float | None = N
     return (time.perf_counter() - t0) * 1000
 
 
-def bench_serving(repeats: int = 15) -> None:
-    """One chip through HTTP (multipart, uvicorn on loopback) vs a bare in-process Ultralytics predict."""
+def bench_serving(repeats: int = 20) -> None:
+    """One chip through HTTP (multipart, uvicorn on loopback) vs (a) a bare in-process Ultralytics predict of the
+    .pt weights (what issue 7 names) and (b) a bare in-process detect through the service's own runtime (the
+    serving overhead alone). Bare runs are interleaved with the HTTP uploads so load affects both alike."""
     import httpx
 
+    from app.detector import Detector, resolve_runtime
     from app.offline import configure_offline
 
     configure_offline()
@@ -182,19 +209,27 @@ def bench_serving(repeats: int = 15) -> None:
         torch.set_num_threads(threads)
 
     predict()
-    bare_ms, _, _ = _median_ms(predict, repeats)
-    _row("serving", "bare in-process Ultralytics predict (PyTorch), ms", f"{bare_ms:.0f}")
-    for runtime in ("torch", "onnx"):
+    for runtime in ("auto", "torch"):
+        resolved = resolve_runtime(WEIGHTS, runtime)[0]
+        det = Detector(WEIGHTS, threads=threads, runtime=resolved)
         server = Server(workers=1, runtime=runtime)
+        ultra, same, http = [], [], []
         try:
             with httpx.Client(timeout=120, headers=AUTH) as client:
                 _upload(client, server.url, data, 0)
-                times = [_upload(client, server.url, data, k) for k in range(1, repeats + 1)]
+                for k in range(1, repeats + 1):
+                    http.append(_upload(client, server.url, data, k))
+                    ultra.append(_median_ms(predict, 1)[0])
+                    same.append(_median_ms(lambda: det.detect(chip.image), 1)[0])
         finally:
             server.stop()
-        med = statistics.median(times)
-        _row("serving", f"HTTP upload end to end, service runtime {runtime}, ms", f"{med:.0f}")
-        _row("serving", f"ratio end-to-end ({runtime}) / bare predict (target <= 1.15)", f"{med / bare_ms:.2f}")
+        h, u, b = statistics.median(http), statistics.median(ultra), statistics.median(same)
+        label = f"{runtime} = {resolved}" if runtime == "auto" else resolved
+        _row("serving", f"HTTP upload end to end, service runtime {label}, ms", f"{h:.1f}")
+        _row("serving", "  (a) bare in-process Ultralytics predict of the .pt (PyTorch), ms", f"{u:.1f}")
+        _row("serving", "  (a) ratio end-to-end / bare Ultralytics predict (target <= 1.15)", f"{h / u:.2f}")
+        _row("serving", f"  (b) bare in-process detect through {resolved}, ms", f"{b:.1f}")
+        _row("serving", f"  (b) ratio end-to-end / bare {resolved} detect (serving overhead)", f"{h / b:.2f}")
 
 
 # ------------------------------------------------------------------------------------------------- 3. throughput
@@ -282,8 +317,8 @@ def bench_limit(repeats: int = 5) -> None:
     peak = 2 * n**3 / (med / 1000)
     _row("limit", f"float32 {n}x{n} matrix product, GFLOP/s ({threads} threads)", f"{peak / 1e9:.0f}")
     det = Detector(WEIGHTS, threads=threads, runtime="auto")
-    gflops = get_flops(det._model.model if det.runtime == "torch" else Detector(WEIGHTS, runtime="torch")._model.model,
-                       640)
+    torch_det = det if det.runtime == "torch" else Detector(WEIGHTS, threads=threads, runtime="torch")
+    gflops = get_flops(torch_det._engine.model, 640)
     chip = [np.ascontiguousarray(_chips(1)[0].image[..., ::-1])]
     ms, _, _ = _median_ms(lambda: det._predict(chip), 10)
     achieved = gflops * 1e9 / (ms / 1000)
@@ -296,22 +331,38 @@ BENCHES = {"runtime": bench_runtime, "serving": bench_serving, "throughput": ben
            "memory": bench_memory, "limit": bench_limit}
 
 
+def _cpu() -> str:
+    """CPU model and the vector extensions that decide the runtimes' speed (AVX-512, bf16, AMX)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    ext = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model} ({', '.join(ext)})"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the chosen benchmarks (default all), print the table and write it to bench/results.md."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("which", nargs="*", help=f"any of {', '.join(BENCHES)} (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated subset, e.g. runtime,serving")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results.md")
     a = ap.parse_args(argv)
+    a.which = [*a.which, *(w for w in a.only.split(",") if w)]
     unknown = set(a.which) - set(BENCHES)
     if unknown:
         ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    load0 = f"{os.getloadavg()[0]:.1f}"
     for name in a.which or BENCHES:
         BENCHES[name]()
     lines = ["| benchmark | figure | value |", "|---|---|---|", *(f"| {b} | {f} | {v} |" for b, f, v in ROWS)]
     import platform
 
-    header = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.processor() or 'x86_64'}, "
-              f"{len(os.sched_getaffinity(0))} cores (`python -m bench.perf {' '.join(a.which)}`)\n\n")
+    header = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {_cpu() or platform.processor()}, "
+              f"{len(os.sched_getaffinity(0))} cores, load average before/after {load0} / {os.getloadavg()[0]:.1f} "
+              f"(`python -m bench.perf {' '.join(a.which)}`)\n\n")
     a.out.write_text(header + "\n".join(lines) + "\n")
     print("\n" + "\n".join(lines))
 

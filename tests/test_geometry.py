@@ -25,6 +25,14 @@ def test_rotated_iou_identical_disjoint_and_half() -> None:
     assert rotated_iou(a, shifted) == pytest.approx(1 / 3, abs=1e-3)
 
 
+def test_rotated_iou_of_nearly_identical_boxes_is_one() -> None:
+    # the same box from two runtimes, a few millionths of a pixel apart: OpenCV's intersectConvexConvex gave 0.5
+    a = np.array([[334.5, 82.0], [339.2, 81.6], [336.7, 54.3], [332.0, 54.8]])
+    b = a + np.array([[5e-6, -3e-6], [-4e-6, 2e-6], [1e-6, 6e-6], [-2e-6, -5e-6]])
+    assert rotated_iou(a, b) == pytest.approx(1.0, abs=1e-4)
+    assert rotated_iou(a, b[::-1]) == pytest.approx(1.0, abs=1e-4)  # either winding
+
+
 def test_rotated_boxes_side_by_side_do_not_suppress_each_other() -> None:
     # wagons packed side by side at 45 degrees: their axis-aligned boxes overlap heavily, oriented boxes do not
     wagons = np.array([box(50 + 3.2 * k * 0.707, 50 - 3.2 * k * 0.707, 30, 3, 45) for k in range(6)])

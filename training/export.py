@@ -1,9 +1,12 @@
-"""Export the shipped weights to ONNX next to them and record the file's checksum in ``models/metrics.json``.
+"""Export the shipped weights to ONNX and OpenVINO next to them and record the checksums in ``models/metrics.json``.
 
-    wagon-detector export                       # models/wagon-obb.pt -> models/wagon-obb.onnx
+    wagon-detector export     # models/wagon-obb.pt -> models/wagon-obb.onnx, models/wagon-obb_openvino_model/
 
-The export has a fixed 640 x 640 input and a batch of one: the detector always feeds exact tiles, so a fixed
-shape costs nothing and runs faster than a dynamic one.
+The ONNX export has a fixed 640 x 640 input and a batch of one: the detector always feeds exact tiles, so a fixed
+shape costs nothing and runs faster than a dynamic one. The OpenVINO IR is converted from that ONNX file offline
+(``openvino.convert_model``), weights kept in float32; Ultralytics' metadata travels in its ``framework`` rt_info.
+Converted in a fresh process the IR is byte for byte reproducible (OpenVINO names unnamed nodes from a
+per-process counter).
 """
 
 from __future__ import annotations
@@ -35,13 +38,31 @@ def export_onnx(weights: Path, imgsz: int = 640) -> Path:
     return target
 
 
-def record_export(metrics_file: Path, path: Path, weights: Path) -> None:
-    """Note the export's checksum (and the weights it came from) in the metrics file."""
+def openvino_dir(weights: Path) -> Path:
+    """Where the OpenVINO IR of ``weights`` lives: ``<stem>_openvino_model/<stem>.xml`` (+ ``.bin``)."""
+    return weights.parent / f"{weights.stem}_openvino_model"
+
+
+def export_openvino(onnx_path: Path, weights: Path) -> list[Path]:
+    """Convert the ONNX export to OpenVINO IR (float32 weights) in :func:`openvino_dir`; return the .xml and .bin."""
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))  # the ONNX metadata (class names, ...) lands in rt_info "framework"
+    out = openvino_dir(weights)
+    out.mkdir(exist_ok=True)
+    xml = out / f"{weights.stem}.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return [xml, xml.with_suffix(".bin")]
+
+
+def record_export(metrics_file: Path, path: Path, weights: Path, fmt: str = "onnx") -> None:
+    """Note the export's checksum (and the weights it came from) in the metrics file, keyed by its path under
+    the weights' directory."""
     data = json.loads(metrics_file.read_text()) if metrics_file.exists() else {"current": None, "history": []}
-    data.setdefault("exports", {})[path.name] = {
+    data.setdefault("exports", {})[path.relative_to(weights.parent).as_posix()] = {
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "from_weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-        "format": "onnx", "input": "1x3x640x640 float32, RGB 0-1",
+        "format": fmt, "input": "1x3x640x640 float32, RGB 0-1",
     }
     metrics_file.write_text(json.dumps(data, indent=2) + "\n")
 
@@ -55,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     out = export_onnx(a.weights)
     record_export(a.metrics, out, a.weights)
     print(f"exported {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    for path in export_openvino(out, a.weights):
+        record_export(a.metrics, path, a.weights, fmt="openvino")
+        print(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":
