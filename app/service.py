@@ -47,8 +47,8 @@ MAX_REPORTED_ERRORS = 20
 SOURCE_IMAGE = "image"
 SOURCE_IMPORT = "import"
 #: Detector count error as a share of the true count, when the caller does not pass the configured one
-#: (railcar ``count_err_over_true`` of the shipped model on held-out synthetic chips: 0.098).
-DEFAULT_COUNT_REL_ERROR = 0.10
+#: (railcar ``count_err_over_true`` of the shipped model: 0.199 on held-out synthetic chips, 0.207 on real images).
+DEFAULT_COUNT_REL_ERROR = 0.20
 
 
 # ----------------------------------------------------------------------------------------------------- errors
