@@ -116,8 +116,8 @@ def decode_image(data: bytes, max_pixels: int = 100_000_000, sha256: str | None 
         array = composite_over_black(array, alpha)
         valid = alpha > 0
     return DecodedImage(
-        array=array, format=str(im.format), sha256=sha256 or hashlib.sha256(data).hexdigest(), original_mode=original_mode,
-        valid=valid,
+        array=array, format=str(im.format), sha256=sha256 or hashlib.sha256(data).hexdigest(),
+        original_mode=original_mode, valid=valid,
     )
 
 
