@@ -284,7 +284,8 @@ def test_bulk_detection_insert_stores_what_orm_objects_stored(store: Store, yard
     def raw(oid: int) -> list[tuple]:
         with store.session() as session:
             return [tuple(r) for r in session.execute(text(
-                "SELECT class_name, confidence, obb, obb_lonlat, typeof(obb_lonlat) FROM detections "
+                "SELECT class_name, confidence, CAST(obb AS TEXT), CAST(obb_lonlat AS TEXT), obb_lonlat IS NULL "
+                "FROM detections "
                 "WHERE observation_id = :o ORDER BY id"), {"o": oid}).all()]
 
     assert raw(rec.id) == raw(ref_id)
