@@ -28,7 +28,7 @@ STAGES = [
     ("  anomaly rescoring (rescore)", "rescore", "app/service.py"),
     ("    of which model fits (score_series)", "score_series", "app/anomaly.py"),
     ("  commit", "commit", "sqlalchemy/orm/session.py"),
-    ("response (to_dict, pydantic, JSON)", "model_dump_json", "pydantic/main.py"),
+    ("response JSON (pydantic model_dump_json)", "model_dump_json", "pydantic/main.py"),
 ]
 
 
