@@ -89,8 +89,9 @@ class DecodedImage:
         return int(self.array.shape[0])
 
 
-def decode_image(data: bytes, max_pixels: int = 100_000_000) -> DecodedImage:
-    """Decode JPEG/PNG/TIFF bytes to an RGB ``uint8`` array, applying EXIF orientation.
+def decode_image(data: bytes, max_pixels: int = 100_000_000, sha256: str | None = None) -> DecodedImage:
+    """Decode JPEG/PNG/TIFF bytes to an RGB ``uint8`` array, applying EXIF orientation. ``sha256``: the bytes'
+    digest when the caller already has it (not computed again).
 
     Raises :class:`EmptyImageError`, :class:`UnsupportedImageError`, :class:`CorruptImageError` or
     :class:`ImageTooLargeError`.
@@ -115,8 +116,8 @@ def decode_image(data: bytes, max_pixels: int = 100_000_000) -> DecodedImage:
         array = composite_over_black(array, alpha)
         valid = alpha > 0
     return DecodedImage(
-        array=array, format=str(im.format), sha256=hashlib.sha256(data).hexdigest(), original_mode=original_mode,
-        valid=valid,
+        array=array, format=str(im.format), sha256=sha256 or hashlib.sha256(data).hexdigest(),
+        original_mode=original_mode, valid=valid,
     )
 
 

@@ -381,7 +381,7 @@ def open_scene(source: Path | bytes, *, sha256: str | None = None, max_pixels: i
     fmt = sniff_format(head)
     if fmt not in RASTER_FORMATS:
         raw = data if data is not None else Path(source).read_bytes()  # type: ignore[arg-type]
-        yield ArrayScene(decode_image(raw, max_pixels=max_pixels))  # refuses what it cannot decode
+        yield ArrayScene(decode_image(raw, max_pixels=max_pixels, sha256=sha256))  # refuses what it cannot decode
         return
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioError

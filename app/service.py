@@ -13,7 +13,7 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -484,17 +484,14 @@ def record_analysis(
                                 count_sd=round(count_uncertainty(conf.get(c, []), int(n), count_rel_error), 4))
             for c, n in analysis.counts.items()
         ]
-        obs.detections = [
-            db.DetectionRow(class_name=d.class_name, confidence=float(d.confidence),
-                            obb=[[float(x), float(y)] for x, y in d.obb],
-                            obb_lonlat=None if d.obb_lonlat is None else [[float(x), float(y)] for x, y in d.obb_lonlat])
-            for d in analysis.result.detections
-        ]
+        rows = [detection_row(d) for d in analysis.result.detections]
         session.add(obs)
         session.flush()
-        rescore(session, facility_id, since=captured_at, classes=analysis.counts.keys())
+        db.insert_detections(session, obs.id, rows)  # one executemany; the ORM objects would cost more than the SQL
+        rescore(session, facility_id, since=captured_at, classes=analysis.counts.keys(), new=obs.counts)
         alerts.enqueue_alerts(session, facility_id, [obs])
-        record = _observation_record(obs, with_detections=True)
+        # the detections as stored (what reading them back would give), without reading them back
+        record = replace(_observation_record(obs), detections=[_detection(r) for r in rows])
     log.info("facility %s: observation %d at %s counts %s", facility_id, record.id, _iso(captured_at), record.counts)
     return record
 
@@ -781,27 +778,37 @@ STORED_SCORE_FIELDS: tuple[str, ...] = (
 )
 
 
-def rescore(session: Session, facility_id: str, since: datetime, classes: Iterable[str]) -> int:
+def rescore(session: Session, facility_id: str, since: datetime, classes: Iterable[str],
+            new: Iterable[db.ObservationCount] = ()) -> int:
     """Recompute and store the anomaly scores of every count at or after ``since`` for the given classes.
 
-    Runs inside the caller's transaction (after a flush, so new rows are visible). Returns rows updated.
+    Runs inside the caller's transaction (after a flush, so new rows are visible). The history of all classes is
+    read with one query, each point is fitted once (score, drop score and band come from the same fit), and only
+    the points at or after ``since`` are fitted (an upload newer than everything stored fits just itself). ``new``:
+    count rows already in the session (the new observation's), updated without being read again. Returns rows
+    updated.
     """
+    classes = list(classes)
+    histories = db.count_histories(session, facility_id, classes)
+    known = {(row.observation_id, row.class_name): row for row in new}
     updated = 0
-    facility = db.get_facility(session, facility_id)
-    kind = facility.kind if facility is not None else ""
+    kind: str | None = None
     for cls in classes:
-        history = db.count_history(session, facility_id, cls)
+        history = histories.get(cls)
         if not history:
             continue
-        ids = [h[0] for h in history]
-        sd_by_id = db.count_sd_of(session, facility_id, cls)
         prior = None
         if sum(1 for h in history if h[1] < since) < MIN_HISTORY:  # some rescored point is a cold start
+            if kind is None:
+                facility = db.get_facility(session, facility_id)
+                kind = facility.kind if facility is not None else ""
             prior = pooled_prior(db.pooled_count_stats(session, kind, cls, facility_id), kind)
         scores = score_series([h[1] for h in history], [h[2] for h in history], since=since, prior=prior,
-                              count_sd=[sd_by_id.get(i) for i in ids])
-        changed = {oid: s for oid, s in zip(ids, scores, strict=True) if s is not None}
-        for row in db.count_rows(session, cls, list(changed)):
+                              count_sd=[h[3] for h in history])
+        changed = {oid: s for (oid, *_), s in zip(history, scores, strict=True) if s is not None}
+        rows = [known[(oid, cls)] for oid in changed if (oid, cls) in known]
+        rows += db.count_rows(session, cls, [oid for oid in changed if (oid, cls) not in known])
+        for row in rows:
             s = changed[row.observation_id]
             for name in STORED_SCORE_FIELDS:
                 setattr(row, name, getattr(s, name))
@@ -830,6 +837,23 @@ def get_observation(store: db.Store, observation_id: int) -> ObservationRecord:
         return _observation_record(obs, with_detections=True)
 
 
+def detection_row(d: Detection) -> dict[str, Any]:
+    """The stored columns of a detection (plain floats, corners as lists)."""
+    return {"class_name": d.class_name, "confidence": float(d.confidence),
+            "obb": [[float(x), float(y)] for x, y in d.obb],
+            "obb_lonlat": None if d.obb_lonlat is None else [[float(x), float(y)] for x, y in d.obb_lonlat]}
+
+
+def _detection(row: Any) -> Detection:
+    """A stored detection row (a :class:`db.DetectionRow` or its :func:`detection_row` dict) as a Detection."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    obb, lonlat = get("obb"), get("obb_lonlat")
+    return Detection(class_name=get("class_name"), confidence=get("confidence"),
+                     obb=tuple((float(p[0]), float(p[1])) for p in obb),  # type: ignore[arg-type]
+                     obb_lonlat=None if lonlat is None
+                     else tuple((float(p[0]), float(p[1])) for p in lonlat))  # type: ignore[arg-type]
+
+
 def _observation_record(obs: db.Observation, with_detections: bool = False) -> ObservationRecord:
     by_class = {c.class_name: c for c in obs.counts}
     classes = list(CLASS_NAMES) + sorted(set(by_class) - set(CLASS_NAMES))
@@ -855,13 +879,7 @@ def _observation_record(obs: db.Observation, with_detections: bool = False) -> O
         model = {"name": obs.model_name or "", "version": obs.model_version or ""}
     detections = None
     if with_detections:
-        detections = [
-            Detection(class_name=d.class_name, confidence=d.confidence,
-                      obb=tuple((float(p[0]), float(p[1])) for p in d.obb),  # type: ignore[arg-type]
-                      obb_lonlat=None if d.obb_lonlat is None
-                      else tuple((float(p[0]), float(p[1])) for p in d.obb_lonlat))  # type: ignore[arg-type]
-            for d in obs.detections
-        ]
+        detections = [_detection(d) for d in obs.detections]
     return ObservationRecord(id=obs.id, facility_id=obs.facility_id, captured_at=obs.captured_at, source=obs.source,
                              counts=counts, anomaly=anomaly, image=image, model=model, detections=detections,
                              coverage=obs.coverage, exposure=obs.exposure)

@@ -33,6 +33,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     select,
     text,
 )
@@ -353,6 +354,10 @@ def make_engine(database_url: str) -> Engine:
         cur.execute("PRAGMA busy_timeout=30000")
         if not in_memory:
             cur.execute("PRAGMA journal_mode=WAL")
+            # Under WAL, NORMAL syncs at checkpoints, not at every commit: a committed transaction survives a crash
+            # of the process (the WAL is in the OS's page cache); only a power loss or OS crash may roll back the
+            # last commits, and never corrupts the database.
+            cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -473,15 +478,29 @@ def observation_counts(session: Session, facility_id: str) -> list[tuple[int, da
     return list(out.values())
 
 
-def count_history(session: Session, facility_id: str, class_name: str) -> list[tuple[int, datetime, int]]:
-    """``(observation_id, captured_at, count)`` of every known count of a class at a facility, oldest first."""
+def count_histories(
+    session: Session, facility_id: str, classes: Sequence[str]
+) -> dict[str, list[tuple[int, datetime, int, float | None]]]:
+    """``class -> [(observation_id, captured_at, count, count_sd), ...]``, oldest first (by captured_at, then id),
+    of every known count of the given classes at a facility (one query; a class without counts is absent)."""
     rows = session.execute(
-        select(Observation.id, Observation.captured_at, ObservationCount.count)
+        select(ObservationCount.class_name, Observation.id, Observation.captured_at, ObservationCount.count,
+               ObservationCount.count_sd)
         .join(ObservationCount, ObservationCount.observation_id == Observation.id)
-        .where(Observation.facility_id == facility_id, ObservationCount.class_name == class_name)
+        .where(Observation.facility_id == facility_id, ObservationCount.class_name.in_(list(classes)))
         .order_by(Observation.captured_at, Observation.id)
     ).all()
-    return [(int(i), t, int(c)) for i, t, c in rows]
+    out: dict[str, list[tuple[int, datetime, int, float | None]]] = {}
+    for cls, i, t, c, sd in rows:
+        out.setdefault(cls, []).append((int(i), t, int(c), None if sd is None else float(sd)))
+    return out
+
+
+def insert_detections(session: Session, observation_id: int, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert an observation's detection rows (dicts of ``class_name, confidence, obb, obb_lonlat``) with one
+    executemany, in order (ids ascend in the given order), without creating ORM objects."""
+    if rows:
+        session.execute(insert(DetectionRow), [{"observation_id": observation_id, **r} for r in rows])
 
 
 def count_rows(session: Session, class_name: str, observation_ids: Sequence[int]) -> list[ObservationCount]:
@@ -522,16 +541,6 @@ def pooled_count_stats(
             mean = s1 / n
             out.append((n, mean, max((s2 - n * mean * mean) / (n - 1), 0.0)))
     return out
-
-
-def count_sd_of(session: Session, facility_id: str, class_name: str) -> dict[int, float | None]:
-    """``observation_id -> count_sd`` of a class at a facility (None: an exact count)."""
-    rows = session.execute(
-        select(ObservationCount.observation_id, ObservationCount.count_sd)
-        .join(Observation, ObservationCount.observation_id == Observation.id)
-        .where(Observation.facility_id == facility_id, ObservationCount.class_name == class_name)
-    ).all()
-    return {int(i): (None if sd is None else float(sd)) for i, sd in rows}
 
 
 def get_thresholds(session: Session, facility_id: str) -> AlertThreshold | None:

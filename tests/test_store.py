@@ -254,6 +254,45 @@ def test_record_analysis_stores_detections_and_scores(store: Store, yard: str) -
     assert again.anomaly == rec.anomaly
 
 
+def test_bulk_detection_insert_stores_what_orm_objects_stored(store: Store, yard: str) -> None:
+    """The one-executemany detection insert stores byte-identical rows to one ORM object per detection (the
+    former path), in order, and the answer built without reading them back equals what is read back."""
+    from sqlalchemy import text
+
+    from app import store as db
+
+    lonlat = ((8.5, 47.25), (8.50001, 47.25), (8.50001, 47.25002), (8.5, 47.25002))
+    dets = [Detection("railcar", float(np.float32(0.8765)), tuple((float(np.float32(x + 0.1)), y) for x, y in
+                      ((10.0, 0.0), (18.0, 0.0), (18.0, 3.0), (10.0, 3.0))), lonlat),  # type: ignore[arg-type]
+            Detection("container", 1.0 / 3.0, ((0.0, 20.0), (6.0, 20.0), (6.0, 22.0), (0.0, 22.0))),
+            Detection("railcar", 0.5, ((1e-9, 2.0), (3.0, 2.0), (3.0, 5.0), (1e-9, 5.0)))]
+    analysis = _analysis(0)
+    analysis = service.Analysis(**{**analysis.__dict__, "result": DetectionResult(
+        detections=dets, width=64, height=64, gsd_m=0.5, timing_ms=1.0)})
+    rec = service.record_analysis(store, yard, T0, analysis)
+    with store.transaction() as session:  # the former path: ORM objects on a second observation
+        ref = db.Observation(facility_id=yard, captured_at=T0 + timedelta(days=1), source="image")
+        ref.detections = [
+            db.DetectionRow(class_name=d.class_name, confidence=float(d.confidence),
+                            obb=[[float(x), float(y)] for x, y in d.obb],
+                            obb_lonlat=None if d.obb_lonlat is None else [[float(x), float(y)] for x, y in d.obb_lonlat])
+            for d in dets]
+        session.add(ref)
+        session.flush()
+        ref_id = ref.id
+
+    def raw(oid: int) -> list[tuple]:
+        with store.session() as session:
+            return [tuple(r) for r in session.execute(text(
+                "SELECT class_name, confidence, CAST(obb AS TEXT), CAST(obb_lonlat AS TEXT), obb_lonlat IS NULL "
+                "FROM detections "
+                "WHERE observation_id = :o ORDER BY id"), {"o": oid}).all()]
+
+    assert raw(rec.id) == raw(ref_id)
+    assert [r[0] for r in raw(rec.id)] == ["railcar", "container", "railcar"]
+    assert rec.detections == service.get_observation(store, rec.id).detections == dets
+
+
 def test_record_analysis_unknown_facility_stores_nothing(store: Store) -> None:
     with pytest.raises(service.NotFoundError):
         service.record_analysis(store, "ghost", T0, _analysis(3))

@@ -62,7 +62,8 @@ async def upload_image(
     t0 = time.perf_counter()
     store = runtime.store
     settings = runtime.settings
-    await run_in_threadpool(service.get_facility, store, facility_id)
+    # an unknown facility is a 404; its footprint is all the upload needs of it
+    footprint = await run_in_threadpool(scenes.facility_footprint, store, facility_id)
     when = service.parse_timestamp(captured_at)
     sha, path, size, head = await _archive_upload(file, settings.max_upload_bytes, settings)
     idempotency = None if idempotency_key is None else (principal.scope, idempotency_key)
@@ -76,7 +77,6 @@ async def upload_image(
         job_id = await run_in_threadpool(jobs.submit, facility_id, when, gsd_m, sha, idempotency)
         body = JobAcceptedOut(job_id=job_id, status="queued", status_url=f"/v1/jobs/{job_id}", image_sha256=sha)
         return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
-    footprint = await run_in_threadpool(scenes.facility_footprint, store, facility_id)
     try:
         analysis = await runtime.inference_gate.run(
             scenes.analyse_with_settings, runtime.detector, path, settings, gsd_m, footprint, sha)

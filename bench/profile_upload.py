@@ -1,0 +1,88 @@
+"""Profile image uploads in process: the stages of an upload after archiving (real detector, SQLite file).
+
+    python -m bench.profile_upload [--uploads 20] [--top 30]
+
+Prints cumulative cProfile figures per upload for the stages of ``POST /v1/facilities/{id}/images`` (the model's
+own time included, so the serving overhead is the rest); the first upload (warm-up) is not profiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bench.perf import WEIGHTS, _chips, _png
+
+#: (label, function name as pstats shows it, file suffix) of the stages worth reporting.
+STAGES = [
+    ("analyse (decode + detect)", "analyse_source", "app/scenes.py"),
+    ("  image decode (Pillow)", "decode_image", "app/imaging.py"),
+    ("  detect (network + decoding + NMS)", "detect_scene", "app/pipeline.py"),
+    ("record_upload (all database work and scoring)", "record_upload", "app/service.py"),
+    ("  duplicate check (find_upload)", "find_upload", "app/service.py"),
+    ("  anomaly rescoring (rescore)", "rescore", "app/service.py"),
+    ("    of which model fits (score_series)", "score_series", "app/anomaly.py"),
+    ("  commit", "commit", "sqlalchemy/orm/session.py"),
+    ("response JSON (pydantic model_dump_json)", "model_dump_json", "pydantic/main.py"),
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the uploads under cProfile and print the stage table and the top functions."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--uploads", type=int, default=20)
+    ap.add_argument("--top", type=int, default=25)
+    a = ap.parse_args(argv)
+    from app import scenes, service
+    from app.api.schemas import UploadOut
+    from app.offline import configure_offline
+    from app.settings import Settings
+    from app.store import Store
+
+    configure_offline()
+    data = _png(_chips(1)[0].image)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(database_url=f"sqlite:///{tmp}/p.db", archive_dir=Path(tmp) / "originals",
+                            jobs_sqlite_path=Path(tmp) / "jobs.db", model_path=WEIGHTS)
+        store = Store(settings.database_url)
+        detector = service.load_configured_detector(settings)
+        service.create_facility(store, "bench", "bench", "rail")
+        writer = scenes.ArchiveWriter(settings.archive_dir)
+        writer.write(data)
+        sha, path = writer.commit()
+
+        def upload(k: int) -> None:  # what upload_image does after archiving the bytes
+            when = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=k)
+            footprint = scenes.facility_footprint(store, "bench")
+            analysis = scenes.analyse_with_settings(detector, path, settings, None, footprint, sha)
+            record, _ = service.record_upload(store, "bench", when, analysis)
+            out = record.to_dict(with_detections=True)
+            out["timing_ms"] = {"decode": 0.0, "detect": 0.0, "store": 0.0, "total": 0.0}
+            UploadOut.model_validate(out).model_dump_json()
+
+        upload(0)
+        prof = cProfile.Profile()
+        prof.enable()
+        for k in range(1, a.uploads + 1):
+            upload(k)
+        prof.disable()
+        store.dispose()
+    stats = pstats.Stats(prof)
+    n = a.uploads
+    print(f"| stage | ms per upload (cumulative, mean of {n}) |\n|---|---|")
+    for label, func, suffix in STAGES:
+        total = sum(v[3] for (file, _line, name), v in stats.stats.items()  # type: ignore[attr-defined]
+                    if name == func and file.endswith(suffix))
+        print(f"| {label} | {total / n * 1000:.1f} |")
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(a.top)
+    print(out.getvalue())
+
+
+if __name__ == "__main__":
+    main()
