@@ -61,12 +61,12 @@ def make_huey(settings: Settings) -> Huey:
     if settings.jobs_backend == "redis":
         from huey import RedisHuey
 
-        return RedisHuey("wagon-detector", url=settings.redis_url, results=False)
+        return RedisHuey(settings.jobs_queue_name, url=settings.redis_url, results=False)
     from huey import SqliteHuey
 
     path = Path(settings.jobs_sqlite_path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey("wagon-detector", filename=str(path), results=False)
+    return SqliteHuey(settings.jobs_queue_name, filename=str(path), results=False)
 
 
 class JobQueue:

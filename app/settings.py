@@ -141,6 +141,10 @@ class Settings(BaseSettings):
         default=Path("var/jobs.db"), description="Huey's SQLite queue file (jobs_backend=sqlite)."
     )
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL (jobs_backend=redis).")
+    jobs_queue_name: str = Field(
+        default="wagon-detector", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Name of the job queue: deployments sharing one Redis need different names.",
+    )
     jobs_worker: bool = Field(
         default=True,
         description="Run a job worker thread inside the API process. Set false when separate "

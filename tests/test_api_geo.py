@@ -200,7 +200,9 @@ def test_redis_backend_runs_jobs(make_client: Callable[..., Any], tmp_path: Path
 
     url = os.environ["WAGON_TEST_REDIS_URL"]
     pytest.importorskip("redis").Redis.from_url(url).flushdb()
-    client = make_client(detector=BlobDetector(), async_upload_mb=0.0001, jobs_backend="redis", redis_url=url)
+    # a queue of its own: a consumer of an earlier test's app may still be polling the shared Redis
+    client = make_client(detector=BlobDetector(), async_upload_mb=0.0001, jobs_backend="redis", redis_url=url,
+                         jobs_queue_name=f"wagon-test-{tmp_path.name}")
     gs = make_geotiff(tmp_path / "s.tif", blob_scene(centres=CENTRES), 0.5)
     client.post("/v1/facilities", json={"id": "yard", "name": "Yard", "kind": "rail"})
     r = _upload(client, gs.path)
