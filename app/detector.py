@@ -90,6 +90,7 @@ class Detector:
         self.version = self.info.version
         self.runtime, model_file = resolve_runtime(self.weights, runtime)
         self.max_det = max_det  # per tile
+        self.openvino_precision = openvino_precision
         self.class_names: tuple[str, ...] = CLASS_NAMES
         chosen = conf if conf is not None else self.info.conf
         self.class_conf: dict[str, float] = (

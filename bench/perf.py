@@ -64,10 +64,12 @@ def _runtime_detectors(threads: int) -> dict[str, object]:
             "openvino-bf16": Detector(WEIGHTS, threads=threads, runtime="openvino", openvino_precision="bf16")}
 
 
-def bench_runtime(repeats: int = 30, parity_chips: int = 20) -> None:
+def bench_runtime(repeats: int = 30, parity_chips: int = 20, accuracy_chips: int = 40) -> None:
     """PyTorch eager vs ONNX Runtime vs OpenVINO: latency per 640 x 640 chip (network, decoding and NMS; runtimes
-    interleaved so load affects all alike) and detection parity with PyTorch on held-out chips."""
+    interleaved so load affects all alike), detection parity with PyTorch on held-out chips, and each runtime's
+    accuracy (mAP50, count error) against the labels of held-out synthetic chips."""
     from app.runtimes import Parity
+    from training.evaluate import evaluate_synthetic
 
     threads = len(os.sched_getaffinity(0))
     dets = _runtime_detectors(threads)
@@ -101,6 +103,12 @@ def bench_runtime(repeats: int = 30, parity_chips: int = 20) -> None:
         _row("runtime", f"parity {RUNTIME_LABELS[k]}: boxes matched (same class, rotated IoU >= 0.9, |conf diff| "
              "<= 0.02); max |conf diff|", f"{parity.match_share:.1%} of {parity.reference}; {parity.max_conf_diff:.2g}")
         _row("runtime", f"parity {RUNTIME_LABELS[k]} holds (both shares >= 99%)", "yes" if parity.holds() else "NO")
+    for k, det in dets.items():
+        acc = evaluate_synthetic(det, accuracy_chips)
+        cells = [f"{c} mAP50 {v['map50']:.3f}, count error {100 * v['count_err_over_true']:.1f}%"
+                 for c, v in acc["classes"].items()]
+        _row("runtime", f"accuracy {RUNTIME_LABELS[k]} against the labels of {accuracy_chips} held-out synthetic chips "
+             f"(seeds {acc['seeds'][0]}+)", "; ".join(cells))
     from app.detector import resolve_runtime
 
     _row("runtime", "service default (WAGON_RUNTIME=auto) resolves to", resolve_runtime(WEIGHTS, "auto")[0])

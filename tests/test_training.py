@@ -56,3 +56,14 @@ def test_fine_tunes_offline_from_shipped_weights(tmp_path: Path) -> None:
     best = train(data, ROOT / "models" / "wagon-obb.pt", epochs=1, imgsz=160, batch=2, device="cpu",
                  project=tmp_path / "runs", name="t", workers=0)
     assert best.exists() and best.stat().st_size > 1_000_000
+
+
+def test_evaluation_scores_the_runtime_it_is_given() -> None:
+    """The low-threshold twin used for AP runs on the same runtime (the benchmark compares runtimes' accuracy)."""
+    from app.detector import Detector
+    from training.evaluate import LOW_CONF, _low_conf
+
+    onnx = Detector(ROOT / "models" / "wagon-obb.pt", threads=1, runtime="onnx")
+    low = _low_conf(onnx)
+    assert (low.runtime, low.conf) == ("onnx", LOW_CONF)
+    assert _low_conf(Detector(ROOT / "models" / "wagon-obb.pt", threads=1, runtime="torch")).runtime == "torch"

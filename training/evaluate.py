@@ -100,10 +100,11 @@ _LOW: dict[str, Detector] = {}
 
 
 def _low_conf(detector: Detector) -> Detector:
-    """The same weights at a very low threshold and no detection cap (for AP); loaded once."""
-    key = str(detector.weights.resolve())
+    """The same weights and runtime at a very low threshold and no detection cap (for AP); loaded once."""
+    key = f"{detector.weights.resolve()}|{detector.runtime}|{detector.openvino_precision}"
     if key not in _LOW:
-        _LOW[key] = Detector(detector.weights, threads=detector.threads, conf=LOW_CONF, max_det=LOW_CONF_MAX_DET)
+        _LOW[key] = Detector(detector.weights, threads=detector.threads, conf=LOW_CONF, max_det=LOW_CONF_MAX_DET,
+                             runtime=detector.runtime, openvino_precision=detector.openvino_precision)
     return _LOW[key]
 
 
