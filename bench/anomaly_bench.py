@@ -220,7 +220,7 @@ def calibration(n_series: int = 8) -> list[tuple[float, float, int, float, float
     out = []
     t0 = datetime(2019, 1, 1, tzinfo=UTC)
     for mean in (2.0, 10.0, 40.0, 150.0):
-        for alpha in (0.0, 0.1, 0.4):
+        for alpha in (0.0, 0.1, 0.4, 1.5):
             up = down = total = 0
             for j in range(n_series):
                 rng = np.random.default_rng(10_000 + 97 * j + int(mean * 10) + int(alpha * 1000))

@@ -219,6 +219,21 @@ def test_yearly_season_is_modelled_on_irregular_times() -> None:
     assert at_trough.score is not None and at_trough.score > 5
 
 
+def test_yearly_season_needs_two_years_of_history() -> None:
+    """One year cannot tell a yearly cycle from a one-off bump: the seasonal term waits for two cycles."""
+    from app.anomaly import MIN_SEASON_YEARS
+
+    rng = np.random.default_rng(8)
+    times = _days(120, 8, gap=(5, 9))  # about 2.8 years
+    doy = np.asarray([(t - T0).days for t in times]) / 365.25
+    counts = [int(c) for c in rng.poisson(30 * np.exp(0.8 * np.sin(2 * np.pi * doy)))]
+    cut = next(i for i, t in enumerate(times) if (t - times[0]).days > 1.5 * 365.25)
+    short = score_count(30, counts[:cut], times[:cut], times[cut])
+    long = score_count(30, counts, times, times[-1] + timedelta(days=7))
+    assert MIN_SEASON_YEARS == 2.0
+    assert "yearly season" not in (short.model or "") and "yearly season" in (long.model or "")
+
+
 def test_detector_uncertainty_keeps_a_marginal_count_from_firing() -> None:
     rng = np.random.default_rng(4)
     counts = [int(c) for c in rng.poisson(20, 40)]
@@ -320,6 +335,36 @@ def test_outlier_weights_are_continuous_at_the_threshold() -> None:
     assert n_down == 2
     assert raw[2] == pytest.approx(1.0, abs=0.01)  # Farrington's s^-2 would give 0.15 here
     assert raw[3] == pytest.approx((REWEIGHT_THRESHOLD / 8.0) ** 2)  # a surge still counts little
+
+
+def _constant_fit(y: np.ndarray, mean: float, alpha: float):  # noqa: ANN202 - a GlmFit
+    from app.anomaly import GlmFit
+
+    return GlmFit(np.asarray([math.log(mean)]), alpha, np.asarray([[1e-6]]), 0.0, np.full(y.size, mean))
+
+
+@pytest.mark.parametrize(("mean", "alpha"), [(2.0, 1.5), (40.0, 1.5), (10.0, 0.0)])
+def test_reweighting_trims_only_the_model_tail_of_a_quiet_over_dispersed_series(mean: float, alpha: float) -> None:
+    """Under the true NB, about 0.5 % of points lie beyond the 2.58 threshold (its normal tail), at any dispersion.
+
+    Anscombe residuals are too heavy-tailed for an over-dispersed NB: they trimmed several percent of quiet points.
+    """
+    from app.anomaly import _anscombe_weights
+
+    rng = np.random.default_rng(11)
+    y = (rng.negative_binomial(1 / alpha, 1 / (1 + alpha * mean), 20_000) if alpha > 0
+         else rng.poisson(mean, 20_000)).astype(float)
+    _, n_down = _anscombe_weights(np.ones((y.size, 1)), y, _constant_fit(y, mean, alpha), np.ones(y.size))
+    assert n_down / y.size <= 0.0075  # the normal tail beyond 2.58 is 0.49 %; the discrete mid-p tail is lower
+
+
+def test_reweighting_never_down_weights_points_below_the_fit() -> None:
+    from app.anomaly import _anscombe_weights
+
+    y = np.asarray([0.0] * 10 + [10.0] * 10 + [60.0])
+    w, n_down = _anscombe_weights(np.ones((y.size, 1)), y, _constant_fit(y, 10.0, 0.05), np.ones(y.size))
+    assert n_down == 1 and w[-1] < 0.2 * w[0]
+    assert np.allclose(w[:20], w[0])  # the zeros, far below the fit, keep their full weight
 
 
 @pytest.mark.slow
