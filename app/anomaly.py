@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -645,6 +645,10 @@ def fit_predictor(
                      reference=reference, eligibility=(first, n, can_season, can_trend), **window)
 
 
+#: Where a history's fit comes from: ``(hist_days, hist_counts, at_day, prior) -> Predictor`` covering ``at_day``.
+Fitter = Callable[[np.ndarray, np.ndarray, float, PooledPrior | None], Predictor]
+
+
 def _cold_start(y: np.ndarray, prior: PooledPrior | None) -> Prediction | None:
     """Gamma-prior predictive for fewer than :data:`MIN_HISTORY` points (see module docstring)."""
     k = int(y.size)
@@ -717,12 +721,14 @@ def _score_point(
     at_day: float | None,
     prior: PooledPrior | None,
     count_sd: float | None,
+    fit: Fitter | None = None,
 ) -> AnomalyScore:
     count = int(count)
     size = int(hist_counts.size)
     hmax, exceeds, span, highest, lowest, hmin = _history_facts(count, hist_days, hist_counts, at_day)
     sd = None if count_sd is None or count_sd <= 0 else round(float(count_sd), 3)
-    pred = predict(hist_days, hist_counts, at_day if at_day is not None else float(size), prior)
+    at = at_day if at_day is not None else float(size)
+    pred = (fit or fit_predictor)(hist_days, hist_counts, at, prior).predict_at(at)  # = predict(...) uncached
     if pred is None:
         reason = (f"no earlier observations and no other facility of this kind to pool a prior from; "
                   f"scores start with the first earlier observation (a full model needs {MIN_HISTORY})")
@@ -785,11 +791,14 @@ def score_series(
     *,
     prior: PooledPrior | None = None,
     count_sd: Sequence[float | None] | None = None,
+    fit: Fitter | None = None,
 ) -> list[AnomalyScore | None]:
     """Score every point of a series against the points strictly earlier in time.
 
     ``times`` must be sorted ascending (ties allowed: tied points are not each other's history). Points earlier than
     ``since`` get ``None`` (not recomputed). ``count_sd`` gives each point's count uncertainty (``None``: exact).
+    ``fit``: where a point's fitted history comes from (default :func:`fit_predictor`; e.g. a cache of such fits,
+    which must return what :func:`fit_predictor` would, or a fit that :meth:`Predictor.covers` the point).
     """
     n = len(times)
     if n != len(counts):
@@ -807,7 +816,7 @@ def score_series(
             continue
         k = bisect.bisect_left(times, times[i], 0, i)  # history = points [0, k), strictly earlier
         sd = None if count_sd is None else count_sd[i]
-        out.append(_score_point(int(c[i]), days[:k], c[:k], float(days[i]), prior, sd))
+        out.append(_score_point(int(c[i]), days[:k], c[:k], float(days[i]), prior, sd, fit))
     return out
 
 

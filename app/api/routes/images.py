@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import scenes, service
 from app.api.auth import allow
-from app.api.deps import RuntimeDep
+from app.api.deps import RuntimeDep, request_prefit
 from app.api.limits import disarm_timeout
 from app.api.routes.common import FacilityId, errors
 from app.api.schemas import JobAcceptedOut, UploadOut
@@ -91,6 +91,7 @@ async def upload_image(
     if not created:  # a concurrent duplicate stored it first
         return _replay(record, t0)
     t2 = time.perf_counter()
+    request_prefit(request, facility_id)  # the next upload's anomaly fits, in the background
     out = record.to_dict(with_detections=True)
     out["timing_ms"] = {
         "decode": round(analysis.decode_ms, 1),
