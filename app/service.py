@@ -427,11 +427,14 @@ def find_upload(store: db.Store, facility_id: str, captured_at: datetime, sha256
 def record_upload(
     store: db.Store, facility_id: str, captured_at: datetime, analysis: Analysis,
     idempotency: Idempotency | None = None, count_rel_error: float = DEFAULT_COUNT_REL_ERROR,
+    repeat_checked: bool = False,
 ) -> tuple[ObservationRecord, bool]:
     """Store an analysed upload (:func:`record_analysis`) unless it repeats a stored one (:func:`find_upload`):
     ``(observation, True)`` when stored, ``(original, False)`` when repeated. The database's unique indexes decide
-    between concurrent duplicates: the loser gets the winner's observation."""
-    found = find_upload(store, facility_id, captured_at, analysis.image.sha256, idempotency)
+    between concurrent duplicates: the loser gets the winner's observation. ``repeat_checked``: the caller has
+    just called :func:`find_upload` (a repeat stored since is refused by the unique indexes and found then)."""
+    found = None if repeat_checked else find_upload(store, facility_id, captured_at, analysis.image.sha256,
+                                                    idempotency)
     if found is not None:
         return found, False
     try:
