@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from app import scenes, service
@@ -91,7 +92,6 @@ async def upload_image(
     if not created:  # a concurrent duplicate stored it first
         return _replay(record, t0)
     t2 = time.perf_counter()
-    request_prefit(request, facility_id)  # the next upload's anomaly fits, in the background
     out = record.to_dict(with_detections=True)
     out["timing_ms"] = {
         "decode": round(analysis.decode_ms, 1),
@@ -99,9 +99,10 @@ async def upload_image(
         "store": round((t2 - t1) * 1000.0, 1),
         "total": round((t2 - t0) * 1000.0, 1),
     }
-    # validated once and serialised by pydantic (returning the model would validate and serialise it again)
+    # validated once and serialised by pydantic (returning the model would validate and serialise it again); the
+    # next upload's anomaly fits are asked for once the answer is sent (so that they do not delay it)
     return Response(UploadOut.model_validate(out).model_dump_json(by_alias=True), status_code=201,
-                    media_type="application/json")
+                    media_type="application/json", background=BackgroundTask(request_prefit, request, facility_id))
 
 
 def _replay(original: service.ObservationRecord, t0: float) -> JSONResponse:
