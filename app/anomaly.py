@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -461,7 +461,7 @@ def _screen_weights(y: np.ndarray) -> np.ndarray:
     return _outlier_weights(np.maximum(s, 0.0))[0]
 
 
-def _anscombe_weights(X: np.ndarray, y: np.ndarray, fit: GlmFit, w: np.ndarray) -> tuple[np.ndarray, int]:
+def _residual_weights(X: np.ndarray, y: np.ndarray, fit: GlmFit, w: np.ndarray) -> tuple[np.ndarray, int]:
     """Farrington-style reweighting (see :func:`_outlier_weights`) from a fit; also the number down-weighted.
 
     The residual is the normal quantile of the point's mid-p upper tail under the fitted NB (a quantile residual,
@@ -533,28 +533,100 @@ def predict(
     """Predictive distribution of the count at ``at_day`` from earlier ``(day, count)`` points.
 
     Days are any consistent day scale (e.g. days since the Unix epoch). ``None`` when there is no history and no
-    prior to pool from.
+    prior to pool from. The composition of :func:`fit_predictor` (the costly fit) and :meth:`Predictor.predict_at`.
     """
+    return fit_predictor(hist_days, hist_counts, at_day, prior).predict_at(at_day)
+
+
+@dataclass(frozen=True, eq=False)
+class Predictor:
+    """A history fitted once (:func:`fit_predictor`); :meth:`predict_at` evaluates it at a scoring time, cheaply.
+
+    The fit depends on the scoring time only through the fit window and the eligible designs; :meth:`covers` says
+    whether a time keeps exactly the same window and eligibility (then :meth:`predict_at` equals a fresh fit). The
+    GLM's time axis is centred at ``reference`` (the newest fitted day), not at the scoring time, so the same fit
+    serves any covered time (the trend is extrapolated from the reference).
+    """
+
+    fixed: Prediction | None = None  # cold start or all-zero window: the same at every covered time
+    choice: tuple[bool, bool] = (False, False)  # (season, trend) of the GLM
+    beta: np.ndarray | None = None  # None: no GLM, ``fixed`` is the prediction
+    cov: np.ndarray | None = None
+    alphas: np.ndarray | None = None
+    post: np.ndarray | None = None
+    description: str = ""
+    reference: float = 0.0
+    # validity: window edges (a fitted day that must stay inside, an unfitted one that must stay outside) and the
+    # design eligibility (first fitted day, points, can_season, can_trend); None: any scoring time
+    in_day: float | None = None
+    out_day: float | None = None
+    eligibility: tuple[float, int, bool, bool] | None = None
+
+    def covers(self, at_day: float) -> bool:
+        """Whether scoring at ``at_day`` would fit the same window with the same eligible designs."""
+        lo = at_day - FIT_WINDOW_DAYS
+        if self.in_day is not None and not self.in_day >= lo:
+            return False
+        if self.out_day is not None and not self.out_day < lo:
+            return False
+        if self.eligibility is None:
+            return True
+        first, n, season, trend = self.eligibility
+        return _eligible(at_day - first, n) == (season, trend)
+
+    def predict_at(self, at_day: float) -> Prediction | None:
+        """Predictive distribution at ``at_day``; :class:`ValueError` unless :meth:`covers` it."""
+        if not self.covers(at_day):
+            raise ValueError(f"day {at_day} is outside the times this fit covers (another window or design)")
+        if self.beta is None:
+            return self.fixed
+        assert self.cov is not None and self.alphas is not None and self.post is not None
+        x_star = _design(np.asarray([at_day - self.reference]), _angle(np.asarray([at_day])), *self.choice)[0]
+        eta = float(x_star @ self.beta)
+        var_eta = float(x_star @ self.cov @ x_star)
+        inflate = math.exp(min(var_eta, 5.0))  # a log-normal mean: alpha_eff = (1 + alpha) exp(var_eta) - 1
+        mean = math.exp(min(eta + 0.5 * min(var_eta, 5.0), 30.0))  # predictive mean, not the median exp(eta)
+        model = NbMixture(mean, (1.0 + self.alphas) * inflate - 1.0, self.post)
+        return Prediction(model, self.description)
+
+
+def _eligible(span: float, n: int) -> tuple[bool, bool]:
+    """Whether a window spanning ``span`` days with ``n`` points may have a season and a trend."""
+    can_season = span >= MIN_SEASON_YEARS * DAYS_PER_YEAR and n >= MIN_SEASONAL_POINTS
+    can_trend = span >= MIN_TREND_YEARS * DAYS_PER_YEAR and n >= MIN_TREND_POINTS
+    return can_season, can_trend
+
+
+def fit_predictor(
+    hist_days: np.ndarray, hist_counts: np.ndarray, at_day: float, prior: PooledPrior | None = None
+) -> Predictor:
+    """Fit earlier ``(day, count)`` points for scoring at ``at_day`` (and at any other time it :meth:`covers
+    <Predictor.covers>`): the fit window, robust weights, design choice, coefficients and dispersion posterior."""
     k = int(hist_counts.size)
     if k < MIN_HISTORY:
-        return _cold_start(hist_counts.astype(np.float64), prior)
+        return Predictor(fixed=_cold_start(hist_counts.astype(np.float64), prior))
     keep = hist_days >= at_day - FIT_WINDOW_DAYS
+    region = hist_days[max(0, k - MAX_FIT_POINTS):]
+    inside = keep[max(0, k - MAX_FIT_POINTS):]
+    window = {"in_day": float(region[inside].min()) if inside.any() else None,
+              "out_day": float(region[~inside].max()) if not inside.all() else None}
     keep[: max(0, k - MAX_FIT_POINTS)] = False
     if keep.sum() < MIN_HISTORY:
         keep[-MIN_HISTORY:] = True
-    d = hist_days[keep] - at_day  # <= 0; the scored time is 0 (trend extrapolation is one step)
+    reference = float(hist_days[keep][-1])
+    d = hist_days[keep] - reference  # the trend's origin (the scored time enters only in predict_at)
     y = hist_counts[keep].astype(np.float64)
     ang = _angle(hist_days[keep])
     n = y.size
     if y.sum() == 0:  # an all-zero window: Poisson with a floored mean (first non-zero is very surprising)
-        return Prediction(CountModel.from_mean_alpha(1.0 / (n + 1), 0.0), "all-zero history, floored mean")
-    span = float(-d[0])
-    can_season = span >= MIN_SEASON_YEARS * DAYS_PER_YEAR and n >= MIN_SEASONAL_POINTS
-    can_trend = span >= MIN_TREND_YEARS * DAYS_PER_YEAR and n >= MIN_TREND_POINTS
+        return Predictor(fixed=Prediction(CountModel.from_mean_alpha(1.0 / (n + 1), 0.0),
+                                          "all-zero history, floored mean"), **window)
+    first = float(hist_days[keep][0])
+    can_season, can_trend = _eligible(at_day - first, n)
     X0 = _design(d, ang, False, False)
     w = _screen_weights(y)
     base = fit_nb_glm(X0, y, w)
-    w, _ = _anscombe_weights(X0, y, base, np.ones(n))
+    w, _ = _residual_weights(X0, y, base, np.ones(n))
     options: list[tuple[bool, bool]] = [(False, False)]
     if can_season:
         options.append((True, False))
@@ -578,22 +650,21 @@ def predict(
     choice = min((o for o in options if admissible(o)), key=aic)
     X, fit = fits[choice]
     for _ in range(2):  # reweight from the chosen fit, twice: a big surge first hides the smaller ones
-        w, n_down = _anscombe_weights(X, y, fit, np.ones(n))
+        w, n_down = _residual_weights(X, y, fit, np.ones(n))
         fit = fit_nb_glm(X, y, w)
-    x_star = _design(np.zeros(1), _angle(np.asarray([at_day])), *choice)[0]
-    eta = float(x_star @ fit.beta)
-    var_eta = float(x_star @ fit.cov @ x_star)
     pooled_alpha = prior.alpha if prior is not None and n < 3 * MIN_HISTORY else None  # short history only
     alphas, post = _alpha_posterior(y, fit.mu, w, pooled_alpha)
-    inflate = math.exp(min(var_eta, 5.0))  # a log-normal mean: alpha_eff = (1 + alpha) exp(var_eta) - 1
-    mean = math.exp(min(eta + 0.5 * min(var_eta, 5.0), 30.0))  # predictive mean, not the median exp(eta)
     alpha = float(post @ alphas)
-    model = NbMixture(mean, (1.0 + alphas) * inflate - 1.0, post)
     terms = ["intercept"] + (["trend"] if choice[1] else []) + (["yearly season"] if choice[0] else [])
     desc = f"negative binomial GLM ({' + '.join(terms)}) on {n} points, alpha {alpha:.3g}"
     if n_down:
         desc += f", {n_down} earlier outlier{'s' if n_down > 1 else ''} down-weighted"
-    return Prediction(model, desc)
+    return Predictor(choice=choice, beta=fit.beta, cov=fit.cov, alphas=alphas, post=post, description=desc,
+                     reference=reference, eligibility=(first, n, can_season, can_trend), **window)
+
+
+#: Where a history's fit comes from: ``(hist_days, hist_counts, at_day, prior) -> Predictor`` covering ``at_day``.
+Fitter = Callable[[np.ndarray, np.ndarray, float, PooledPrior | None], Predictor]
 
 
 def _cold_start(y: np.ndarray, prior: PooledPrior | None) -> Prediction | None:
@@ -668,12 +739,14 @@ def _score_point(
     at_day: float | None,
     prior: PooledPrior | None,
     count_sd: float | None,
+    fit: Fitter | None = None,
 ) -> AnomalyScore:
     count = int(count)
     size = int(hist_counts.size)
     hmax, exceeds, span, highest, lowest, hmin = _history_facts(count, hist_days, hist_counts, at_day)
     sd = None if count_sd is None or count_sd <= 0 else round(float(count_sd), 3)
-    pred = predict(hist_days, hist_counts, at_day if at_day is not None else float(size), prior)
+    at = at_day if at_day is not None else float(size)
+    pred = (fit or fit_predictor)(hist_days, hist_counts, at, prior).predict_at(at)  # = predict(...) uncached
     if pred is None:
         reason = (f"no earlier observations and no other facility of this kind to pool a prior from; "
                   f"scores start with the first earlier observation (a full model needs {MIN_HISTORY})")
@@ -736,11 +809,14 @@ def score_series(
     *,
     prior: PooledPrior | None = None,
     count_sd: Sequence[float | None] | None = None,
+    fit: Fitter | None = None,
 ) -> list[AnomalyScore | None]:
     """Score every point of a series against the points strictly earlier in time.
 
     ``times`` must be sorted ascending (ties allowed: tied points are not each other's history). Points earlier than
     ``since`` get ``None`` (not recomputed). ``count_sd`` gives each point's count uncertainty (``None``: exact).
+    ``fit``: where a point's fitted history comes from (default :func:`fit_predictor`; e.g. a cache of such fits,
+    which must return what :func:`fit_predictor` would, or a fit that :meth:`Predictor.covers` the point).
     """
     n = len(times)
     if n != len(counts):
@@ -758,7 +834,7 @@ def score_series(
             continue
         k = bisect.bisect_left(times, times[i], 0, i)  # history = points [0, k), strictly earlier
         sd = None if count_sd is None else count_sd[i]
-        out.append(_score_point(int(c[i]), days[:k], c[:k], float(days[i]), prior, sd))
+        out.append(_score_point(int(c[i]), days[:k], c[:k], float(days[i]), prior, sd, fit))
     return out
 
 

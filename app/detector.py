@@ -138,7 +138,7 @@ class Detector:
                 work = cv2.resize(image, size, interpolation=interp)
             else:
                 scale = 1.0
-        corners, scores, classes = self._detect_tiled(np.ascontiguousarray(work[..., ::-1]))
+        corners, scores, classes = self._detect_tiled(work[..., ::-1])  # a BGR view: to_input reads it once
         if scale != 1.0:
             corners = corners / scale
         detections = [

@@ -1,7 +1,8 @@
 """Turn uploaded bytes into an RGB ``uint8`` array, refusing anything that is not a whole JPEG, PNG or TIFF.
 
 The format is decided from the content (magic bytes), never from a file name. The pixel count is checked from the
-header before any pixel is decoded. Every refusal raises a subclass of :class:`ImageError` whose message is fit to
+header before any pixel is decoded. Plain 8-bit RGB or grey PNGs and baseline-complete JPEGs without EXIF rotation
+are decoded by OpenCV (faster, the same pixels as Pillow); everything else, and anything OpenCV refuses, by Pillow. Every refusal raises a subclass of :class:`ImageError` whose message is fit to
 show to the user; the API maps each subclass to one HTTP status.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,6 +101,11 @@ def decode_image(data: bytes, max_pixels: int = 100_000_000, sha256: str | None 
     if not data:
         raise EmptyImageError("the uploaded file is empty")
     im = _open(data, max_pixels)
+    fast = _decode_plain(data, im)
+    if fast is not None:
+        im.close()
+        return DecodedImage(array=fast, format=str(im.format), sha256=sha256 or hashlib.sha256(data).hexdigest(),
+                            original_mode=im.mode)
     try:
         original_mode = im.mode
         _load_fully(im)
@@ -151,6 +158,55 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}; {_TOO_BIG_ADVICE}"
         )
     return im
+
+
+#: PNG chunks that change nothing in the pixels either decoder returns (OpenCV reads no text, colour profile,
+#: gamma or background; compressed text, ICC profiles and EXIF send a file to Pillow).
+_PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"pHYs", b"tIME", b"tEXt"})
+
+
+def _decode_plain(data: bytes, im: Image.Image) -> np.ndarray | None:
+    """RGB pixels of a plain PNG or JPEG decoded by OpenCV, or None (use Pillow).
+
+    Plain: 8-bit RGB or grey without transparency, EXIF or compressed metadata; for JPEG, RGB or grey (not CMYK)
+    without an EXIF orientation and ending with its end-of-image marker (OpenCV, unlike Pillow, pads a truncated
+    JPEG instead of refusing it). The pixels are then Pillow's exactly (``tests/test_imaging.py`` compares them);
+    if OpenCV fails, Pillow decodes and reports what is wrong. The pixel count was checked from the header already.
+    """
+    if im.mode not in ("RGB", "L") or "transparency" in im.info or "exif" in im.info:
+        return None
+    if im.format == "PNG":
+        if not _plain_png(data):
+            return None
+    elif im.format != "JPEG" or not data.endswith(b"\xff\xd9"):
+        return None
+    import cv2
+
+    flags = cv2.IMREAD_IGNORE_ORIENTATION | (cv2.IMREAD_COLOR_RGB if im.mode == "RGB" else cv2.IMREAD_GRAYSCALE)
+    try:
+        out = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+    if out is None or out.shape[:2] != (im.size[1], im.size[0]) or out.dtype != np.uint8:
+        return None
+    if out.ndim == 2:
+        out = np.repeat(out[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(out)
+
+
+def _plain_png(data: bytes) -> bool:
+    """Whether a PNG is 8-bit RGB or grey, not interlaced, and holds only :data:`_PLAIN_PNG_CHUNKS` (chunk headers walked)."""
+    if len(data) < 33 or data[12:16] != b"IHDR" or data[24] != 8 or data[25] not in (0, 2) or data[28] != 0:
+        return False
+    pos, end = 8, len(data)
+    while pos + 8 <= end:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind not in _PLAIN_PNG_CHUNKS:
+            return False
+        if kind == b"IEND":
+            return True
+        pos += 12 + length
+    return False  # no IEND: Pillow says what is wrong
 
 
 def _load_fully(im: Image.Image) -> None:

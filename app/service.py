@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import store as db
-from app import alerts
+from app import alerts, fit_cache
 from app.anomaly import MIN_HISTORY, AnomalyScore, count_uncertainty, pooled_prior, score_series
 from app.detection import Detection, DetectionResult
 from app.imaging import DecodedImage, decode_image
@@ -427,11 +427,14 @@ def find_upload(store: db.Store, facility_id: str, captured_at: datetime, sha256
 def record_upload(
     store: db.Store, facility_id: str, captured_at: datetime, analysis: Analysis,
     idempotency: Idempotency | None = None, count_rel_error: float = DEFAULT_COUNT_REL_ERROR,
+    repeat_checked: bool = False,
 ) -> tuple[ObservationRecord, bool]:
     """Store an analysed upload (:func:`record_analysis`) unless it repeats a stored one (:func:`find_upload`):
     ``(observation, True)`` when stored, ``(original, False)`` when repeated. The database's unique indexes decide
-    between concurrent duplicates: the loser gets the winner's observation."""
-    found = find_upload(store, facility_id, captured_at, analysis.image.sha256, idempotency)
+    between concurrent duplicates: the loser gets the winner's observation. ``repeat_checked``: the caller has
+    just called :func:`find_upload` (a repeat stored since is refused by the unique indexes and found then)."""
+    found = None if repeat_checked else find_upload(store, facility_id, captured_at, analysis.image.sha256,
+                                                    idempotency)
     if found is not None:
         return found, False
     try:
@@ -784,7 +787,8 @@ def rescore(session: Session, facility_id: str, since: datetime, classes: Iterab
 
     Runs inside the caller's transaction (after a flush, so new rows are visible). The history of all classes is
     read with one query, each point is fitted once (score, drop score and band come from the same fit), and only
-    the points at or after ``since`` are fitted (an upload newer than everything stored fits just itself). ``new``:
+    the points at or after ``since`` are fitted (an upload newer than everything stored fits just itself, or takes
+    the fit prepared in the background: :mod:`app.fit_cache`; the scores are the same either way). ``new``:
     count rows already in the session (the new observation's), updated without being read again. Returns rows
     updated.
     """
@@ -804,7 +808,7 @@ def rescore(session: Session, facility_id: str, since: datetime, classes: Iterab
                 kind = facility.kind if facility is not None else ""
             prior = pooled_prior(db.pooled_count_stats(session, kind, cls, facility_id), kind)
         scores = score_series([h[1] for h in history], [h[2] for h in history], since=since, prior=prior,
-                              count_sd=[h[3] for h in history])
+                              count_sd=[h[3] for h in history], fit=fit_cache.CACHE.fitter(facility_id, cls))
         changed = {oid: s for (oid, *_), s in zip(history, scores, strict=True) if s is not None}
         rows = [known[(oid, cls)] for oid in changed if (oid, cls) in known]
         rows += db.count_rows(session, cls, [oid for oid in changed if (oid, cls) not in known])

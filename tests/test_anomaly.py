@@ -349,20 +349,20 @@ def test_reweighting_trims_only_the_model_tail_of_a_quiet_over_dispersed_series(
 
     Anscombe residuals are too heavy-tailed for an over-dispersed NB: they trimmed several percent of quiet points.
     """
-    from app.anomaly import _anscombe_weights
+    from app.anomaly import _residual_weights
 
     rng = np.random.default_rng(11)
     y = (rng.negative_binomial(1 / alpha, 1 / (1 + alpha * mean), 20_000) if alpha > 0
          else rng.poisson(mean, 20_000)).astype(float)
-    _, n_down = _anscombe_weights(np.ones((y.size, 1)), y, _constant_fit(y, mean, alpha), np.ones(y.size))
+    _, n_down = _residual_weights(np.ones((y.size, 1)), y, _constant_fit(y, mean, alpha), np.ones(y.size))
     assert n_down / y.size <= 0.0075  # the normal tail beyond 2.58 is 0.49 %; the discrete mid-p tail is lower
 
 
 def test_reweighting_never_down_weights_points_below_the_fit() -> None:
-    from app.anomaly import _anscombe_weights
+    from app.anomaly import _residual_weights
 
     y = np.asarray([0.0] * 10 + [10.0] * 10 + [60.0])
-    w, n_down = _anscombe_weights(np.ones((y.size, 1)), y, _constant_fit(y, 10.0, 0.05), np.ones(y.size))
+    w, n_down = _residual_weights(np.ones((y.size, 1)), y, _constant_fit(y, 10.0, 0.05), np.ones(y.size))
     assert n_down == 1 and w[-1] < 0.2 * w[0]
     assert np.allclose(w[:20], w[0])  # the zeros, far below the fit, keep their full weight
 

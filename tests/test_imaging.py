@@ -9,8 +9,9 @@ import time
 import numpy as np
 import pytest
 from conftest import crafted_png_header, encode_image, gradient_rgb
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
+from app import imaging
 from app.imaging import (
     CorruptImageError,
     EmptyImageError,
@@ -205,3 +206,71 @@ def test_decode_is_immune_to_ultralytics_pil_patch() -> None:
     with pytest.raises(CorruptImageError):
         decode_image(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     assert decode_image(encode_image(gradient_rgb(), "PNG")).format == "PNG"
+
+
+# ------------------------------------------------------------------------------------- OpenCV fast path
+
+
+def _pillow_only(data: bytes, monkeypatch: pytest.MonkeyPatch) -> np.ndarray:
+    """The pixels the Pillow path alone gives (the fast path switched off)."""
+    with monkeypatch.context() as m:
+        m.setattr(imaging, "_decode_plain", lambda data, im: None)
+        return decode_image(data).array
+
+
+def _exif_rotated_jpeg() -> bytes:
+    im = Image.fromarray(_noisy(40, 24))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    return encode_image(im, "JPEG", quality=90, exif=exif.tobytes())
+
+
+def _ztxt() -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * 100, zip=True)
+    return info
+
+
+@pytest.mark.parametrize("size", [(64, 48), (67, 45), (1, 1), (333, 17)])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("options", [("PNG", {}), ("PNG", {"optimize": True}), ("JPEG", {"quality": 50}),
+                                     ("JPEG", {"quality": 95, "subsampling": 0}), ("JPEG", {"subsampling": 1}),
+                                     ("JPEG", {"progressive": True}), ("JPEG", {"optimize": True})])
+def test_fast_path_gives_pillows_pixels(size: tuple[int, int], mode: str, options: tuple[str, dict],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    fmt, kwargs = options
+    im = Image.fromarray(np.vstack([_noisy(*size)[: size[1] // 2], gradient_rgb(*size)[size[1] // 2:]]))
+    data = encode_image(im.convert(mode), fmt, **kwargs)
+    assert imaging._decode_plain(data, imaging._open(data, 10**8)) is not None  # OpenCV decodes these
+    np.testing.assert_array_equal(decode_image(data).array, _pillow_only(data, monkeypatch))
+
+
+@pytest.mark.parametrize("name, data", [
+    ("rgba", encode_image(Image.fromarray(_noisy(32, 32)).convert("RGBA"), "PNG")),
+    ("palette", encode_image(Image.fromarray(_noisy(32, 32)).convert("P"), "PNG")),
+    ("grey 16-bit", encode_image(Image.fromarray((np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)), "PNG")),
+    ("tRNS colour key", encode_image(Image.fromarray(_noisy(32, 32)), "PNG", transparency=(1, 2, 3))),
+    ("compressed text", encode_image(Image.fromarray(_noisy(32, 32)), "PNG", pnginfo=_ztxt())),
+    ("EXIF-rotated JPEG", _exif_rotated_jpeg()),
+    ("CMYK JPEG", encode_image(Image.fromarray(_noisy(32, 32)).convert("CMYK"), "JPEG")),
+    ("JPEG with bytes after its end", encode_image(_noisy(32, 32), "JPEG") + b"trailing"),
+])
+def test_other_inputs_go_to_pillow(name: str, data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert imaging._decode_plain(data, imaging._open(data, 10**8)) is None, name
+    np.testing.assert_array_equal(decode_image(data).array, _pillow_only(data, monkeypatch))
+
+
+def test_exif_rotation_still_applies() -> None:
+    out = decode_image(_exif_rotated_jpeg())
+    assert out.array.shape == (40, 24, 3)  # 40 wide, 24 high, turned upright
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_fast_path_refusals_are_pillows(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What OpenCV cannot decode is left to Pillow, which names the fault; a truncated JPEG is never padded."""
+    data = encode_image(_noisy(), fmt)
+    with pytest.raises(CorruptImageError):
+        decode_image(data[: len(data) // 2])
+    if fmt == "JPEG":  # cut short but closed by an end marker: both decoders accept it, with the same pixels
+        closed = data[: len(data) // 2] + b"\xff\xd9"
+        np.testing.assert_array_equal(decode_image(closed).array, _pillow_only(closed, monkeypatch))

@@ -1,4 +1,4 @@
-"""Typed dependencies shared by the routes: settings, store, detector and the inference gate."""
+"""Typed dependencies shared by the routes: settings, store, detector, the inference gate and the anomaly prefitter."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.fit_cache import Prefitter
 from app.inference_gate import InferenceGate
 from app.jobs import JobQueue
 from app.service import DetectorProtocol
@@ -23,12 +24,20 @@ class Runtime:
     detector: DetectorProtocol | None
     inference_gate: InferenceGate
     jobs: JobQueue | None = None
+    prefitter: Prefitter | None = None  # fits a facility's next anomaly models after its writes
 
 
 def get_runtime(request: Request) -> Runtime:
     """The running app's :class:`Runtime`."""
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+def request_prefit(request: Request, facility_id: str) -> None:
+    """After a write to a facility's history has committed: fit its next anomaly models in the background."""
+    prefitter = get_runtime(request).prefitter
+    if prefitter is not None:
+        prefitter.request(facility_id)
 
 
 def get_settings(request: Request) -> Settings:

@@ -23,6 +23,7 @@ from app.api.routes import alerts as alert_routes
 from app.api.routes import dashboard, facilities, health, images, jobs, keys, observations
 from app.api.routes.common import reject_unknown_params
 from app.api.web import ETagMiddleware
+from app.fit_cache import Prefitter
 from app.api.schemas import ImportIn, ValidationErrorOut
 from app.keys import AUTH_OFF_WARNING, bootstrap_admin
 from app.inference_gate import InferenceGate
@@ -59,7 +60,10 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
         gate = InferenceGate(settings.max_concurrent_inferences, settings.max_queued_inferences,
                              on_pass=metrics.inference.observe)
         metrics.watch_gate(lambda: gate.waiting, lambda: gate.running)
-        app.state.runtime = Runtime(settings=settings, store=store, detector=model, inference_gate=gate, jobs=queue)
+        prefitter = Prefitter(store)
+        prefitter.start()
+        app.state.runtime = Runtime(settings=settings, store=store, detector=model, inference_gate=gate, jobs=queue,
+                                    prefitter=prefitter)
         log.info("wagon-detector %s ready (model: %s)", __version__, "none" if model is None else model.name)
         async with anyio.create_task_group() as tasks:
             if settings.webhook_url:
@@ -69,6 +73,7 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
             finally:
                 tasks.cancel_scope.cancel()
                 await anyio.to_thread.run_sync(queue.stop_worker)
+                await anyio.to_thread.run_sync(prefitter.stop)
                 store.dispose()
 
     app = FastAPI(

@@ -7,17 +7,19 @@ The upload is streamed into the content-addressed archive (never held whole in m
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, File, Form, Header, HTTPException, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from app import scenes, service
 from app.api.auth import allow
-from app.api.deps import RuntimeDep
+from app.api.deps import RuntimeDep, request_prefit
 from app.api.limits import disarm_timeout
 from app.api.routes.common import FacilityId, errors
 from app.api.schemas import JobAcceptedOut, UploadOut
@@ -25,6 +27,7 @@ from app.imaging import ImageError
 from app.keys import Access, Principal
 from app.raster import sniff_format
 from app.settings import MIB, Settings
+from app.store import Store
 
 router = APIRouter(tags=["images"])
 
@@ -49,7 +52,7 @@ async def upload_image(
         alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
         description="Any unique string (e.g. a UUID) per upload: a retry with the same key (by the same API key, "
         "to the same facility) returns the original observation instead of storing a second.")] = None,
-) -> UploadOut | JSONResponse:
+) -> Response:
     """Count railcars and containers in an image, store the observation with its detections and score it.
 
     For a georeferenced image of a facility with a footprint, only the part of the scene covering the footprint is
@@ -62,12 +65,9 @@ async def upload_image(
     t0 = time.perf_counter()
     store = runtime.store
     settings = runtime.settings
-    # an unknown facility is a 404; its footprint is all the upload needs of it
-    footprint = await run_in_threadpool(scenes.facility_footprint, store, facility_id)
-    when = service.parse_timestamp(captured_at)
-    sha, path, size, head = await _archive_upload(file, settings.max_upload_bytes, settings)
     idempotency = None if idempotency_key is None else (principal.scope, idempotency_key)
-    original = await run_in_threadpool(service.find_upload, store, facility_id, when, sha, idempotency)
+    footprint, when, (sha, path, size, head), original = await run_in_threadpool(
+        _receive, store, facility_id, captured_at, file, settings, idempotency)
     if original is not None:
         return _replay(original, t0)
     jobs = runtime.jobs
@@ -87,7 +87,8 @@ async def upload_image(
     request.app.state.metrics.count_detections(analysis.counts)
     t1 = time.perf_counter()
     record, created = await run_in_threadpool(lambda: service.record_upload(
-        store, facility_id, when, analysis, idempotency, count_rel_error=runtime.settings.count_rel_error))
+        store, facility_id, when, analysis, idempotency, count_rel_error=runtime.settings.count_rel_error,
+        repeat_checked=True))  # _receive checked; a repeat stored since is caught by the unique indexes
     if not created:  # a concurrent duplicate stored it first
         return _replay(record, t0)
     t2 = time.perf_counter()
@@ -98,7 +99,10 @@ async def upload_image(
         "store": round((t2 - t1) * 1000.0, 1),
         "total": round((t2 - t0) * 1000.0, 1),
     }
-    return UploadOut.model_validate(out)
+    # validated once and serialised by pydantic (returning the model would validate and serialise it again); the
+    # next upload's anomaly fits are asked for once the answer is sent (so that they do not delay it)
+    return Response(UploadOut.model_validate(out).model_dump_json(by_alias=True), status_code=201,
+                    media_type="application/json", background=BackgroundTask(request_prefit, request, facility_id))
 
 
 def _replay(original: service.ObservationRecord, t0: float) -> JSONResponse:
@@ -110,14 +114,28 @@ def _replay(original: service.ObservationRecord, t0: float) -> JSONResponse:
     return JSONResponse(body, status_code=200, headers={"Idempotent-Replayed": "true"})
 
 
-async def _archive_upload(file: UploadFile, max_bytes: int, settings: Settings) -> tuple[str, Path, int, bytes]:
-    """Stream the upload into the archive, refusing with 413 as soon as it exceeds ``max_bytes``.
+def _receive(store: Store, facility_id: str, captured_at: str, file: UploadFile, settings: Settings,
+             idempotency: service.Idempotency | None) -> tuple[dict[str, Any] | None, datetime,
+                                                              tuple[str, Path, int, bytes],
+                                                              service.ObservationRecord | None]:
+    """What an upload needs before its analysis, in one worker-thread pass: the facility's footprint (404 if the
+    facility is unknown), the capture time (422), the upload archived (413 when too large) and the observation it
+    repeats, if any."""
+    footprint = scenes.facility_footprint(store, facility_id)
+    when = service.parse_timestamp(captured_at)
+    archived = _archive_upload(file, settings.max_upload_bytes, settings)
+    return footprint, when, archived, service.find_upload(store, facility_id, when, archived[0], idempotency)
+
+
+def _archive_upload(file: UploadFile, max_bytes: int, settings: Settings) -> tuple[str, Path, int, bytes]:
+    """Stream the upload (spooled by the multipart parser) into the archive, refusing with 413 as soon as it
+    exceeds ``max_bytes`` (blocking: call it from a worker thread).
 
     Returns (sha256, path, size, first bytes)."""
-    writer = await run_in_threadpool(scenes.ArchiveWriter, settings.archive_dir)
+    writer = scenes.ArchiveWriter(settings.archive_dir)
     head = b""
     try:
-        while chunk := await file.read(CHUNK):
+        while chunk := file.file.read(CHUNK):
             if writer.size + len(chunk) > max_bytes:
                 raise HTTPException(
                     status_code=413,
@@ -125,9 +143,9 @@ async def _archive_upload(file: UploadFile, max_bytes: int, settings: Settings) 
                 )
             if len(head) < 16:
                 head += chunk[:16 - len(head)]
-            await run_in_threadpool(writer.write, chunk)
+            writer.write(chunk)
     except BaseException:
         writer.discard()
         raise
-    sha, path = await run_in_threadpool(writer.commit)
+    sha, path = writer.commit()
     return sha, path, writer.size, head

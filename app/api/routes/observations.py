@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app import scenes, service
-from app.api.deps import SettingsDep, StoreDep
+from app.api.deps import SettingsDep, StoreDep, request_prefit
 from app.api.limits import disarm_timeout
 from app.api import web
 from app.api.auth import allow
@@ -88,6 +88,7 @@ async def import_observations(
                     observations=[ObservationOut.model_validate(r.to_dict()) for r in result.observations])
     if result.replayed:
         return JSONResponse(out.model_dump(mode="json"), status_code=200, headers={"Idempotent-Replayed": "true"})
+    request_prefit(request, facility_id)  # the next upload's anomaly fits, in the background
     return out
 
 
