@@ -197,12 +197,13 @@ def test_a_fit_reused_at_a_covered_time_equals_a_fresh_fit(seed: int) -> None:
 
 
 def test_covers_tracks_the_window_and_the_design_eligibility() -> None:
-    # 20 points over 300 days: a season becomes eligible once the span reaches a year
+    # 20 points over 300 days: a season becomes eligible once the span reaches MIN_SEASON_YEARS
     days = np.linspace(18_000.0, 18_300.0, 20)
     y = np.full(20, 10)
     fitted = fit_predictor(days, y, 18_310.0)
-    assert fitted.covers(18_310.0) and fitted.covers(18_000.0 + DAYS_PER_YEAR - 1e-6)
-    assert not fitted.covers(18_000.0 + DAYS_PER_YEAR)  # span of a year: the seasonal design is now eligible
+    season_from = 18_000.0 + MIN_SEASON_YEARS * DAYS_PER_YEAR
+    assert fitted.covers(18_310.0) and fitted.covers(season_from - 1e-6)
+    assert not fitted.covers(season_from)  # the seasonal design is now eligible
     # the oldest point leaves the fit window
     long = np.linspace(18_000.0, 18_000.0 + FIT_WINDOW_DAYS - 10, 40)
     fitted = fit_predictor(long, np.full(40, 5), long[-1] + 5)
