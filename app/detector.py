@@ -40,12 +40,13 @@ class ModelInfo:
 def read_model_info(weights: Path) -> ModelInfo:
     """Read the sidecar JSON next to the weights; fall back to a name and a content hash as version."""
     sidecar = weights.with_suffix(".json")
-    if sidecar.exists():
-        data = json.loads(sidecar.read_text())
-        fields = ModelInfo.__dataclass_fields__
-        return ModelInfo(**{k: v for k, v in data.items() if k in fields})
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-    return ModelInfo(name=weights.stem, version=digest)
+    data = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    fields = ModelInfo.__dataclass_fields__
+    known = {k: v for k, v in data.items() if k in fields}
+    known.setdefault("name", weights.stem)
+    if "version" not in known:  # e.g. a checkpoint whose sidecar holds only tuned thresholds
+        known["version"] = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    return ModelInfo(**known)
 
 
 RUNTIMES = ("auto", "torch", "onnx", "openvino")
