@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,3 +79,18 @@ def test_tile_seams_neither_lose_nor_double(detector: Any, yard: Any) -> None:
 def test_rejects_non_rgb_arrays(detector: Any) -> None:
     with pytest.raises(ValueError):
         detector.detect(np.zeros((32, 32), np.uint8))
+
+
+def test_model_info_from_a_sidecar_holding_only_thresholds(tmp_path: Path) -> None:
+    """`evaluate --tune` on a fresh checkpoint writes only thresholds: name and version fall back, conf is read."""
+    import hashlib
+    import json
+
+    from app.detector import read_model_info
+
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"not really weights")
+    weights.with_suffix(".json").write_text(json.dumps({"conf": {"railcar": 0.35, "container": 0.4}}))
+    info = read_model_info(weights)
+    assert (info.name, info.version) == ("best", hashlib.sha256(b"not really weights").hexdigest()[:12])
+    assert info.conf == {"railcar": 0.35, "container": 0.4} and info.working_gsd_m == 0.4
