@@ -387,3 +387,23 @@ def test_calibration_on_model_drawn_quiet_series(mean: float, alpha: float) -> N
         oracle += int(np.sum((true.sf(y) + 0.5 * true.pmf(y))[MIN_HISTORY:] <= 0.01))
         total += len(sc)
     assert min(0.005, 0.5 * oracle / total) <= hits / total <= 0.02
+
+
+def test_mixture_fast_tails_and_quantiles_match_the_direct_computation() -> None:
+    """The cumulated tails and quantiles (one incomplete-beta call per component) equal the per-point ones."""
+    from app.anomaly import NbMixture, _true_count_grid
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        k = int(rng.integers(1, 25))
+        mix = NbMixture(float(np.exp(rng.uniform(-3, 6))), np.sort(np.exp(rng.uniform(-10, math.log(50), k))),
+                        rng.dirichlet(np.ones(k)))
+        x = int(max(0.0, mix.mean * rng.uniform(0, 4) + rng.normal(0, 3)))
+        sd = float(np.exp(rng.uniform(-2, 3)))
+        grid, gw = _true_count_grid(x, sd)
+        np.testing.assert_allclose(mix.tail_probs(x, sd), mix._tail_probs_logs(grid, gw), rtol=0, atol=1e-9)
+        for lo, hi in ((0.05, 0.95), (0.01, 0.99)):
+            assert mix.quantiles(lo, hi) == mix._quantiles_searched(lo, hi)
+    far = NbMixture(3.0, np.asarray([0.01, 0.02]), np.asarray([0.5, 0.5]))  # tails below 1e-250: computed in logs
+    up, _ = far.tail_probs(400, 2.0)
+    assert math.isfinite(up) and up < math.log(1e-250)
