@@ -23,6 +23,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 MAX_ENTRIES: int = 1024
 #: Most facilities waiting for the background fit (further requests are dropped: they only cost a fit later).
 MAX_PENDING: int = 64
+#: How often (seconds) a waiting background fit checks whether the server has become idle.
+IDLE_POLL_S: float = 0.02
 
 
 class _Key(NamedTuple):
@@ -151,12 +154,18 @@ class Prefitter:
 
     :meth:`request` never blocks: a facility already waiting is not queued twice, and beyond :data:`MAX_PENDING`
     waiting facilities a request is dropped (the next upload then fits on the request path, as without a cache).
+
+    ``busy``: whether requests are being served (the inference gate's passes). A fit waits until it is false, so
+    background fits fill idle time and never take CPU from a burst of uploads: under a burst a facility's next
+    fit is often wasted anyway (another upload, or another server process, changes its history first).
     """
 
-    def __init__(self, store: db.Store, cache: FitCache = CACHE, max_pending: int = MAX_PENDING) -> None:
+    def __init__(self, store: db.Store, cache: FitCache = CACHE, max_pending: int = MAX_PENDING,
+                 busy: Callable[[], bool] | None = None) -> None:
         self.store = store
         self.cache = cache
         self.max_pending = max_pending
+        self.busy = busy
         self._pending: OrderedDict[str, None] = OrderedDict()
         self._cond = threading.Condition()
         self._stopping = False
@@ -197,6 +206,9 @@ class Prefitter:
                 self._cond.wait_for(lambda: self._pending or self._stopping)
                 if self._stopping:
                     return
+                if self.busy is not None and self.busy():
+                    self._cond.wait(IDLE_POLL_S)  # requests first: look again shortly
+                    continue
                 facility_id, _ = self._pending.popitem(last=False)
                 self._busy = True
             try:

@@ -356,6 +356,10 @@ def load_configured_detector(settings: Settings) -> DetectorProtocol:
         raise FileNotFoundError(f"model weights not found at {path} (set WAGON_MODEL_PATH)")
     from app.detector import load_detector  # heavy import (torch), deferred until needed
     log.info("loading detector from %s", path)
+    if settings.inference_threads:
+        import cv2
+
+        cv2.setNumThreads(settings.inference_threads)  # OpenCV's resizing too: workers x threads <= cores
     detector: DetectorProtocol = load_detector(path, threads=settings.inference_threads, runtime=settings.runtime,
                                                openvino_precision=settings.openvino_precision)
     log.info("detector %s %s ready", detector.name, detector.version)

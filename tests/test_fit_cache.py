@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -166,6 +167,25 @@ def test_prefitter_thread_fills_the_cache_and_drops_beyond_its_queue(tmp_path: A
     assert prefitter.request("missing") and prefitter.idle()  # an unknown facility fits nothing, harmlessly
     prefitter.stop()
     assert not prefitter.request("yard")
+    store.dispose()
+
+
+def test_prefitter_waits_while_requests_are_served(tmp_path: Any) -> None:
+    """Background fits fill idle time: while the server is busy a requested fit waits, then runs."""
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    service.create_facility(store, "yard", "Yard", "rail")
+    service.import_counts(store, "yard", _history_rows(20))
+    busy = threading.Event()
+    busy.set()
+    prefitter = Prefitter(store, busy=busy.is_set)
+    prefitter.start()
+    assert prefitter.request("yard")
+    assert not prefitter.idle(timeout_s=0.3)  # still waiting for the server to be idle
+    assert len(CACHE) == 0
+    busy.clear()
+    assert prefitter.idle()
+    assert len(CACHE) == 2
+    prefitter.stop()
     store.dispose()
 
 

@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
         gate = InferenceGate(settings.max_concurrent_inferences, settings.max_queued_inferences,
                              on_pass=metrics.inference.observe)
         metrics.watch_gate(lambda: gate.waiting, lambda: gate.running)
-        prefitter = Prefitter(store)
+        prefitter = Prefitter(store, busy=lambda: gate.running + gate.waiting > 0)  # fits fill idle time only
         prefitter.start()
         app.state.runtime = Runtime(settings=settings, store=store, detector=model, inference_gate=gate, jobs=queue,
                                     prefitter=prefitter)
