@@ -241,7 +241,7 @@ def test_fast_path_gives_pillows_pixels(size: tuple[int, int], mode: str, option
     fmt, kwargs = options
     im = Image.fromarray(np.vstack([_noisy(*size)[: size[1] // 2], gradient_rgb(*size)[size[1] // 2:]]))
     data = encode_image(im.convert(mode), fmt, **kwargs)
-    assert imaging._decode_plain(data, imaging._open(data, 10**8)) is not None  # OpenCV decodes these
+    assert imaging._decode_plain(data, imaging._open(data, 10**8)) is not None  # libspng or OpenCV decode these
     np.testing.assert_array_equal(decode_image(data).array, _pillow_only(data, monkeypatch))
 
 
@@ -267,10 +267,20 @@ def test_exif_rotation_still_applies() -> None:
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_fast_path_refusals_are_pillows(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What OpenCV cannot decode is left to Pillow, which names the fault; a truncated JPEG is never padded."""
+    """What libspng or OpenCV cannot decode is left to Pillow, which names the fault; a truncated JPEG is never
+    padded."""
     data = encode_image(_noisy(), fmt)
     with pytest.raises(CorruptImageError):
         decode_image(data[: len(data) // 2])
     if fmt == "JPEG":  # cut short but closed by an end marker: both decoders accept it, with the same pixels
         closed = data[: len(data) // 2] + b"\xff\xd9"
         np.testing.assert_array_equal(decode_image(closed).array, _pillow_only(closed, monkeypatch))
+
+
+def test_png_with_a_damaged_chunk_is_refused_not_decoded_by_libspng() -> None:
+    """libspng (as pyspng calls it) ignores chunk checksums: the walk verifies them, so damage reaches Pillow."""
+    data = bytearray(encode_image(_noisy(), "PNG"))
+    data[data.find(b"IDAT") + 200] ^= 0xFF  # one flipped bit pattern inside the compressed pixels
+    assert imaging._decode_plain(bytes(data), imaging._open(bytes(data), 10**8)) is None
+    with pytest.raises(CorruptImageError):
+        decode_image(bytes(data))
