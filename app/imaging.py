@@ -173,7 +173,8 @@ def _decode_plain(data: bytes, im: Image.Image) -> np.ndarray | None:
     Plain: 8-bit RGB or grey without transparency, EXIF or compressed metadata; for JPEG, RGB or grey (not CMYK)
     without an EXIF orientation and ending with its end-of-image marker (OpenCV, unlike Pillow, pads a truncated
     JPEG instead of refusing it). The pixels are then Pillow's exactly (``tests/test_imaging.py`` compares them);
-    if the fast decoder fails, Pillow decodes and reports what is wrong. The pixel count was checked from the header already.
+    if the fast decoder fails, Pillow decodes and reports what is wrong. The pixel count was checked from the header
+    already.
     """
     if im.mode not in ("RGB", "L") or "transparency" in im.info or "exif" in im.info:
         return None
@@ -211,7 +212,8 @@ def _decode_plain_png(data: bytes, im: Image.Image) -> np.ndarray | None:
 
 
 def _plain_png(data: bytes) -> bool:
-    """Whether a PNG is 8-bit RGB or grey, not interlaced, and holds only :data:`_PLAIN_PNG_CHUNKS` (chunk headers walked)."""
+    """Whether a PNG is 8-bit RGB or grey, not interlaced, and holds only :data:`_PLAIN_PNG_CHUNKS`, each with its
+    checksum right (chunks walked)."""
     if len(data) < 33 or data[12:16] != b"IHDR" or data[24] != 8 or data[25] not in (0, 2) or data[28] != 0:
         return False
     pos, end = 8, len(data)
