@@ -52,3 +52,16 @@ def test_labels_are_normalised_obb_lines(tmp_path: Path) -> None:
     assert "names" in data.read_text()
     assert len(list((tmp_path / "ds" / "images" / "train").glob("*.jpg"))) == 2
     assert len(list((tmp_path / "ds" / "labels" / "val").glob("*.txt"))) == 1
+
+
+def test_training_stage_variants_are_recorded_in_the_manifest(tmp_path: Path) -> None:
+    """``--config stage6`` writes a set whose manifest holds the variant's knobs (bays nearly touching)."""
+    import json
+
+    from training.synth import main
+
+    main([str(tmp_path / "s6"), "--train", "1", "--val", "1", "--size", "160", "--workers", "1", "--config", "stage6"])
+    config = json.loads((tmp_path / "s6" / "manifest.json").read_text())["config"]
+    assert config["lot_bay_gap_m"] == [0.2, 4.0] and config["lot_rows"] == [1, 12]
+    assert config["shadow_factor"] == [0.04, 0.4]  # the fourth stage's shadows kept
+    assert SynthConfig().lot_bay_gap_m == (1.0, 4.0)  # the defaults (versions 2-3 data) unchanged
