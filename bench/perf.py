@@ -169,6 +169,13 @@ class Server:
         p = psutil.Process(self.proc.pid)
         return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]) / 2**20
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) used so far by the server and its worker processes."""
+        import psutil
+
+        p = psutil.Process(self.proc.pid)
+        return sum(sum(q.cpu_times()[:2]) for q in [p, *p.children(recursive=True)])
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -176,6 +183,12 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.tmp.cleanup()
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by this process (the benchmark's clients)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -301,16 +314,22 @@ def bench_throughput(scene_px: int = 4096, gsd: float = 0.5, requests: int = 40,
                     with httpx.Client(timeout=300, headers=AUTH) as client:
                         return _upload(client, server.url, data, 100 + k, facility=facilities[k % len(facilities)])
 
+                server_cpu0, client_cpu0 = server.cpu_s(), _own_cpu_s()
                 t0 = time.perf_counter()
                 with ThreadPoolExecutor(clients) as pool:
                     lat = list(pool.map(one, range(requests)))
                 wall = time.perf_counter() - t0
+                server_cpu, client_cpu = server.cpu_s() - server_cpu0, _own_cpu_s() - client_cpu0
             finally:
                 server.stop()
             label = f"{workers} worker(s), {clients} clients, {spread}"
             _row("throughput", f"{label}: requests/s", f"{requests / wall:.2f}")
             _row("throughput", f"{label}: p50 / p99 latency, ms",
                  f"{np.percentile(lat, 50):.0f} / {np.percentile(lat, 99):.0f}")
+            # the clients run on the same cores: where the CPU went, and how much of the machine was busy
+            _row("throughput", f"{label}: CPU ms per request, server / benchmark client; cores busy (of "
+                 f"{os.cpu_count()})", f"{1000 * server_cpu / requests:.0f} / {1000 * client_cpu / requests:.0f}; "
+                 f"{(server_cpu + client_cpu) / wall:.2f}")
 
 
 # ------------------------------------------------------------------------------------------------- 4. memory
