@@ -195,12 +195,18 @@ class NbMixture:
                 return fast
         return self._tail_probs_logs(grid, gw)
 
+    def _pmf_table(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per component (rows): ``P(X < lo)`` as a column and ``P(X = k)`` for ``k = lo .. hi``."""
+        n, p = self._np()
+        below = special.betainc(n, float(lo), p) if lo > 0 else np.zeros_like(n)
+        pmf = np.exp(_nb_logpmf_np(np.arange(lo, hi + 1, dtype=np.float64)[None, :], n, p))
+        return below, pmf
+
     def _tail_probs_cumulated(self, grid: np.ndarray, gw: np.ndarray) -> tuple[float, float] | None:
         n, p = self._np()
-        lo, hi = int(grid[0]), int(grid[-1])
-        pmf = np.exp(_nb_logpmf_np(grid[None, :].astype(np.float64), n, p))  # components x grid
+        lo, hi = int(grid[0]), int(grid[-1])  # the grid is every integer from lo to hi
+        cdf_below, pmf = self._pmf_table(lo, hi)
         sf_hi = special.betaincc(n, hi + 1.0, p)  # P(X > hi)
-        cdf_below = special.betainc(n, float(lo), p) if lo > 0 else np.zeros_like(n)  # P(X < lo)
         above = sf_hi + np.cumsum(pmf[:, ::-1], axis=1)[:, ::-1] - pmf  # P(X > k)
         below = cdf_below + np.cumsum(pmf, axis=1) - pmf  # P(X < k)
         up = float(self.weights @ (above + 0.5 * pmf) @ gw)
@@ -233,7 +239,6 @@ class NbMixture:
         quantiles lie within ``t`` standard deviations of the mean (Cantelli's inequality), so one incomplete-beta
         call per component and the probabilities above it suffice (no quantile search per component).
         """
-        n, p = self._np()
         sd = np.sqrt(self.mean + self.alphas * self.mean ** 2)
         t_lo, t_hi = math.sqrt((1.0 - lo) / lo), math.sqrt(hi / (1.0 - hi))
         k0 = max(0, math.floor(self.mean - t_lo * float(sd.max())) - 1)
@@ -241,9 +246,8 @@ class NbMixture:
         if k1 - k0 > 20_000:  # very wide: search each component's quantiles instead
             return self._quantiles_searched(lo, hi)
         k = np.arange(k0, k1 + 1)
-        below = special.betainc(n[:, 0], float(k0), p[:, 0]) if k0 > 0 else np.zeros(n.shape[0])  # P(X < k0)
-        pmf = np.exp(_nb_logpmf_np(k[None, :].astype(np.float64), n, p))
-        cdf = self.weights @ (below[:, None] + np.cumsum(pmf, axis=1))
+        below, pmf = self._pmf_table(k0, k1)
+        cdf = self.weights @ (below + np.cumsum(pmf, axis=1))
         idx = np.minimum(np.searchsorted(cdf, np.asarray([lo, hi]) - 1e-12), k.size - 1)
         return float(k[idx[0]]), float(k[idx[1]])
 

@@ -298,10 +298,11 @@ def bench_throughput(scene_px: int = 4096, gsd: float = 0.5, requests: int = 40,
     data = _png(chips[0].image)
     # a vendor's burst covers several facilities (one per client here); the same facility from every client also
     # serialises on that facility's history (each upload rescores it) and is shown for comparison
-    for spread in ("one facility per client", "all clients, one facility"):
+    spreads = (("one facility per client", [f"site{c}" for c in range(clients)]),
+               ("all clients, one facility", ["bench"]))  # "bench": the facility every Server starts with
+    for spread, facilities in spreads:
         for workers in (1, 2):
             server = Server(workers=workers, runtime="auto")
-            facilities = [f"site{c}" for c in range(clients)] if spread.startswith("one") else ["bench"]
             try:
                 with httpx.Client(timeout=300, headers=AUTH) as warm:
                     for f in facilities:

@@ -23,7 +23,7 @@ from bench.perf import WEIGHTS, _chips, _png
 #: (label, function name as pstats shows it, file suffix) of the stages worth reporting.
 STAGES = [
     ("analyse (decode + detect)", "analyse_source", "app/scenes.py"),
-    ("  image decode (OpenCV or Pillow)", "decode_image", "app/imaging.py"),
+    ("  image decode (libspng, OpenCV or Pillow)", "decode_image", "app/imaging.py"),
     ("  detect (network + decoding + NMS)", "detect_scene", "app/pipeline.py"),
     ("record_upload (all database work and scoring)", "record_upload", "app/service.py"),
     ("  duplicate check (find_upload)", "find_upload", "app/service.py"),
