@@ -11,6 +11,8 @@ the Alembic migrations in ``app/migrations`` (:mod:`app.migrate`), run when a :c
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -330,6 +332,22 @@ class Store:
         self.engine.dispose()
 
 
+def _enable_wal(cur: Any, attempts: int = 300, pause_s: float = 0.05) -> None:
+    """Switch a SQLite file to WAL (a persistent setting of the file), retrying while it is locked.
+
+    The switch needs the file to itself and SQLite does not wait for that with the busy timeout: several processes
+    opening a fresh database at once got "database is locked" here (about 1 start in 16 of four at once).
+    """
+    for attempt in range(attempts):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(pause_s)
+
+
 def make_engine(database_url: str) -> Engine:
     """Create an engine; for SQLite create the file's directory, enable foreign keys, WAL and a busy timeout."""
     url = make_url(database_url)
@@ -353,7 +371,7 @@ def make_engine(database_url: str) -> Engine:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         if not in_memory:
-            cur.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cur)
             # Under WAL, NORMAL syncs at checkpoints, not at every commit: a committed transaction survives a crash
             # of the process (the WAL is in the OS's page cache); only a power loss or OS crash may roll back the
             # last commits, and never corrupts the database.
