@@ -177,7 +177,8 @@ class OnnxEngine:
 
 
 class OpenVinoEngine:
-    """OpenVINO's CPU plugin: ``threads`` inference threads, latency hint (one request at a time uses them all)."""
+    """OpenVINO's CPU plugin: ``threads`` inference threads, latency hint (one request at a time uses them all),
+    threads not pinned to cores."""
 
     def __init__(self, path: Path, threads: int, precision: str = "auto") -> None:
         import openvino as ov
@@ -186,7 +187,12 @@ class OpenVinoEngine:
             raise ValueError(f"OpenVINO precision must be one of {OPENVINO_PRECISIONS}, not {precision!r}")
         core = ov.Core()
         model = core.read_model(str(path))
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        # No pinning: the CPU plugin pins its threads to cores counted from the first one in every process, so
+        # two single-threaded server workers (or a job worker beside the server) shared one core and each ran at
+        # half speed (54.6 ms alone, 115 ms each side by side, 56 ms each unpinned); one process is as fast
+        # unpinned (bench/results.md)
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+                                     "ENABLE_CPU_PINNING": False}
         if precision != "auto":
             config["INFERENCE_PRECISION_HINT"] = precision
         self.names = _names(model.get_rt_info(["framework", "names"]).astype(str))

@@ -279,10 +279,8 @@ def bench_serving(repeats: int = 20) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- 3. throughput
-def bench_throughput(scene_px: int = 4096, gsd: float = 0.5, requests: int = 40, clients: int = 4) -> None:
+def bench_throughput(scene_px: int = 4096, gsd: float = 0.5, requests: int = 60, clients: int = 4) -> None:
     """Area per second on a large scene through the tiled path; requests/s with concurrent clients, 1 and 2 workers."""
-    import httpx
-
     from app.detector import Detector
 
     det = Detector(WEIGHTS, threads=len(os.sched_getaffinity(0)), runtime="auto")
@@ -297,40 +295,70 @@ def bench_throughput(scene_px: int = 4096, gsd: float = 0.5, requests: int = 40,
     _row("throughput", "area per second, km2/s (target >= 0.5)", f"{km2 / (med / 1000):.2f}")
     data = _png(chips[0].image)
     # a vendor's burst covers several facilities (one per client here); the same facility from every client also
-    # serialises on that facility's history (each upload rescores it) and is shown for comparison
+    # serialises on that facility's history (each upload rescores it) and is shown for comparison. Clients either
+    # keep one connection open (HTTP keep-alive, as client libraries do; uvicorn then serves all of a connection's
+    # requests in the worker that accepted it) or open a new one per request (the kernel hands each to a worker).
     spreads = (("one facility per client", [f"site{c}" for c in range(clients)]),
                ("all clients, one facility", ["bench"]))  # "bench": the facility every Server starts with
     for spread, facilities in spreads:
-        for workers in (1, 2):
-            server = Server(workers=workers, runtime="auto")
-            try:
-                with httpx.Client(timeout=300, headers=AUTH) as warm:
-                    for f in facilities:
-                        if f != "bench":
-                            warm.post(server.url + "/v1/facilities", json={"id": f, "name": f, "kind": "rail"})
-                    for k in range(2 * workers):
-                        _upload(warm, server.url, data, k, facility=facilities[k % len(facilities)])
+        for keep_alive in (True, False):
+            for workers in (1, 2):
+                _throughput_run(data, spread, facilities, keep_alive, workers, requests, clients)
 
-                def one(k: int) -> float:
-                    with httpx.Client(timeout=300, headers=AUTH) as client:
-                        return _upload(client, server.url, data, 100 + k, facility=facilities[k % len(facilities)])
 
-                server_cpu0, client_cpu0 = server.cpu_s(), _own_cpu_s()
-                t0 = time.perf_counter()
-                with ThreadPoolExecutor(clients) as pool:
-                    lat = list(pool.map(one, range(requests)))
-                wall = time.perf_counter() - t0
-                server_cpu, client_cpu = server.cpu_s() - server_cpu0, _own_cpu_s() - client_cpu0
-            finally:
-                server.stop()
-            label = f"{workers} worker(s), {clients} clients, {spread}"
-            _row("throughput", f"{label}: requests/s", f"{requests / wall:.2f}")
-            _row("throughput", f"{label}: p50 / p99 latency, ms",
-                 f"{np.percentile(lat, 50):.0f} / {np.percentile(lat, 99):.0f}")
-            # the clients run on the same cores: where the CPU went, and how much of the machine was busy
-            _row("throughput", f"{label}: CPU ms per request, server / benchmark client; cores busy (of "
-                 f"{os.cpu_count()})", f"{1000 * server_cpu / requests:.0f} / {1000 * client_cpu / requests:.0f}; "
-                 f"{(server_cpu + client_cpu) / wall:.2f}")
+def _throughput_run(data: bytes, spread: str, facilities: list[str], keep_alive: bool, workers: int, requests: int,
+                    clients: int) -> None:
+    """One throughput measurement: ``requests`` uploads from ``clients`` concurrent clients to a fresh server."""
+    import threading
+
+    import httpx
+    import psutil
+
+    server = Server(workers=workers, runtime="auto")
+    local = threading.local()
+    opened: list = []
+    try:
+        with httpx.Client(timeout=300, headers=AUTH) as warm:
+            for f in facilities:
+                if f != "bench":
+                    warm.post(server.url + "/v1/facilities", json={"id": f, "name": f, "kind": "rail"})
+            for k in range(2 * workers):
+                _upload(warm, server.url, data, k, facility=facilities[k % len(facilities)])
+
+        def one(k: int) -> float:
+            facility = facilities[k % len(facilities)]
+            if keep_alive:
+                if not hasattr(local, "client"):
+                    local.client = httpx.Client(timeout=300, headers=AUTH)
+                    opened.append(local.client)
+                return _upload(local.client, server.url, data, 100 + k, facility=facility)
+            with httpx.Client(timeout=300, headers=AUTH) as client:
+                return _upload(client, server.url, data, 100 + k, facility=facility)
+
+        procs = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]
+        cpu0 = {q.pid: sum(q.cpu_times()[:2]) for q in procs}
+        client_cpu0 = _own_cpu_s()
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            lat = list(pool.map(one, range(requests)))
+        wall = time.perf_counter() - t0
+        client_cpu = _own_cpu_s() - client_cpu0
+        per_proc = {q.pid: sum(q.cpu_times()[:2]) - cpu0[q.pid] for q in procs}
+    finally:
+        for client in opened:
+            client.close()
+        server.stop()
+    server_cpu = sum(per_proc.values())
+    label = (f"{workers} worker(s), {clients} clients, {spread}, "
+             f"{'keep-alive' if keep_alive else 'new connection per request'}")
+    _row("throughput", f"{label}: requests/s", f"{requests / wall:.2f}")
+    _row("throughput", f"{label}: p50 / p99 latency, ms",
+         f"{np.percentile(lat, 50):.0f} / {np.percentile(lat, 99):.0f}")
+    # the clients run on the same cores: where the CPU went, and how much of the machine was busy
+    busy = sorted((v for v in per_proc.values() if v > 0.01 * server_cpu), reverse=True)
+    split = " + ".join(f"{1000 * v / requests:.0f}" for v in busy)
+    _row("throughput", f"{label}: CPU ms per request, server (by process) / benchmark client; cores busy (of "
+         f"{os.cpu_count()})", f"{split} / {1000 * client_cpu / requests:.0f}; {(server_cpu + client_cpu) / wall:.2f}")
 
 
 # ------------------------------------------------------------------------------------------------- 4. memory

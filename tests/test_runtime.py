@@ -123,3 +123,16 @@ def test_openvino_conversion_reproduces_the_shipped_ir(tmp_path: Path) -> None:
     exports = json.loads((MODEL_PATH.parent / "metrics.json").read_text())["exports"]
     for key in ("wagon-obb_openvino_model/wagon-obb.xml", "wagon-obb_openvino_model/wagon-obb.bin"):
         assert hashlib.sha256((tmp_path / key).read_bytes()).hexdigest() == exports[key]["sha256"], key
+
+
+def test_openvino_threads_are_not_pinned_to_cores() -> None:
+    """Pinned, every process's OpenVINO threads start at core 0: two single-threaded server workers then shared one
+    core and each ran at half speed (bench/perf.py throughput)."""
+    path = export_path(MODEL_PATH, "openvino")
+    if not path.exists():
+        pytest.skip("no openvino export next to the weights")
+    from app.runtimes import OpenVinoEngine
+
+    engine = OpenVinoEngine(path, threads=1)
+    assert engine._compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert engine._compiled.get_property("INFERENCE_NUM_THREADS") == 1
