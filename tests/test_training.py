@@ -54,8 +54,21 @@ def test_fine_tunes_offline_from_shipped_weights(tmp_path: Path) -> None:
 
     data = write_dataset(tmp_path / "ds", n_train=4, n_val=2, seed=123, workers=1, cfg=SynthConfig(size_px=160))
     best = train(data, ROOT / "models" / "wagon-obb.pt", epochs=1, imgsz=160, batch=2, device="cpu",
-                 project=tmp_path / "runs", name="t", workers=0)
+                 project=tmp_path / "runs", name="t", workers=0, lr0=0.0003)
     assert best.exists() and best.stat().st_size > 1_000_000
+    args = (tmp_path / "runs" / "t" / "args.yaml").read_text()
+    assert "optimizer: AdamW" in args and "lr0: 0.0003" in args and "warmup_bias_lr: 0.0" in args
+
+
+def test_train_arguments_make_lr0_count_and_keep_fine_tuning_gentle(tmp_path: Path) -> None:
+    """``optimizer=auto`` would ignore lr0; a fine-tune's bias warm-up must not start at Ultralytics' 0.1."""
+    from training.train import train_arguments
+
+    given = train_arguments(tmp_path / "d.yaml", 1, 320, 16, "cpu", tmp_path, "t", lr0=0.0005, fine_tune=True)
+    assert given["lr0"] == 0.0005 and given["optimizer"] == "AdamW"
+    assert given["warmup_bias_lr"] == 0.0 and given["warmup_epochs"] == 0.5
+    plain = train_arguments(tmp_path / "d.yaml", 1, 320, 16, "cpu", tmp_path, "t")
+    assert "lr0" not in plain and "optimizer" not in plain and "warmup_bias_lr" not in plain
 
 
 def test_evaluation_scores_the_runtime_it_is_given() -> None:

@@ -57,6 +57,33 @@ def _results_without_polars(self) -> dict[str, list[float]]:  # noqa: ANN001 - B
     return {k.strip(): [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
 
 
+def train_arguments(data: Path, epochs: int, imgsz: int, batch: int, device: str, project: Path, name: str,
+                    hours: float | None = None, workers: int = 8, cache: str | bool = False, lr0: float | None = None,
+                    patience: int = 100, seed: int = 0, fine_tune: bool = False) -> dict[str, object]:
+    """Ultralytics ``train`` arguments for one run.
+
+    With ``lr0`` the optimizer is AdamW, named: Ultralytics' default ``optimizer=auto`` ignores ``lr0`` and picks
+    AdamW at lr 0.001667 for runs this short (every CPU fine-tune before this fix ran at that rate, whatever its
+    ``--lr0``). Fine-tuning warms up for half an epoch with the biases' warm-up rate at 0: Ultralytics' default
+    starts them at 0.1, which knocked a fine-tuned model's synthetic-validation mAP50 from 0.783 to 0.753 in the
+    first epoch.
+    """
+    kwargs: dict[str, object] = dict(
+        data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=str(Path(project).resolve()), name=name,
+        exist_ok=True, plots=False, amp=False, workers=workers, cache=cache, patience=patience, seed=seed,
+        deterministic=False, verbose=True, **OVERHEAD_AUGMENT,
+    )
+    if hours:
+        kwargs["time"] = hours
+    if lr0 is not None:
+        kwargs["lr0"] = lr0
+        kwargs["optimizer"] = "AdamW"
+    if fine_tune:
+        kwargs["warmup_epochs"] = 0.5
+        kwargs["warmup_bias_lr"] = 0.0
+    return kwargs
+
+
 def train(data: Path, weights_from: Path | None, epochs: int, imgsz: int, batch: int, device: str | None,
           project: Path, name: str, hours: float | None = None, workers: int = 8, cache: str | bool = False,
           lr0: float | None = None, patience: int = 100, seed: int = 0) -> Path:
@@ -79,17 +106,8 @@ def train(data: Path, weights_from: Path | None, epochs: int, imgsz: int, batch:
         threads = max(1, torch.get_num_threads(), len(os.sched_getaffinity(0)))
         for event in ("on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_epoch_start"):
             model.add_callback(event, _restore_threads(threads))
-    kwargs: dict[str, object] = dict(
-        data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=str(Path(project).resolve()), name=name,
-        exist_ok=True, plots=False, amp=False, workers=workers, cache=cache, patience=patience, seed=seed,
-        deterministic=False, verbose=True, **OVERHEAD_AUGMENT,
-    )
-    if hours:
-        kwargs["time"] = hours
-    if lr0 is not None:
-        kwargs["lr0"] = lr0
-    if weights_from:
-        kwargs["warmup_epochs"] = 0.5
+    kwargs = train_arguments(data, epochs, imgsz, batch, device, project, name, hours, workers, cache, lr0, patience,
+                             seed, fine_tune=weights_from is not None)
     model.train(**kwargs)
     best = Path(model.trainer.best)
     return best if best.exists() else Path(model.trainer.last)
