@@ -203,12 +203,12 @@ class Server:
         p = psutil.Process(self.proc.pid)
         return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]) / 2**20
 
-    def cpu_s(self) -> float:
-        """CPU seconds (user + system) used so far by the server and its worker processes."""
+    def cpu_s_by_process(self) -> dict[int, float]:
+        """CPU seconds (user + system) used so far by the server and each of its worker processes, by pid."""
         import psutil
 
         p = psutil.Process(self.proc.pid)
-        return sum(sum(q.cpu_times()[:2]) for q in [p, *p.children(recursive=True)])
+        return {q.pid: sum(q.cpu_times()[:2]) for q in [p, *p.children(recursive=True)]}
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -347,7 +347,6 @@ def _throughput_run(data: bytes, spread: str, facilities: list[str], keep_alive:
     import threading
 
     import httpx
-    import psutil
 
     server = Server(workers=workers, runtime="auto")
     local = threading.local()
@@ -373,15 +372,14 @@ def _throughput_run(data: bytes, spread: str, facilities: list[str], keep_alive:
             with httpx.Client(timeout=300, headers=AUTH, verify=tls) as client:
                 return _upload(client, server.url, data, 100 + k, facility=facility)
 
-        procs = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]
-        cpu0 = {q.pid: sum(q.cpu_times()[:2]) for q in procs}
+        cpu0 = server.cpu_s_by_process()
         client_cpu0 = _own_cpu_s()
         t0 = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
             lat = list(pool.map(one, range(requests)))
         wall = time.perf_counter() - t0
         client_cpu = _own_cpu_s() - client_cpu0
-        per_proc = {q.pid: sum(q.cpu_times()[:2]) - cpu0[q.pid] for q in procs}
+        per_proc = {pid: cpu - cpu0.get(pid, 0.0) for pid, cpu in server.cpu_s_by_process().items()}
     finally:
         for client in opened:
             client.close()

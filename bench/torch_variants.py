@@ -11,22 +11,12 @@ blocks, eager again last, so a drift shows.
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from bench.perf import WEIGHTS, _chips
-
-
-def _median_ms(fn: Callable[[], object], repeats: int = 30) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+from bench.perf import WEIGHTS, _chips, _median_ms
 
 
 def main() -> None:
@@ -66,7 +56,7 @@ def main() -> None:
         for name, fn in [*variants.items(), ("eager, again", eager)]:
             for _ in range(3):
                 out = fn(x)
-            ms = _median_ms(lambda fn=fn: fn(x))
+            ms = _median_ms(lambda fn=fn: fn(x), 30)[0]
             if name == "eager":
                 base = ms
             diff = float((out - reference).abs().max())
