@@ -65,3 +65,23 @@ def test_training_stage_variants_are_recorded_in_the_manifest(tmp_path: Path) ->
     assert config["lot_bay_gap_m"] == [0.2, 4.0] and config["lot_rows"] == [1, 12]
     assert config["shadow_factor"] == [0.04, 0.4]  # the fourth stage's shadows kept
     assert SynthConfig().lot_bay_gap_m == (1.0, 4.0)  # the defaults (versions 2-3 data) unchanged
+
+
+def test_yard_variant_draws_wide_yards_on_light_ballast_and_leaves_the_defaults_alone() -> None:
+    """``--config yard``: many close tracks, often on light ballast; the defaults draw no light ballast at all."""
+    from training.synth import CONFIGS, LIGHT_BALLAST_COLOURS, YARD_CONFIG
+
+    assert CONFIGS["yard"] is YARD_CONFIG and YARD_CONFIG.light_ballast_probability > 0
+    assert YARD_CONFIG.tracks_per_bundle[0] >= 6 and YARD_CONFIG.shadow_factor == (0.04, 0.4)
+    assert SynthConfig().light_ballast_probability == 0.0
+
+    def light_share(cfg: SynthConfig) -> float:
+        # share of pixels as light as the light ballast palette's darkest colour, over chips without heavy noise
+        darkest = min(sum(c) for c in LIGHT_BALLAST_COLOURS) / 3 - 15
+        shares = [float((generate_chip(s, cfg).image.mean(axis=2) >= darkest).mean()) for s in range(20, 32)]
+        return float(np.median(shares))
+
+    small = SynthConfig(size_px=160)
+    from dataclasses import replace
+
+    assert light_share(replace(YARD_CONFIG, size_px=160)) > light_share(small) + 0.05

@@ -1,31 +1,66 @@
 #!/usr/bin/env bash
-# Train the shipped model from scratch on a rented GPU machine (used through the `device` tool; works on any
-# CUDA machine with PyTorch, OpenCV and the Ultralytics wheels in .whl/). Writes checkpoints and logs to $OUT.
+# Train on a rented GPU machine (used through the `device` tool; works on any CUDA machine with PyTorch, OpenCV and
+# the Ultralytics wheels in .whl/): generate synthetic chips there, train, and write checkpoints and logs to $OUT.
+#
+# Version 1, from scratch on 640 px chips of the default generator:
 #   N_TRAIN=3000 N_VAL=300 HOURS=0.085 bash training/gpu_train.sh
+# Stage 9, fine-tuned from a checkpoint on four generator variants at 320 px, inside a fixed wall-time budget:
+#   FROM=runs/cpu_ft8/weights/best.pt CONFIGS="default stage4 stage6 yard" N_TRAIN=2500 N_VAL=100 SIZE=320 \
+#     IMGSZ=320 LR0=0.001 SEED=600000 BUDGET_S=500 bash training/gpu_train.sh
+#
+# N_TRAIN and N_VAL are per config; config k draws seeds SEED + k*100000 (validation 5,000,000 above its training
+# seeds). Without HOURS, training gets what is left of BUDGET_S seconds after generation, less FINAL_S for the final
+# validation and copies.
 set -euo pipefail
 OUT=${OUT:-runs/gpu}
 N_TRAIN=${N_TRAIN:-3000}
 N_VAL=${N_VAL:-300}
-HOURS=${HOURS:-0.085}
+HOURS=${HOURS:-}
+BUDGET_S=${BUDGET_S:-600}
+FINAL_S=${FINAL_S:-70}
 BATCH=${BATCH:-64}
 SEED=${SEED:-0}
+SIZE=${SIZE:-640}
+IMGSZ=${IMGSZ:-640}
+CONFIGS=${CONFIGS:-default}
+FROM=${FROM:-}
+LR0=${LR0:-}
+t0=$(date +%s)
 mkdir -p "$OUT"
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
 fi
-export PYTHONUNBUFFERED=1 WAGON_ULTRALYTICS_DIR=/tmp/ultra
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 WAGON_ULTRALYTICS_DIR=/tmp/ultra
 nvidia-smi --query-gpu=name,memory.total --format=csv || true
 nproc
-t0=$(date +%s)
-python3 -m training.synth /tmp/synth --train "$N_TRAIN" --val "$N_VAL" --seed "$SEED" --workers "$(nproc)"
+synth=/tmp/synth
+rm -rf "$synth"
+train_dirs=() val_dirs=()
+k=0
+for cfg in $CONFIGS; do
+  python3 -m training.synth "$synth/$cfg" --train "$N_TRAIN" --val "$N_VAL" --seed $(( SEED + k * 100000 )) \
+    --size "$SIZE" --workers "$(nproc)" --config "$cfg"
+  train_dirs+=("$cfg/images/train") val_dirs+=("$cfg/images/val")
+  k=$(( k + 1 ))
+done
+join() { local IFS=,; echo "$*"; }
+printf 'path: %s\ntrain: [%s]\nval: [%s]\nnames:\n  0: railcar\n  1: container\n' \
+  "$synth" "$(join "${train_dirs[@]}")" "$(join "${val_dirs[@]}")" > "$synth/data.yaml"
+(cd "$synth" && tar czf "$OUT/synth_manifests.tar.gz" */manifest.json data.yaml)
 echo "generated in $(( $(date +%s) - t0 )) s"
+if [ -z "$HOURS" ]; then
+  HOURS=$(python3 -c "print(max(0.01, ($BUDGET_S - $FINAL_S - ($(date +%s) - $t0)) / 3600))")
+fi
+echo "training for $HOURS h"
+extra=()
+[ -n "$FROM" ] && extra+=(--from "$FROM")
+[ -n "$LR0" ] && extra+=(--lr0 "$LR0")
 # keep the newest checkpoints in $OUT while training runs, so a cut-off run still returns weights
 ( while sleep 20; do cp -f runs/gpu_train/weights/last.pt runs/gpu_train/weights/best.pt runs/gpu_train/results.csv "$OUT"/ 2>/dev/null || true; done ) &
 saver=$!
-python3 -m training.train --data /tmp/synth/data.yaml --epochs 300 --hours "$HOURS" --imgsz 640 --batch "$BATCH" \
-  --workers "$(( $(nproc) - 2 ))" --cache ram --project runs --name gpu_train 2>&1 | tee "$OUT/train.log" | grep -vE '^\s+[0-9]+/[0-9]+ .*it/s' || true
+python3 -m training.train --data "$synth/data.yaml" "${extra[@]}" --epochs 300 --hours "$HOURS" --imgsz "$IMGSZ" \
+  --batch "$BATCH" --workers "$(( $(nproc) - 2 ))" --cache ram --project runs --name gpu_train 2>&1 \
+  | tee "$OUT/train.log" | grep -vE '^\s+[0-9]+/[0-9]+ .*it/s' || true
 kill $saver || true
 cp -f runs/gpu_train/weights/best.pt runs/gpu_train/weights/last.pt runs/gpu_train/results.csv runs/gpu_train/args.yaml "$OUT"/
-cp -f /tmp/synth/manifest.json "$OUT"/synth_manifest.json
 echo "total $(( $(date +%s) - t0 )) s"

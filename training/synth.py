@@ -51,6 +51,9 @@ class SynthConfig:
     track_gauge_m: float = 1.435
     track_spacing_m: tuple[float, float] = (4.3, 6.5)
     ballast_width_m: tuple[float, float] = (2.8, 3.8)
+    # share of bundles on light-grey ballast (the 0.25-0.5 m Swiss orthophotos: near-white ballast between dark
+    # rails, wagons dark against it); versions 1-3 drew the darker BALLAST_COLOURS only
+    light_ballast_probability: float = 0.0
     tracks_per_bundle: tuple[int, int] = (2, 14)
     branch_probability: float = 0.5
     track_occupancy: tuple[float, float] = (0.15, 0.95)
@@ -118,6 +121,13 @@ STAGE4_CONFIG = SynthConfig(gsd_focus_probability=0.6, sun_elevation_deg=(20.0, 
 #: stage6``).
 STAGE6_CONFIG = replace(STAGE4_CONFIG, lot_bay_gap_m=(0.2, 4.0), lot_rows=(1, 12))
 
+#: The variant of the ninth training stage (``--config yard``): the sixth stage's knobs in wide marshalling yards as
+#: the real Swiss orthophotos show them — many close parallel tracks (6-20, 4.3-5.2 m apart) on ballast that is often
+#: light grey and fills the space between tracks, most tracks empty, short groups of wagons.
+YARD_CONFIG = replace(STAGE6_CONFIG, scene_weights=(0.7, 0.1, 0.12, 0.08), tracks_per_bundle=(6, 20),
+                      track_spacing_m=(4.3, 5.2), ballast_width_m=(3.6, 4.8), light_ballast_probability=0.6,
+                      bundle_occupancy=(0.1, 0.5), track_occupancy=(0.1, 0.7))
+
 
 @dataclass
 class SynthObject:
@@ -165,6 +175,7 @@ CONTAINER_COLOURS = [(175, 50, 40), (200, 80, 40), (40, 70, 130), (60, 110, 160)
 GROUND_COLOURS = [(118, 112, 98), (95, 108, 70), (130, 122, 105), (85, 85, 82), (140, 135, 125), (105, 95, 75),
                   (70, 85, 55), (150, 145, 135), (60, 62, 64)]
 BALLAST_COLOURS = [(120, 112, 104), (100, 92, 85), (135, 128, 120), (90, 80, 72), (145, 140, 130)]
+LIGHT_BALLAST_COLOURS = [(168, 166, 160), (182, 180, 174), (155, 154, 150), (192, 190, 184), (175, 170, 160)]
 ROOF_COLOURS = [(150, 150, 150), (110, 110, 115), (180, 175, 170), (90, 80, 75), (130, 70, 60), (200, 200, 200),
                 (70, 90, 110), (60, 60, 60)]
 
@@ -466,7 +477,10 @@ class _Scene:
         spacing = rng.uniform(*cfg.track_spacing_m) * self.px
         u = np.array([math.cos(angle), math.sin(angle)])
         v = np.array([-u[1], u[0]])
-        ballast = _jitter(rng, BALLAST_COLOURS[rng.integers(len(BALLAST_COLOURS))], 10)
+        # the extra draw only when the knob is on, so the defaults' chips (and the held-out seeds) stay as they were
+        light = cfg.light_ballast_probability > 0 and rng.random() < cfg.light_ballast_probability
+        palette = LIGHT_BALLAST_COLOURS if light else BALLAST_COLOURS
+        ballast = _jitter(rng, palette[rng.integers(len(palette))], 10)
         tracks = []
         for k in range(n_tracks):
             off = (k - (n_tracks - 1) / 2) * spacing * rng.uniform(0.95, 1.05)
@@ -786,6 +800,11 @@ def write_dataset(root: Path, n_train: int, n_val: int, seed: int = 0, workers: 
     return data_yaml
 
 
+#: The generator settings the CLI's ``--config`` names.
+CONFIGS: dict[str, SynthConfig] = {"default": SynthConfig(), "stage4": STAGE4_CONFIG, "stage6": STAGE6_CONFIG,
+                                   "yard": YARD_CONFIG}
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: ``python -m training.synth OUT --train N --val N --seed S --workers W``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -795,10 +814,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--size", type=int, default=640)
-    ap.add_argument("--config", choices=("default", "stage4", "stage6"), default="default",
-                    help="generator settings: the defaults (versions 2-3 data), or the fourth or sixth stage's variant")
+    ap.add_argument("--config", choices=tuple(CONFIGS), default="default",
+                    help="generator settings: the defaults (versions 2-3 data), or the fourth, sixth or ninth "
+                         "(yard) stage's variant")
     a = ap.parse_args(argv)
-    base = {"default": SynthConfig(), "stage4": STAGE4_CONFIG, "stage6": STAGE6_CONFIG}[a.config]
+    base = CONFIGS[a.config]
     cfg = replace(base, size_px=a.size)
     print(write_dataset(a.out, a.train, a.val, a.seed, a.workers, cfg))
 
