@@ -800,9 +800,16 @@ def write_dataset(root: Path, n_train: int, n_val: int, seed: int = 0, workers: 
     return data_yaml
 
 
+#: The variant of the tenth training stage (``--config yard_shadow``): the yard variant with the Swiss orthophotos'
+#: failure in mind (stage 9's boxes sat on the black band beside light wagons): most wagons light-roofed (beige, grey,
+#: white: 60%), near-black shadows (brightness left 0.03-0.25) from a sun at 35-65 degrees (a band about as wide as the
+#: wagon), and near-nadir views (off-nadir up to 8 degrees, as an orthophoto).
+YARD_SHADOW_CONFIG = replace(YARD_CONFIG, light_roof_probability=0.6, shadow_factor=(0.03, 0.25),
+                             sun_elevation_deg=(35.0, 65.0), off_nadir_deg=(0.0, 8.0))
+
 #: The generator settings the CLI's ``--config`` names.
 CONFIGS: dict[str, SynthConfig] = {"default": SynthConfig(), "stage4": STAGE4_CONFIG, "stage6": STAGE6_CONFIG,
-                                   "yard": YARD_CONFIG}
+                                   "yard": YARD_CONFIG, "yard_shadow": YARD_SHADOW_CONFIG}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -815,8 +822,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--size", type=int, default=640)
     ap.add_argument("--config", choices=tuple(CONFIGS), default="default",
-                    help="generator settings: the defaults (versions 2-3 data), or the fourth, sixth or ninth "
-                         "(yard) stage's variant")
+                    help="generator settings: the defaults (versions 2-3 data), or the fourth, sixth, ninth "
+                         "(yard) or tenth (yard_shadow) stage's variant")
     a = ap.parse_args(argv)
     base = CONFIGS[a.config]
     cfg = replace(base, size_px=a.size)
