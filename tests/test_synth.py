@@ -72,6 +72,9 @@ def test_yard_variant_draws_wide_yards_on_light_ballast_and_leaves_the_defaults_
     from training.synth import CONFIGS, LIGHT_BALLAST_COLOURS, YARD_CONFIG
 
     assert CONFIGS["yard"] is YARD_CONFIG and YARD_CONFIG.light_ballast_probability > 0
+    shadow = CONFIGS["yard_shadow"]  # the tenth stage's: light roofs beside near-black bands, near nadir
+    assert shadow.tracks_per_bundle == YARD_CONFIG.tracks_per_bundle and shadow.light_roof_probability >= 0.5
+    assert shadow.shadow_factor[1] <= 0.25 and shadow.off_nadir_deg[1] <= 10
     assert YARD_CONFIG.tracks_per_bundle[0] >= 6 and YARD_CONFIG.shadow_factor == (0.04, 0.4)
     assert SynthConfig().light_ballast_probability == 0.0
 
