@@ -2,6 +2,8 @@
 
 Green: detection matching a label (railcars rotated IoU >= 0.5; containers loosely). Red: false alarm. Yellow:
 missed label. Grey: uncertain label (ignore region). Thin lines: railcars; the same colours for containers.
+The printed tally also counts the false alarms that lie alongside a label, offset across it by about its width
+(a box on the shadow band beside a wagon).
 
     python -m training.failure_analysis ../shared/real-eval/swiss_yard_left_0p5m --out models/failures_swiss_0p5m.png
 
@@ -24,8 +26,34 @@ from training.evaluate import ROOT, _gsd, _matches, _rbox_corners
 GREEN, RED, YELLOW, GREY = (0, 200, 0), (0, 0, 255), (0, 230, 255), (160, 160, 160)  # BGR
 
 
+def _axes(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Centre, unit long axis, length and width of a rotated box given by its 4 corners."""
+    c = np.asarray(corners, dtype=np.float64).reshape(4, 2)
+    e1, e2 = c[1] - c[0], c[2] - c[1]
+    long_e, short_e = (e1, e2) if np.linalg.norm(e1) >= np.linalg.norm(e2) else (e2, e1)
+    length, width = float(np.linalg.norm(long_e)), float(np.linalg.norm(short_e))
+    return c.mean(0), long_e / max(length, 1e-9), length, width
+
+
+def beside_a_label(det: np.ndarray, truths: list[np.ndarray], max_angle_deg: float = 15.0) -> bool:
+    """Whether a false alarm lies alongside a labelled object: nearly parallel, overlapping it along its length by at
+    least half, and offset across it by 0.5-1.6 of its width — where a box on the shadow band beside a wagon lands."""
+    d_centre, d_axis, _, _ = _axes(det)
+    for t in truths:
+        centre, axis, length, width = _axes(t)
+        if abs(float(np.dot(d_axis, axis))) < np.cos(np.radians(max_angle_deg)):
+            continue
+        off = d_centre - centre
+        along = abs(float(np.dot(off, axis)))
+        across = abs(float(off[0] * axis[1] - off[1] * axis[0]))
+        if along <= 0.5 * length and 0.5 * width <= across <= 1.6 * width:
+            return True
+    return False
+
+
 def draw_failures(stem: Path, weights: Path, out: Path, scale: int = 2) -> dict[str, dict[str, int]]:
-    """Render the overlay for ``<stem>.png`` + ``<stem>.json``; return hits, false alarms and misses per class."""
+    """Render the overlay for ``<stem>.png`` + ``<stem>.json``; return hits, false alarms (and how many of them lie
+    beside a label) and misses per class."""
     meta = json.loads(stem.with_suffix(".json").read_text())
     rgb = np.asarray(Image.open(stem.with_suffix(".png")).convert("RGB"))
     detector = load_detector(weights)
@@ -43,7 +71,7 @@ def draw_failures(stem: Path, weights: Path, out: Path, scale: int = 2) -> dict[
         loose = name == "container"
         thr = 0.3 if loose else 0.5
         used = [False] * len(truth)
-        hits = false_alarms = 0
+        hits = false_alarms = beside = 0
         for ig in ignore:
             poly(ig, GREY)
         for d in (d for d in dets if d.class_name == name):
@@ -58,11 +86,13 @@ def draw_failures(stem: Path, weights: Path, out: Path, scale: int = 2) -> dict[
                 continue
             else:
                 false_alarms += 1
+                beside += beside_a_label(q, truth)
                 poly(q, RED)
         for t, u in zip(truth, used):
             if not u:
                 poly(t, YELLOW)
-        tally[name] = {"hits": hits, "false_alarms": false_alarms, "misses": used.count(False)}
+        tally[name] = {"hits": hits, "false_alarms": false_alarms, "false_alarms_beside_a_label": beside,
+                       "misses": used.count(False)}
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), canvas)
     return tally
