@@ -88,3 +88,23 @@ def test_yard_variant_draws_wide_yards_on_light_ballast_and_leaves_the_defaults_
     from dataclasses import replace
 
     assert light_share(replace(YARD_CONFIG, size_px=160)) > light_share(small) + 0.05
+
+
+def test_yard_across_puts_the_sun_across_the_tracks_and_the_defaults_keep_a_uniform_azimuth() -> None:
+    """``--config yard_across``: shadows fall within 30 degrees of the tracks' normal in most chips."""
+    import math
+    from dataclasses import replace
+
+    from training.synth import CONFIGS
+
+    def across_share(cfg: SynthConfig) -> float:
+        hits = 0
+        for seed in range(40):
+            chip = generate_chip(seed, replace(cfg, size_px=64, supersample=1))
+            track = (math.cos(chip.track_angle_rad), math.sin(chip.track_angle_rad))
+            cos_to_track = abs(track[0] * chip.shadow_dir[0] + track[1] * chip.shadow_dir[1])
+            hits += cos_to_track <= math.sin(math.radians(30)) + 1e-9  # within 30 degrees of the normal
+        return hits / 40
+
+    assert across_share(CONFIGS["yard_across"]) >= 0.7
+    assert across_share(SynthConfig()) <= 0.55  # uniform azimuth: about a third
