@@ -132,6 +132,18 @@ YARD_CONFIG = replace(STAGE6_CONFIG, scene_weights=(0.7, 0.1, 0.12, 0.08), track
                       track_spacing_m=(4.3, 5.2), ballast_width_m=(3.6, 4.8), light_ballast_probability=0.6,
                       bundle_occupancy=(0.1, 0.5), track_occupancy=(0.1, 0.7))
 
+#: The variant of the tenth training stage (``--config yard_shadow``): the yard variant with the Swiss orthophotos'
+#: failure in mind (stage 9's boxes sat on the black band beside light wagons): most wagons light-roofed (beige, grey,
+#: white: 60%), near-black shadows (brightness left 0.03-0.25) from a sun at 35-65 degrees (a band about as wide as the
+#: wagon when the sun is across the track: with the azimuth uniform, for about a third of the wagons), and near-nadir
+#: views (off-nadir up to 8 degrees, as an orthophoto).
+YARD_SHADOW_CONFIG = replace(YARD_CONFIG, light_roof_probability=0.6, shadow_factor=(0.03, 0.25),
+                             sun_elevation_deg=(35.0, 65.0), off_nadir_deg=(0.0, 8.0))
+
+#: The variant of the twelfth training stage (``--config yard_across``): the tenth stage's yard, most chips with
+#: the sun across the tracks and at 30-55 degrees, so most wagons have a black band about their width beside them.
+YARD_ACROSS_CONFIG = replace(YARD_SHADOW_CONFIG, sun_across_track_probability=0.8, sun_elevation_deg=(30.0, 55.0))
+
 
 @dataclass
 class SynthObject:
@@ -809,17 +821,6 @@ def write_dataset(root: Path, n_train: int, n_val: int, seed: int = 0, workers: 
         f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n  0: railcar\n  1: container\n")
     return data_yaml
 
-
-#: The variant of the tenth training stage (``--config yard_shadow``): the yard variant with the Swiss orthophotos'
-#: failure in mind (stage 9's boxes sat on the black band beside light wagons): most wagons light-roofed (beige, grey,
-#: white: 60%), near-black shadows (brightness left 0.03-0.25) from a sun at 35-65 degrees (a band about as wide as the
-#: wagon), and near-nadir views (off-nadir up to 8 degrees, as an orthophoto).
-YARD_SHADOW_CONFIG = replace(YARD_CONFIG, light_roof_probability=0.6, shadow_factor=(0.03, 0.25),
-                             sun_elevation_deg=(35.0, 65.0), off_nadir_deg=(0.0, 8.0))
-
-#: The variant of the twelfth training stage (``--config yard_across``): the tenth stage's yard, most chips with
-#: the sun across the tracks and at 30-55 degrees, so most wagons have a black band about their width beside them.
-YARD_ACROSS_CONFIG = replace(YARD_SHADOW_CONFIG, sun_across_track_probability=0.8, sun_elevation_deg=(30.0, 55.0))
 
 #: The generator settings the CLI's ``--config`` names.
 CONFIGS: dict[str, SynthConfig] = {"default": SynthConfig(), "stage4": STAGE4_CONFIG, "stage6": STAGE6_CONFIG,
