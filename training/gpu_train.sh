@@ -6,7 +6,7 @@
 #   N_TRAIN=3000 N_VAL=300 HOURS=0.085 bash training/gpu_train.sh
 # Stage 9, fine-tuned from a checkpoint on four generator variants at 320 px, inside a fixed wall-time budget:
 #   FROM=runs/cpu_ft8/weights/best.pt CONFIGS="default stage4 stage6 yard" N_TRAIN=2500 N_VAL=100 SIZE=320 \
-#     IMGSZ=320 LR0=0.001 SEED=600000 BUDGET_S=500 bash training/gpu_train.sh
+#     IMGSZ=320 LR0=0.001 SEED=600000 BATCH=64 BUDGET_S=470 FINAL_S=55 bash training/gpu_train.sh
 #
 # N_TRAIN and N_VAL are per config; config k draws seeds SEED + k*100000 (validation 5,000,000 above its training
 # seeds). Without HOURS, training gets what is left of BUDGET_S seconds after generation, less FINAL_S for the final
