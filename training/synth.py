@@ -270,6 +270,12 @@ def _rect(cx: float, cy: float, length: float, width: float, angle: float) -> Co
     return np.array([c + u * hl + v * hw, c - u * hl + v * hw, c - u * hl - v * hw, c + u * hl - v * hw])
 
 
+def _chance(rng: np.random.Generator, probability: float) -> bool:
+    """True with the given probability; draws nothing when it is 0, so a knob added off leaves every chip as it was
+    (the held-out seeds included)."""
+    return probability > 0 and rng.random() < probability
+
+
 def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: float = 18) -> np.ndarray:
     return np.clip(np.asarray(colour, np.float32) + rng.normal(0, amount, 3), 0, 255)
 
@@ -495,9 +501,7 @@ class _Scene:
         spacing = rng.uniform(*cfg.track_spacing_m) * self.px
         u = np.array([math.cos(angle), math.sin(angle)])
         v = np.array([-u[1], u[0]])
-        # the extra draw only when the knob is on, so the defaults' chips (and the held-out seeds) stay as they were
-        light = cfg.light_ballast_probability > 0 and rng.random() < cfg.light_ballast_probability
-        palette = LIGHT_BALLAST_COLOURS if light else BALLAST_COLOURS
+        palette = LIGHT_BALLAST_COLOURS if _chance(rng, cfg.light_ballast_probability) else BALLAST_COLOURS
         ballast = _jitter(rng, palette[rng.integers(len(palette))], 10)
         tracks = []
         for k in range(n_tracks):
@@ -740,7 +744,7 @@ def generate_chip(seed: int, cfg: SynthConfig | None = None) -> SynthChip:
     sc.ground()
     scene = rng.choice(4, p=np.array(cfg.scene_weights) / sum(cfg.scene_weights))
     main_angle = rng.uniform(0, math.pi)
-    if cfg.sun_across_track_probability > 0 and rng.random() < cfg.sun_across_track_probability:
+    if _chance(rng, cfg.sun_across_track_probability):
         across = main_angle + math.pi / 2 + rng.uniform(-math.pi / 6, math.pi / 6) + math.pi * rng.integers(2)
         sc.shadow_dir = np.array([math.cos(across), math.sin(across)])
     for _ in range(rng.integers(*cfg.roads, endpoint=True)):
