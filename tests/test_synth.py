@@ -107,3 +107,25 @@ def test_yard_across_puts_the_sun_across_the_tracks_and_the_defaults_keep_a_unif
 
     assert across_share(CONFIGS["yard_across"]) >= 0.7
     assert across_share(SynthConfig()) <= 0.55  # uniform azimuth: about a third
+
+
+def test_yard_ortho_sees_the_yard_through_a_sharp_clean_sensor() -> None:
+    """``--config yard_ortho`` (stage 14): the yard_across scene at higher contrast and with the sun across nearly
+    always; the knobs it changes are sensor knobs, so its chips spread wider in brightness than yard_across's."""
+    from dataclasses import replace
+
+    from training.synth import CONFIGS
+
+    ortho, across = CONFIGS["yard_ortho"], CONFIGS["yard_across"]
+    assert ortho.sun_across_track_probability >= 0.9 and ortho.blur_sigma_px[1] <= 0.5
+    assert ortho.tracks_per_bundle == across.tracks_per_bundle and ortho.shadow_factor == across.shadow_factor
+
+    def spread(cfg: SynthConfig) -> float:
+        # median over 12 chips of the 5-95 percentile range of brightness
+        values = []
+        for seed in range(12):
+            grey = generate_chip(seed, replace(cfg, size_px=128)).image.mean(axis=2)
+            values.append(float(np.percentile(grey, 95) - np.percentile(grey, 5)))
+        return float(np.median(values))
+
+    assert spread(ortho) > spread(across) * 1.1

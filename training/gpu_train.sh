@@ -8,6 +8,10 @@
 #   FROM=runs/cpu_ft8/weights/best.pt CONFIGS="default stage4 stage6 yard" N_TRAIN=2500 N_VAL=100 SIZE=320 \
 #     IMGSZ=320 LR0=0.001 SEED=600000 BATCH=64 BUDGET_S=470 FINAL_S=55 bash training/gpu_train.sh
 #
+# Stage 13, weighted towards one variant: an entry NAME:N generates N training chips of that config instead of N_TRAIN:
+#   FROM=runs/cpu_ft12/weights/best.pt CONFIGS="yard_across:5000 default:1500 stage6:1500 yard_shadow:1000" N_VAL=100 \
+#     SIZE=320 IMGSZ=320 LR0=0.0005 SEED=1400000 BATCH=64 BUDGET_S=520 FINAL_S=50 bash training/gpu_train.sh
+#
 # N_TRAIN and N_VAL are per config; config k draws seeds SEED + k*100000 (validation 5,000,000 above its training
 # seeds). Without HOURS, training gets what is left of BUDGET_S seconds after generation, less FINAL_S for the final
 # validation and copies.
@@ -37,8 +41,10 @@ synth=/tmp/synth
 rm -rf "$synth"
 train_dirs=() val_dirs=()
 k=0
-for cfg in $CONFIGS; do
-  python3 -m training.synth "$synth/$cfg" --train "$N_TRAIN" --val "$N_VAL" --seed $(( SEED + k * 100000 )) \
+for entry in $CONFIGS; do
+  cfg=${entry%%:*} n=$N_TRAIN
+  [ "$cfg" != "$entry" ] && n=${entry#*:}
+  python3 -m training.synth "$synth/$cfg" --train "$n" --val "$N_VAL" --seed $(( SEED + k * 100000 )) \
     --size "$SIZE" --workers "$(nproc)" --config "$cfg"
   train_dirs+=("$cfg/images/train") val_dirs+=("$cfg/images/val")
   k=$(( k + 1 ))
