@@ -129,3 +129,49 @@ def test_yard_ortho_sees_the_yard_through_a_sharp_clean_sensor() -> None:
         return float(np.median(values))
 
     assert spread(ortho) > spread(across) * 1.1
+
+
+def _band_and_roof_to_ground(cfg: SynthConfig, seeds: range) -> tuple[float, float]:
+    """Median brightness of the band one wagon width beside each sun-across wagon on its shadow side, and of its roof,
+    over that of the band on its other side (how the Swiss yard was measured: 0.37 and 0.88)."""
+    import cv2
+
+    band, roof = [], []
+    for seed in seeds:
+        chip = generate_chip(seed, cfg)
+        grey = chip.image.mean(axis=2)
+
+        def mean_in(corners: np.ndarray) -> float:
+            mask = np.zeros(grey.shape, np.uint8)
+            cv2.fillPoly(mask, [np.round(corners).astype(np.int32)], 1)
+            return float(grey[mask > 0].mean()) if mask.any() else float("nan")
+
+        for o in chip.objects:
+            if o.class_id != RAILCAR:
+                continue
+            c = o.corners
+            e1, e2 = c[1] - c[0], c[2] - c[1]
+            long_e, short_e = (e1, e2) if np.linalg.norm(e1) >= np.linalg.norm(e2) else (e2, e1)
+            axis = long_e / np.linalg.norm(long_e)
+            if abs(float(np.dot(axis, chip.shadow_dir))) > 0.5:  # sun along the track: no band
+                continue
+            normal = np.array([axis[1], -axis[0]]) * np.linalg.norm(short_e)
+            if np.dot(normal, chip.shadow_dir) < 0:
+                normal = -normal
+            shadow_side, other_side = mean_in(c + normal), mean_in(c - normal)
+            if other_side > 0:
+                band.append(shadow_side / other_side)
+                roof.append(mean_in(c) / other_side)
+    return float(np.nanmedian(band)), float(np.nanmedian(roof))
+
+
+def test_yard_measured_brings_bands_and_roofs_towards_the_swiss_yard() -> None:
+    """``--config yard_measured`` (stage 16): darker bands and mid-tone roofs, closer to the measured 0.37 / 0.88."""
+    from dataclasses import replace
+
+    from training.synth import CONFIGS
+
+    measured = _band_and_roof_to_ground(replace(CONFIGS["yard_measured"], size_px=192), range(16))
+    across = _band_and_roof_to_ground(replace(CONFIGS["yard_across"], size_px=192), range(16))
+    assert measured[0] < across[0] - 0.03 and measured[1] < across[1] - 0.03
+    assert abs(measured[0] - 0.37) < abs(across[0] - 0.37) and abs(measured[1] - 0.88) < abs(across[1] - 0.88)

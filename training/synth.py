@@ -156,6 +156,17 @@ YARD_ORTHO_CONFIG = replace(YARD_ACROSS_CONFIG, sun_across_track_probability=0.9
                             haze=(0.0, 0.1), contrast=(0.9, 1.3), brightness=(0.8, 1.15), jpeg_quality=(75, 95),
                             cloud_shadow_probability=0.05)
 
+#: The variant of the sixteenth training stage (``--config yard_measured``): the twelfth stage's yard with its roofs
+#: and shadow bands brought to what the labelled Swiss yard measures (mean brightness inside each of its 41 wagon
+#: labels, and one wagon width to either side: band 0.37 and roof 0.88 of the ground on the other side). Measured the
+#: same way on sun-across wagons of 60 chips, yard_across gives 0.53 and 1.08 — bands too light (not fully covered,
+#: blurred, hazed) and roofs too light (60% light roofs) — and this variant 0.47 and 1.01: 25% light roofs, shadows
+#: keeping 0.02-0.15 of the light, sun across the tracks in 90% of chips at 35-50 degrees (a band at least a wagon's
+#: width), haze up to 0.15, blur up to 0.7 px.
+YARD_MEASURED_CONFIG = replace(YARD_ACROSS_CONFIG, light_roof_probability=0.25, shadow_factor=(0.02, 0.15),
+                               sun_across_track_probability=0.9, sun_elevation_deg=(35.0, 50.0), haze=(0.0, 0.15),
+                               blur_sigma_px=(0.0, 0.7))
+
 
 @dataclass
 class SynthObject:
@@ -841,7 +852,8 @@ def write_dataset(root: Path, n_train: int, n_val: int, seed: int = 0, workers: 
 #: The generator settings the CLI's ``--config`` names.
 CONFIGS: dict[str, SynthConfig] = {"default": SynthConfig(), "stage4": STAGE4_CONFIG, "stage6": STAGE6_CONFIG,
                                    "yard": YARD_CONFIG, "yard_shadow": YARD_SHADOW_CONFIG,
-                                   "yard_across": YARD_ACROSS_CONFIG, "yard_ortho": YARD_ORTHO_CONFIG}
+                                   "yard_across": YARD_ACROSS_CONFIG, "yard_ortho": YARD_ORTHO_CONFIG,
+                                   "yard_measured": YARD_MEASURED_CONFIG}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -855,7 +867,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=640)
     ap.add_argument("--config", choices=tuple(CONFIGS), default="default",
                     help="generator settings: the defaults (versions 2-3 data), or the fourth, sixth, ninth "
-                         "(yard), tenth (yard_shadow), twelfth (yard_across) or fourteenth (yard_ortho) stage's variant")
+                         "(yard), tenth (yard_shadow), twelfth (yard_across), fourteenth (yard_ortho) or sixteenth "
+                         "(yard_measured) stage's variant")
     a = ap.parse_args(argv)
     base = CONFIGS[a.config]
     cfg = replace(base, size_px=a.size)
