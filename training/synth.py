@@ -162,7 +162,8 @@ YARD_ORTHO_CONFIG = replace(YARD_ACROSS_CONFIG, sun_across_track_probability=0.9
 #: same way on sun-across wagons of 60 chips, yard_across gives 0.53 and 1.08 — bands too light (not fully covered,
 #: blurred, hazed) and roofs too light (60% light roofs) — and this variant 0.47 and 1.01: 25% light roofs, shadows
 #: keeping 0.02-0.15 of the light, sun across the tracks in 90% of chips at 35-50 degrees (a band at least a wagon's
-#: width), haze up to 0.15, blur up to 0.7 px.
+#: width), haze up to 0.15, blur up to 0.7 px. Stage 16 on it (7 epochs) left the real figures and the band mistake
+#: where they were.
 YARD_MEASURED_CONFIG = replace(YARD_ACROSS_CONFIG, light_roof_probability=0.25, shadow_factor=(0.02, 0.15),
                                sun_across_track_probability=0.9, sun_elevation_deg=(35.0, 50.0), haze=(0.0, 0.15),
                                blur_sigma_px=(0.0, 0.7))
