@@ -10,7 +10,7 @@
 #
 # Stage 13, weighted towards one variant: an entry NAME:N generates N training chips of that config instead of N_TRAIN:
 #   FROM=runs/cpu_ft12/weights/best.pt CONFIGS="yard_across:5000 default:1500 stage6:1500 yard_shadow:1000" N_VAL=100 \
-#     SIZE=320 IMGSZ=320 LR0=0.0005 SEED=1400000 BATCH=64 BUDGET_S=520 FINAL_S=50 bash training/gpu_train.sh
+#     SIZE=320 IMGSZ=320 LR0=0.0005 SEED=1400000 BATCH=64 BUDGET_S=530 FINAL_S=50 bash training/gpu_train.sh
 #
 # N_TRAIN and N_VAL are per config; config k draws seeds SEED + k*100000 (validation 5,000,000 above its training
 # seeds). Without HOURS, training gets what is left of BUDGET_S seconds after generation, less FINAL_S for the final
