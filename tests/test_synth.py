@@ -136,6 +136,8 @@ def _band_and_roof_to_ground(cfg: SynthConfig, seeds: range) -> tuple[float, flo
     over that of the band on its other side (how the Swiss yard was measured: 0.37 and 0.88)."""
     import cv2
 
+    from training.failure_analysis import _axes
+
     band, roof = [], []
     for seed in seeds:
         chip = generate_chip(seed, cfg)
@@ -150,12 +152,10 @@ def _band_and_roof_to_ground(cfg: SynthConfig, seeds: range) -> tuple[float, flo
             if o.class_id != RAILCAR:
                 continue
             c = o.corners
-            e1, e2 = c[1] - c[0], c[2] - c[1]
-            long_e, short_e = (e1, e2) if np.linalg.norm(e1) >= np.linalg.norm(e2) else (e2, e1)
-            axis = long_e / np.linalg.norm(long_e)
+            _, axis, _, width = _axes(c)
             if abs(float(np.dot(axis, chip.shadow_dir))) > 0.5:  # sun along the track: no band
                 continue
-            normal = np.array([axis[1], -axis[0]]) * np.linalg.norm(short_e)
+            normal = np.array([axis[1], -axis[0]]) * width
             if np.dot(normal, chip.shadow_dir) < 0:
                 normal = -normal
             shadow_side, other_side = mean_in(c + normal), mean_in(c - normal)
