@@ -134,6 +134,12 @@ def test_yard_ortho_sees_the_yard_through_a_sharp_clean_sensor() -> None:
 def _band_and_roof_to_ground(cfg: SynthConfig, seeds: range) -> tuple[float, float]:
     """Median brightness of the band one wagon width beside each sun-across wagon on its shadow side, and of its roof,
     over that of the band on its other side (how the Swiss yard was measured: 0.37 and 0.88)."""
+    band, roof = _band_and_roof_ratios(cfg, seeds)
+    return float(np.nanmedian(band)), float(np.nanmedian(roof))
+
+
+def _band_and_roof_ratios(cfg: SynthConfig, seeds: range) -> tuple[list[float], list[float]]:
+    """Per sun-across wagon: its shadow-side band's and its roof's brightness over the other side's."""
     import cv2
 
     from training.failure_analysis import _axes
@@ -162,7 +168,7 @@ def _band_and_roof_to_ground(cfg: SynthConfig, seeds: range) -> tuple[float, flo
             if other_side > 0:
                 band.append(shadow_side / other_side)
                 roof.append(mean_in(c) / other_side)
-    return float(np.nanmedian(band)), float(np.nanmedian(roof))
+    return band, roof
 
 
 def test_yard_measured_brings_bands_and_roofs_towards_the_swiss_yard() -> None:
@@ -175,3 +181,24 @@ def test_yard_measured_brings_bands_and_roofs_towards_the_swiss_yard() -> None:
     across = _band_and_roof_to_ground(replace(CONFIGS["yard_across"], size_px=192), range(16))
     assert measured[0] < across[0] - 0.03 and measured[1] < across[1] - 0.03
     assert abs(measured[0] - 0.37) < abs(across[0] - 0.37) and abs(measured[1] - 0.88) < abs(across[1] - 0.88)
+
+
+def test_yard_camo_gives_many_wagons_the_ground_colour_beside_a_black_band() -> None:
+    """``--config yard_camo`` (stage 17): roofs as bright as the ground beside them, next to a dark band."""
+    from dataclasses import replace
+
+    from training.synth import CONFIGS
+
+    camo = CONFIGS["yard_camo"]
+    assert camo.ground_roof_probability >= 0.3 and camo.sun_across_track_probability >= 0.8
+
+    def roof_off_ground(probability: float) -> float:
+        _, roof = _band_and_roof_ratios(replace(camo, size_px=192, ground_roof_probability=probability), range(16))
+        ratios = np.array(roof)
+        return float(np.median(np.abs(ratios[np.isfinite(ratios)] - 1.0)))
+
+    # every wagon in the ground's colour: roofs much closer to the ground beside them than drawn from the palettes
+    assert roof_off_ground(1.0) < 0.8 * roof_off_ground(0.0)
+    band, _ = _band_and_roof_to_ground(replace(camo, size_px=192), range(16))
+    assert band < 0.6
+    assert SynthConfig().ground_roof_probability == 0.0  # the defaults draw as before
