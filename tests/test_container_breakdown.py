@@ -40,3 +40,14 @@ def test_found_share_counts_one_to_one_matches() -> None:
     none_found = breakdown(chips, shifted)
     assert none_found["all"].found == 0 and none_found["all"].total == n
     assert sum(t.total for g, t in none_found.items() if g.startswith("GSD")) == n
+
+
+def test_intermodal_config_puts_many_more_containers_on_flat_wagons() -> None:
+    """``--config intermodal`` (stage 17): half the wagons carry containers; the defaults are unchanged."""
+    from training.synth import CONFIGS
+
+    def on_wagon(cfg: SynthConfig) -> int:
+        return sum(c.on_wagon for s in range(8) for c in container_contexts(generate_chip(s, replace(cfg, size_px=256))))
+
+    assert on_wagon(CONFIGS["intermodal"]) > 2 * on_wagon(CONFIGS["default"])
+    assert SynthConfig().kind_weights["flat_containers"] == 0.12
