@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 
 from training.container_breakdown import breakdown, container_contexts
-from training.synth import CONTAINER, SynthConfig, generate_chip
+from training.synth import CONTAINER, SynthChip, SynthConfig, generate_chip
 
 # only container trains: every wagon a flat wagon carrying containers, in rail scenes
 TRAINS = replace(SynthConfig(size_px=256), kind_weights={"flat_containers": 1.0}, scene_weights=(1.0, 0.0, 0.0, 0.0))
@@ -28,11 +28,11 @@ def test_found_share_counts_one_to_one_matches() -> None:
     chips = [generate_chip(s, TRAINS) for s in range(3)]
     n = sum(o.class_id == CONTAINER for c in chips for o in c.objects)
 
-    def perfect(chip):  # every label, twice: the second copy must not count again
+    def perfect(chip: SynthChip) -> list[np.ndarray]:  # every label, twice: the second copy must not count again
         boxes = [o.corners for o in chip.objects if o.class_id == CONTAINER]
         return boxes + boxes
 
-    def shifted(chip):  # every label moved by a whole width: no match at IoU 0.5
+    def shifted(chip: SynthChip) -> list[np.ndarray]:  # every label moved by a whole width: no match at IoU 0.5
         return [o.corners + 8.0 for o in chip.objects if o.class_id == CONTAINER]
 
     all_found = breakdown(chips, perfect)["all"]

@@ -1,5 +1,5 @@
 """Where the detector misses synthetic containers: found share by context (on a flat wagon or in a lot, ground
-sample distance, nearest neighbour's colour, contrast).
+sample distance, nearest neighbour's colour).
 
 Runs on fresh synthetic seeds (default 7,000,000 on, never trained on and not the held-out evaluation seeds), so that
 what it shows can steer the generator without tuning on the figures reported:

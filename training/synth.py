@@ -94,7 +94,7 @@ class SynthConfig:
     shadow_factor: tuple[float, float] = (0.12, 0.5)
     # share of wagons given a light roof (grey, beige, white), the kind that sits beside a black shadow band
     light_roof_probability: float = 0.0
-    # share of wagons whose roof takes the colour of the ground beneath it (grey wagons on grey concrete or ballast):
+    # share of wagons whose roof takes the colour of the ground beside it (grey wagons on grey concrete or ballast):
     # such a wagon shows only by its edges, coupling gaps and shadow, and its black shadow band looks more like a
     # wagon than the wagon does — the real Swiss yard's lower train
     ground_roof_probability: float = 0.0
@@ -173,7 +173,7 @@ YARD_MEASURED_CONFIG = replace(YARD_ACROSS_CONFIG, light_roof_probability=0.25, 
                                blur_sigma_px=(0.0, 0.7))
 
 #: The variant of the seventeenth training stage (``--config yard_camo``): the twelfth stage's yard where 40% of the
-#: wagons wear the colour of the ground beneath them (0.85-1.12 of it), with near-black shadows from a sun across the
+#: wagons wear the colour of the ground one wagon width beside them (0.85-1.12 of it), with near-black shadows from a sun across the
 #: tracks. Looked at closely, the real Swiss yard's lower train is such a train: grey wagons on grey concrete, each
 #: beside a black band with light coupling gaps — the band has the wagon's outline and more contrast than the
 #: wagon, and the model boxed the band (17 of 21 false alarms).
