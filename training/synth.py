@@ -439,18 +439,17 @@ class _Scene:
         body = _rect(centre[0], centre[1], L, W, angle)
         if self.overlaps(body, 0.0):
             return
+        u = np.array([math.cos(angle), math.sin(angle)])
+        v = np.array([-u[1], u[0]])
         ground_here = None
         if kind != "locomotive" and _chance(rng, cfg.ground_roof_probability):
             # the ground one wagon width beside it on the sunny side (at the centre lie its own sleepers)
-            normal = np.array([-math.sin(angle), math.cos(angle)])
-            normal = -normal if np.dot(normal, self.shadow_dir) > 0 else normal
-            ground_here = self.ground_colour_at(centre + normal * W, radius_px=W / 2)
+            sunny = -v if np.dot(v, self.shadow_dir) > 0 else v
+            ground_here = self.ground_colour_at(centre + sunny * W, radius_px=W / 2)
             kind = "box" if kind in ("gondola", "tank", "flat", "flat_containers") else kind  # a plain roof
         height = {"box": 4.2, "tank": 4.0, "hopper": 3.8, "gondola": 2.8, "flat": 1.3, "flat_containers": 3.9,
                   "locomotive": 4.3}[kind] * rng.uniform(0.9, 1.1)
         self.shadow(body, height)
-        u = np.array([math.cos(angle), math.sin(angle)])
-        v = np.array([-u[1], u[0]])
         palette = WAGON_COLOURS["flat" if kind == "flat_containers" else kind]
         col = _jitter(rng, palette[rng.integers(len(palette))], 14)
         if kind != "locomotive" and rng.random() < cfg.light_roof_probability:
