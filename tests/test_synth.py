@@ -202,3 +202,23 @@ def test_yard_camo_gives_many_wagons_the_ground_colour_beside_a_black_band() -> 
     band, _ = _band_and_roof_to_ground(replace(camo, size_px=192), range(16))
     assert band < 0.6
     assert SynthConfig().ground_roof_probability == 0.0  # the defaults draw as before
+
+
+def test_ground_roof_ratio_sets_how_bright_a_camouflaged_roof_is() -> None:
+    """``ground_roof_ratio``: a camouflaged roof's brightness as a share of the ground beside it (the real lower
+    train's roofs: 0.72-0.81); the default keeps yard_camo's 0.85-1.12."""
+    from dataclasses import replace
+
+    from training.synth import CONFIGS
+
+    assert SynthConfig().ground_roof_ratio == (0.85, 1.12)
+    camo = replace(CONFIGS["yard_camo"], size_px=192, ground_roof_probability=1.0)
+
+    def median_roof(ratio: tuple[float, float]) -> float:
+        _, roof = _band_and_roof_ratios(replace(camo, ground_roof_ratio=ratio), range(12))
+        r = np.array(roof)
+        return float(np.median(r[np.isfinite(r)]))
+
+    dark, plain = median_roof((0.6, 0.6)), median_roof((1.0, 1.0))
+    assert dark < plain - 0.15
+    assert 0.5 < dark < 0.9 and 0.9 < plain < 1.15

@@ -98,6 +98,8 @@ class SynthConfig:
     # such a wagon shows only by its edges, coupling gaps and shadow, and its black shadow band looks more like a
     # wagon than the wagon does — the real Swiss yard's lower train
     ground_roof_probability: float = 0.0
+    # such a roof's brightness as a share of that ground's (per wagon, uniform in the range)
+    ground_roof_ratio: tuple[float, float] = (0.85, 1.12)
     # share of tracks in a bundle that hold a train (real yards have many empty tracks)
     bundle_occupancy: tuple[float, float] = (0.15, 0.9)
     # viewing geometry: off-nadir angle leans tall objects away from the sensor (their side face shows)
@@ -455,7 +457,7 @@ class _Scene:
         if kind != "locomotive" and rng.random() < cfg.light_roof_probability:
             col = _jitter(rng, LIGHT_ROOFS[rng.integers(len(LIGHT_ROOFS))], 10)
         if ground_here is not None:
-            col = np.clip(ground_here * rng.uniform(0.85, 1.12) + rng.normal(0, 5, 3), 0, 255)
+            col = np.clip(ground_here * rng.uniform(*cfg.ground_roof_ratio) + rng.normal(0, 5, 3), 0, 255)
         lean = self.lean_dir * self.lean_per_m * height
         if np.linalg.norm(lean) > 0.3:  # off-nadir: the side face shows, the roof (the label) is displaced
             side = cv2.convexHull(np.vstack([body, body + lean]).astype(np.float32)).reshape(-1, 2)
