@@ -45,8 +45,9 @@ def inpaint_outlines(image: np.ndarray, boxes: list[np.ndarray], stroke_px: int,
 
 
 def railcar_figures(detector: Detector, chips: list[SynthChip], stroke_px: int, half: bool) -> dict[str, float]:
-    """Railcar mAP50, precision, recall, count error and the false alarms (and those beside a label) at the
-    operating threshold, on ``chips`` with their railcar outlines inpainted (and downsampled x0.5 when ``half``)."""
+    """Railcar mAP50, precision, recall and count error on ``chips`` with their railcar outlines inpainted (and
+    downsampled x0.5 when ``half``); and the false alarms — detections at the operating threshold that overlap no
+    label at rotated IoU >= 0.5 — with how many of them lie beside a label (:func:`beside_a_label`)."""
     low = _low_conf(detector)
     conf = detector.class_conf["railcar"]
     tally = ClassTally()
