@@ -35,3 +35,19 @@ def test_boxes_that_are_not_beside_a_label() -> None:
     assert not beside_a_label(_box(145, 116, 40, 8, 20), [wagon])  # the next wagon along the track
     assert not beside_a_label(_box(97, 108, 40, 8, 70), [wagon])  # across it
     assert not beside_a_label(_box(97, 108, 40, 8, 20), [])
+
+
+def test_across_offsets_are_in_label_widths_and_one_width_over_is_the_band() -> None:
+    from training.failure_analysis import across_offsets, one_width_over
+
+    wagon = _box(100, 100, 40, 8, 30)
+    a = math.radians(30)
+    normal = np.array([-math.sin(a), math.cos(a)])
+    for k, expected_one_over in ((0.0, False), (0.6, False), (1.0, True), (1.15, True), (1.4, False)):
+        box = _box(*(np.array([100, 100]) + normal * 8 * k), 40, 8, 30)
+        offsets = across_offsets(box, [wagon])
+        assert len(offsets) == 1 and abs(offsets[0] - k) < 1e-6
+        assert one_width_over(box, [wagon]) is expected_one_over
+        assert beside_a_label(box, [wagon]) is (0.5 <= k <= 1.6)
+    assert across_offsets(_box(100, 100, 40, 8, 100), [wagon]) == []  # across it: not alongside
+    assert across_offsets(_box(145, 126, 40, 8, 30), [wagon]) == []  # the next wagon along the track

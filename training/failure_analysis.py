@@ -3,7 +3,7 @@
 Green: detection matching a label (railcars rotated IoU >= 0.5; containers loosely). Red: false alarm. Yellow:
 missed label. Grey: uncertain label (ignore region). Thin lines: railcars; the same colours for containers.
 The printed tally also counts the false alarms that lie alongside a label, offset across it by about its width
-(a box on the shadow band beside a wagon).
+(a box on the shadow band beside a wagon: 0.5-1.6 widths), and of those the ones a whole width over (0.8-1.2).
 
     python -m training.failure_analysis ../shared/real-eval/swiss_yard_left_0p5m --out models/failures_swiss_0p5m.png
 
@@ -35,20 +35,31 @@ def _axes(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
     return c.mean(0), long_e / max(length, 1e-9), length, width
 
 
-def beside_a_label(det: np.ndarray, truths: list[np.ndarray], max_angle_deg: float = 15.0) -> bool:
-    """Whether a false alarm lies alongside a labelled object: nearly parallel, overlapping it along its length by at
-    least half, and offset across it by 0.5-1.6 of its width — where a box on the shadow band beside a wagon lands."""
+def across_offsets(det: np.ndarray, truths: list[np.ndarray], max_angle_deg: float = 15.0) -> list[float]:
+    """How far a box is offset across each label it runs alongside (nearly parallel, centres at most half the
+    label's length apart along it), in that label's widths: 0 on it, 1 on the band one width over."""
     d_centre, d_axis, _, _ = _axes(det)
+    out = []
     for t in truths:
         centre, axis, length, width = _axes(t)
         if abs(float(np.dot(d_axis, axis))) < np.cos(np.radians(max_angle_deg)):
             continue
         off = d_centre - centre
-        along = abs(float(np.dot(off, axis)))
-        across = abs(float(off[0] * axis[1] - off[1] * axis[0]))
-        if along <= 0.5 * length and 0.5 * width <= across <= 1.6 * width:
-            return True
-    return False
+        if abs(float(np.dot(off, axis))) <= 0.5 * length:
+            out.append(abs(float(off[0] * axis[1] - off[1] * axis[0])) / max(width, 1e-9))
+    return out
+
+
+def beside_a_label(det: np.ndarray, truths: list[np.ndarray], max_angle_deg: float = 15.0) -> bool:
+    """Whether a false alarm lies alongside a labelled object: nearly parallel, overlapping it along its length by at
+    least half, and offset across it by 0.5-1.6 of its width — where a box on the shadow band beside a wagon lands."""
+    return any(0.5 <= o <= 1.6 for o in across_offsets(det, truths, max_angle_deg))
+
+
+def one_width_over(det: np.ndarray, truths: list[np.ndarray]) -> bool:
+    """Whether a false alarm sits one label width (0.8-1.2 widths) across a label it runs alongside: the box moved
+    wholly onto the band beside the wagon, not merely shifted towards it."""
+    return any(0.8 <= o <= 1.2 for o in across_offsets(det, truths))
 
 
 def draw_failures(stem: Path, weights: Path, out: Path, scale: int = 2) -> dict[str, dict[str, int]]:
@@ -71,7 +82,7 @@ def draw_failures(stem: Path, weights: Path, out: Path, scale: int = 2) -> dict[
         loose = name == "container"
         thr = 0.3 if loose else 0.5
         used = [False] * len(truth)
-        hits = false_alarms = beside = 0
+        hits = false_alarms = beside = one_over = 0
         for ig in ignore:
             poly(ig, GREY)
         for d in (d for d in dets if d.class_name == name):
@@ -87,11 +98,13 @@ def draw_failures(stem: Path, weights: Path, out: Path, scale: int = 2) -> dict[
             else:
                 false_alarms += 1
                 beside += beside_a_label(q, truth)
+                one_over += one_width_over(q, truth)
                 poly(q, RED)
         for t, u in zip(truth, used):
             if not u:
                 poly(t, YELLOW)
         tally[name] = {"hits": hits, "false_alarms": false_alarms, "false_alarms_beside_a_label": beside,
+                       "false_alarms_one_width_over": one_over,
                        "misses": used.count(False)}
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), canvas)
