@@ -9,7 +9,8 @@ as the 0.5 m version was). It measures the artefact; never train on it.
     python -m training.inpaint_artefact --chips 30 --strokes 0 2 3 5 7
 
 Chips come from seeds 7,200,000 on (neither trained on nor the held-out set). ``--roof-ratio`` draws the camouflaged
-wagons' roofs at that share of the ground's brightness (the real lower train: 0.72-0.81).
+wagons' roofs at that share of the ground's brightness (the real lower train: 0.72-0.81) and camouflages 60% of the
+wagons instead of yard_camo's 40%.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chips", type=int, default=30)
     ap.add_argument("--strokes", type=int, nargs="+", default=[0, 2, 3, 5, 7], help="outline widths (px at 0.255 m)")
     ap.add_argument("--roof-ratio", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                    help="camouflaged roofs' brightness as a share of the ground's (default: yard_camo's)")
+                    help="camouflaged roofs' brightness as a share of the ground's, with 60%% of wagons "
+                         "camouflaged (default: yard_camo's 0.85-1.12 on 40%%)")
     a = ap.parse_args(argv)
     cfg = replace(YARD_CAMO_CONFIG, gsd_range=(SWISS_GSD_M, SWISS_GSD_M), gsd_focus_probability=0.0)
     if a.roof_ratio:

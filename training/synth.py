@@ -175,8 +175,8 @@ YARD_MEASURED_CONFIG = replace(YARD_ACROSS_CONFIG, light_roof_probability=0.25, 
                                blur_sigma_px=(0.0, 0.7))
 
 #: The variant of the seventeenth training stage (``--config yard_camo``): the twelfth stage's yard where 40% of the
-#: wagons wear the colour of the ground one wagon width beside them (0.85-1.12 of it), with near-black shadows from a sun across the
-#: tracks. Looked at closely, the real Swiss yard's lower train is such a train: grey wagons on grey concrete, each
+#: wagons wear the colour of the ground one wagon width beside them (``ground_roof_ratio``: 0.85-1.12 of it), with
+#: near-black shadows from a sun across the tracks. Looked at closely, the real Swiss yard's lower train is such a train: grey wagons on grey concrete, each
 #: beside a black band with light coupling gaps — the band has the wagon's outline and more contrast than the
 #: wagon, and the model boxed the band (17 of 21 false alarms).
 YARD_CAMO_CONFIG = replace(YARD_ACROSS_CONFIG, ground_roof_probability=0.4, light_roof_probability=0.3,
