@@ -222,3 +222,45 @@ def test_ground_roof_ratio_sets_how_bright_a_camouflaged_roof_is() -> None:
     dark, plain = median_roof((0.6, 0.6)), median_roof((1.0, 1.0))
     assert dark < plain - 0.15
     assert 0.5 < dark < 0.9 and 0.9 < plain < 1.15
+
+
+def test_resample_to_gsd_draws_at_the_own_gsd_and_resamples_as_the_service_does(tmp_path: Path) -> None:
+    """``resample_to_gsd_m``: every chip comes out at the working GSD and size, covering the ground its own-GSD
+    render covers, with true-to-scale labels inside the frame; unset, chips stay at their own GSD."""
+    from dataclasses import replace
+
+    from training.synth import _draw_gsd, main
+
+    assert SynthConfig().resample_to_gsd_m is None
+    cfg = SynthConfig(size_px=160, resample_to_gsd_m=0.4)
+    seen = {RAILCAR: 0, CONTAINER: 0}
+    factors = []
+    fine = replace(cfg, gsd_range=(0.3, 0.36))  # drawn finer than the working GSD: downsampled
+    for seed, c in [(seed, cfg) for seed in range(8)] + [(seed, fine) for seed in range(3)]:
+        chip = generate_chip(seed, c)
+        assert chip.image.shape == (160, 160, 3) and chip.image.dtype == np.uint8
+        assert abs(chip.gsd_m - 0.4) < 0.01
+        own = _draw_gsd(c, np.random.default_rng(seed))
+        native = generate_chip(seed, replace(c, size_px=round(160 * 0.4 / own), resample_to_gsd_m=None))
+        assert native.gsd_m == own
+        assert abs(native.image.shape[0] * own - 160 * chip.gsd_m) < 1e-6  # the same ground, resampled
+        assert len(native.objects) == len(chip.objects)
+        factors.append(own / chip.gsd_m)
+        for o in chip.objects:
+            assert o.corners.min() >= 0 and o.corners.max() <= 160
+            if o.corners.min() > 0.5 and o.corners.max() < 159.5:
+                seen[o.class_id] += 1
+                length_m, width_m = (s * chip.gsd_m for s in _sides(o.corners))
+                if o.class_id == RAILCAR:
+                    assert 13.6 <= length_m <= 23.4 and 2.6 <= width_m <= 3.4
+                else:
+                    assert min(abs(length_m - 6.06), abs(length_m - 12.19)) < 0.3 and abs(width_m - 2.44) < 0.2
+    assert min(factors) < 0.9 and max(factors) > 1.5  # both down- and upsampled chips
+    assert seen[RAILCAR] > 20 and seen[CONTAINER] > 5
+    main([str(tmp_path / "rs"), "--train", "2", "--val", "1", "--size", "96", "--workers", "1",
+          "--resample-to-gsd", "0.4"])
+    import json
+
+    manifest = json.loads((tmp_path / "rs" / "manifest.json").read_text())
+    assert manifest["config"]["resample_to_gsd_m"] == 0.4
+    assert all(abs(c["gsd_m"] - 0.4) < 0.02 for c in manifest["chips"])

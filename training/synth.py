@@ -45,6 +45,11 @@ class SynthConfig:
     # fourth training stage (not shipped, see models/MODEL_CARD.md) used (0.34, 0.48) with probability 0.6
     gsd_focus: tuple[float, float] = (0.34, 0.48)
     gsd_focus_probability: float = 0.0
+    # when set, each chip is drawn at its own GSD on a canvas sized so that resampling it to this GSD gives size_px,
+    # then resampled exactly as the service resamples an upload of known GSD (cubic up, area down): the model trains
+    # on what it sees at inference (objects at the working scale, blurred when the source was coarser). None: chips
+    # stay at their own GSD (all data of versions 1-5)
+    resample_to_gsd_m: float | None = None
     # scene mix: probabilities of rail yard, port (container lots with some rail), mixed, and empty (no targets)
     scene_weights: tuple[float, float, float, float] = (0.5, 0.2, 0.22, 0.08)
     # rail geometry
@@ -332,14 +337,19 @@ def _smooth_noise(rng: np.random.Generator, size: int, scale: int, channels: int
     return big.reshape(size, size, channels)
 
 
+def _draw_gsd(cfg: SynthConfig, rng: np.random.Generator) -> float:
+    """A chip's ground sample distance: the first draws of its generator."""
+    focus = rng.random() < cfg.gsd_focus_probability
+    return float(rng.uniform(*(cfg.gsd_focus if focus else cfg.gsd_range)))
+
+
 class _Scene:
     """State for drawing one chip."""
 
     def __init__(self, cfg: SynthConfig, rng: np.random.Generator) -> None:
         self.cfg = cfg
         self.rng = rng
-        focus = rng.random() < cfg.gsd_focus_probability
-        self.gsd = float(rng.uniform(*(cfg.gsd_focus if focus else cfg.gsd_range)))
+        self.gsd = _draw_gsd(cfg, rng)
         self.px = 1.0 / self.gsd  # pixels per metre
         self.canvas = _Canvas(cfg.size_px, cfg.supersample)
         az = rng.uniform(0, 2 * math.pi)
@@ -798,6 +808,8 @@ def _visible_label(corners: Corners, size: int, min_fraction: float) -> Corners 
 def generate_chip(seed: int, cfg: SynthConfig | None = None) -> SynthChip:
     """Render one chip. The same seed and config give the same chip."""
     cfg = cfg or SynthConfig()
+    if cfg.resample_to_gsd_m:
+        return _resampled_chip(seed, cfg, cfg.resample_to_gsd_m)
     rng = np.random.default_rng(seed)
     sc = _Scene(cfg, rng)
     size = cfg.size_px
@@ -841,6 +853,19 @@ def generate_chip(seed: int, cfg: SynthConfig | None = None) -> SynthChip:
             objects.append(SynthObject(o.class_id, vis))
     return SynthChip(image=image, objects=objects, gsd_m=sc.gsd, seed=seed, track_angle_rad=float(main_angle),
                      shadow_dir=(float(sc.shadow_dir[0]), float(sc.shadow_dir[1])))
+
+
+def _resampled_chip(seed: int, cfg: SynthConfig, target_gsd_m: float) -> SynthChip:
+    """The chip of ``seed`` drawn at its own GSD, resampled to ``target_gsd_m`` as ``app.detector`` resamples."""
+    native_gsd = _draw_gsd(cfg, np.random.default_rng(seed))  # the same draw the scene makes first
+    size = cfg.size_px
+    render = max(32, round(size * target_gsd_m / native_gsd))
+    chip = generate_chip(seed, replace(cfg, size_px=render, resample_to_gsd_m=None))
+    factor = size / render
+    interp = cv2.INTER_CUBIC if factor > 1 else cv2.INTER_AREA
+    image = cv2.resize(chip.image, (size, size), interpolation=interp) if render != size else chip.image
+    objects = [SynthObject(o.class_id, np.clip(o.corners * factor, 0, size)) for o in chip.objects]
+    return replace(chip, image=image, objects=objects, gsd_m=chip.gsd_m / factor)
 
 
 def obb_label_lines(chip: SynthChip) -> list[str]:
@@ -903,6 +928,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--size", type=int, default=640)
+    ap.add_argument("--resample-to-gsd", type=float, default=None, metavar="M",
+                    help="draw each chip at its own GSD and resample it to M m/px as the service does (e.g. 0.4)")
     ap.add_argument("--config", choices=tuple(CONFIGS), default="default",
                     help="generator settings: the defaults (versions 2-3 data), or the fourth, sixth, ninth "
                          "(yard), tenth (yard_shadow), twelfth (yard_across), fourteenth (yard_ortho), sixteenth "
@@ -910,6 +937,10 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     base = CONFIGS[a.config]
     cfg = replace(base, size_px=a.size)
+    if a.resample_to_gsd is not None:
+        if not 0.05 <= a.resample_to_gsd <= 5.0:
+            ap.error("--resample-to-gsd must lie in 0.05-5 m/px")
+        cfg = replace(cfg, resample_to_gsd_m=a.resample_to_gsd)
     print(write_dataset(a.out, a.train, a.val, a.seed, a.workers, cfg))
 
 
