@@ -15,11 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from app.detection import Detection, DetectionResult
-from app.geometry import greedy_rotated_nms, tile_core, tile_origins
+from app.geometry import greedy_rotated_nms, resample, resample_scale, tile_core, tile_origins
 from app.offline import CLASS_NAMES, configure_offline
 from app.runtimes import Engine, OnnxEngine, OpenVinoEngine, TorchEngine, decode, to_input
 
@@ -129,16 +128,8 @@ class Detector:
             raise ValueError("image must be H x W x 3 uint8 RGB")
         t0 = time.perf_counter()
         height, width = image.shape[:2]
-        scale = 1.0
-        work = image
-        if gsd_m is not None and self.info.working_gsd_m:
-            scale = gsd_m / self.info.working_gsd_m
-            if abs(scale - 1.0) > 0.02:
-                size = (max(1, round(width * scale)), max(1, round(height * scale)))
-                interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-                work = cv2.resize(image, size, interpolation=interp)
-            else:
-                scale = 1.0
+        scale = resample_scale(gsd_m, self.info.working_gsd_m)
+        work = resample(image, scale)
         corners, scores, classes = self._detect_tiled(work[..., ::-1])  # a BGR view: to_input reads it once
         if scale != 1.0:
             corners = corners / scale

@@ -1,4 +1,5 @@
-"""Oriented-box geometry: rotated IoU, duplicate removal and tile layout. No web or model imports."""
+"""Oriented-box geometry: rotated IoU, duplicate removal, tile layout and resampling to a working GSD. No web or model
+imports."""
 
 from __future__ import annotations
 
@@ -83,6 +84,28 @@ def greedy_rotated_nms(corners: np.ndarray, scores: np.ndarray, classes: np.ndar
                 suppressed[j] = True
         suppressed[i] = True
     return keep
+
+
+#: An image within this share of the working GSD is used as it is (the service, the importers and the generator).
+RESAMPLE_TOLERANCE: float = 0.02
+
+
+def resample_scale(gsd_m: float | None, target_gsd_m: float | None) -> float:
+    """Factor that brings an image of ``gsd_m`` m/px to ``target_gsd_m``; 1.0 when either is unknown or the two lie
+    within :data:`RESAMPLE_TOLERANCE` of each other."""
+    if not gsd_m or not target_gsd_m:
+        return 1.0
+    scale = gsd_m / target_gsd_m
+    return scale if abs(scale - 1.0) > RESAMPLE_TOLERANCE else 1.0
+
+
+def resample(image: np.ndarray, scale: float) -> np.ndarray:
+    """``image`` scaled by ``scale`` (sizes rounded): bicubic when enlarging, area averaging when shrinking."""
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
 
 
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:

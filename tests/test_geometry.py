@@ -68,3 +68,19 @@ def test_tiles_cover_and_cores_partition_the_axis(length: int) -> None:
             assert s - o >= overlap / 2
         if e < length:
             assert o + tile - e >= overlap / 2
+
+
+def test_resample_scale_and_resample_bring_an_image_to_the_working_gsd() -> None:
+    from app.geometry import resample, resample_scale
+
+    assert resample_scale(0.8, 0.4) == 2.0 and resample_scale(0.3, 0.4) == pytest.approx(0.75)
+    assert resample_scale(None, 0.4) == 1.0 and resample_scale(0.5, None) == 1.0
+    assert resample_scale(0.405, 0.4) == 1.0  # within 2%: used as it is
+    img = np.zeros((10, 21, 3), np.uint8)
+    img[:, 10:] = 200
+    up = resample(img, 2.0)
+    assert up.shape == (20, 42, 3) and up.dtype == np.uint8
+    down = resample(img, 0.5)
+    assert down.shape == (5, 10, 3)  # 10.5 rounds to even
+    assert 0 < down[0, 4, 0] < 200  # area averaging mixes the two halves at the edge (input columns 8.4-10.5)
+    assert resample(img, 1.0) is img

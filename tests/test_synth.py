@@ -256,6 +256,8 @@ def test_resample_to_gsd_draws_at_the_own_gsd_and_resamples_as_the_service_does(
                 else:
                     assert min(abs(length_m - 6.06), abs(length_m - 12.19)) < 0.3 and abs(width_m - 2.44) < 0.2
     assert min(factors) < 0.9 and max(factors) > 1.5  # both down- and upsampled chips
+    near = replace(cfg, gsd_range=(0.399, 0.401))  # within 2% of the working GSD: the service does not resample
+    assert np.array_equal(generate_chip(5, near).image, generate_chip(5, replace(near, resample_to_gsd_m=None)).image)
     assert seen[RAILCAR] > 20 and seen[CONTAINER] > 5
     main([str(tmp_path / "rs"), "--train", "2", "--val", "1", "--size", "96", "--workers", "1",
           "--resample-to-gsd", "0.4"])

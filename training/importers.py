@@ -35,7 +35,7 @@ import yaml
 from PIL import Image
 from shapely.geometry import Polygon, box
 
-from app.geometry import tile_origins
+from app.geometry import resample, resample_scale, tile_origins
 from app.offline import CLASS_NAMES
 
 RAILCAR, CONTAINER = 0, 1
@@ -189,15 +189,8 @@ class DatasetWriter:
         except ValueError as exc:
             self.skipped.append(str(exc))
             return
-        scale = 1.0
-        if opts.target_gsd_m and item.gsd_m:
-            scale = item.gsd_m / opts.target_gsd_m
-            if abs(scale - 1.0) > 0.02:
-                h, w = image.shape[:2]
-                interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-                image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=interp)
-            else:
-                scale = 1.0
+        scale = resample_scale(item.gsd_m, opts.target_gsd_m)
+        image = resample(image, scale)
         h, w = image.shape[:2]
         objects = [(c, corners * scale) for c, corners in item.objects]
         whole = h <= opts.tile and w <= opts.tile

@@ -27,6 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from app.geometry import resample, resample_scale
+
 RAILCAR, CONTAINER = 0, 1
 CLASS_NAMES = ("railcar", "container")
 
@@ -858,12 +860,14 @@ def generate_chip(seed: int, cfg: SynthConfig | None = None) -> SynthChip:
 def _resampled_chip(seed: int, cfg: SynthConfig, target_gsd_m: float) -> SynthChip:
     """The chip of ``seed`` drawn at its own GSD, resampled to ``target_gsd_m`` as ``app.detector`` resamples."""
     native_gsd = _draw_gsd(cfg, np.random.default_rng(seed))  # the same draw the scene makes first
+    own = replace(cfg, resample_to_gsd_m=None)
+    if resample_scale(native_gsd, target_gsd_m) == 1.0:
+        return generate_chip(seed, own)  # close enough: the service would not resample it either
     size = cfg.size_px
     render = max(32, round(size * target_gsd_m / native_gsd))
-    chip = generate_chip(seed, replace(cfg, size_px=render, resample_to_gsd_m=None))
+    chip = generate_chip(seed, replace(own, size_px=render))
     factor = size / render
-    interp = cv2.INTER_CUBIC if factor > 1 else cv2.INTER_AREA
-    image = cv2.resize(chip.image, (size, size), interpolation=interp) if render != size else chip.image
+    image = resample(chip.image, factor)
     objects = [SynthObject(o.class_id, np.clip(o.corners * factor, 0, size)) for o in chip.objects]
     return replace(chip, image=image, objects=objects, gsd_m=chip.gsd_m / factor)
 
