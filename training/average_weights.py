@@ -1,7 +1,7 @@
 """Average two checkpoints of the same network weight for weight (WiSE-FT style).
 
 Averaging a fine-tuned network with the checkpoint it started from often keeps the fine-tuning's gains and loses
-less elsewhere. Versions 5 and 6 of the shipped model are such averages (models/MODEL_CARD.md).
+less elsewhere. Versions 5 to 7 of the shipped model are such averages (models/MODEL_CARD.md).
 
     python -m training.average_weights runs/cpu_ft15/weights/best.pt runs/cpu_ft18/weights/last.pt \\
         --weight 0.5 --out runs/soup18/v4_s18last_50.pt
