@@ -12,6 +12,12 @@
 #   FROM=runs/cpu_ft12/weights/best.pt CONFIGS="yard_across:5000 default:1500 stage6:1500 yard_shadow:1000" N_VAL=100 \
 #     SIZE=320 IMGSZ=320 LR0=0.0005 SEED=1400000 BATCH=64 BUDGET_S=530 FINAL_S=50 bash training/gpu_train.sh
 #
+# Stage 22, chips resampled to the working GSD as in CPU stage 21: an entry NAME:N:GSD draws each chip at its own GSD
+# and resamples it to GSD m/px (`training.synth --resample-to-gsd`), in a folder NAME_rs:
+#   FROM=models/wagon-obb.pt CONFIGS="default:2200:0.4 intermodal:1500:0.4 yard_camo:2200:0.4 yard_across:1500:0.4 \
+#     default:1500 yard_camo:700" N_VAL=60 SIZE=320 IMGSZ=320 LR0=0.0005 SEED=4100000 BATCH=64 BUDGET_S=560 \
+#     FINAL_S=50 bash training/gpu_train.sh
+#
 # N_TRAIN and N_VAL are per config; config k draws seeds SEED + k*100000 (validation 5,000,000 above its training
 # seeds). Without HOURS, training gets what is left of BUDGET_S seconds after generation, less FINAL_S for the final
 # validation and copies.
@@ -42,11 +48,12 @@ rm -rf "$synth"
 train_dirs=() val_dirs=()
 k=0
 for entry in $CONFIGS; do
-  cfg=${entry%%:*} n=$N_TRAIN
-  [ "$cfg" != "$entry" ] && n=${entry#*:}
-  python3 -m training.synth "$synth/$cfg" --train "$n" --val "$N_VAL" --seed $(( SEED + k * 100000 )) \
-    --size "$SIZE" --workers "$(nproc)" --config "$cfg"
-  train_dirs+=("$cfg/images/train") val_dirs+=("$cfg/images/val")
+  IFS=: read -r cfg n gsd <<< "$entry"
+  n=${n:-$N_TRAIN} dir=$cfg resample=()
+  if [ -n "${gsd:-}" ]; then dir=${cfg}_rs resample=(--resample-to-gsd "$gsd"); fi
+  python3 -m training.synth "$synth/$dir" --train "$n" --val "$N_VAL" --seed $(( SEED + k * 100000 )) \
+    --size "$SIZE" --workers "$(nproc)" --config "$cfg" "${resample[@]}"
+  train_dirs+=("$dir/images/train") val_dirs+=("$dir/images/val")
   k=$(( k + 1 ))
 done
 join() { local IFS=,; echo "$*"; }
