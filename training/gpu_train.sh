@@ -15,12 +15,12 @@
 # Stage 22, chips resampled to the working GSD as in CPU stage 21: an entry NAME:N:GSD draws each chip at its own GSD
 # and resamples it to GSD m/px (`training.synth --resample-to-gsd`), in a folder NAME_rs:
 #   FROM=models/wagon-obb.pt CONFIGS="default:2200:0.4 intermodal:1500:0.4 yard_camo:2200:0.4 yard_across:1500:0.4 \
-#     default:1500 yard_camo:700" N_VAL=60 SIZE=320 IMGSZ=320 LR0=0.0005 SEED=4100000 BATCH=64 BUDGET_S=560 \
+#     default:1500 yard_camo:700" N_VAL=60 SIZE=320 IMGSZ=320 LR0=0.0005 SEED=4100000 BATCH=64 BUDGET_S=565 \
 #     FINAL_S=50 bash training/gpu_train.sh
 #
 # N_TRAIN and N_VAL are per config; config k draws seeds SEED + k*100000 (validation 5,000,000 above its training
-# seeds). Without HOURS, training gets what is left of BUDGET_S seconds after generation, less FINAL_S for the final
-# validation and copies.
+# seeds); the chips go to SYNTH_DIR (default /tmp/synth, emptied first). Without HOURS, training gets what is left of
+# BUDGET_S seconds after generation, less FINAL_S for the final validation and copies.
 set -euo pipefail
 OUT=${OUT:-runs/gpu}
 N_TRAIN=${N_TRAIN:-3000}
@@ -43,7 +43,7 @@ fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 WAGON_ULTRALYTICS_DIR=/tmp/ultra
 nvidia-smi --query-gpu=name,memory.total --format=csv || true
 nproc
-synth=/tmp/synth
+synth=${SYNTH_DIR:-/tmp/synth}
 rm -rf "$synth"
 train_dirs=() val_dirs=()
 k=0
