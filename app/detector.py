@@ -3,7 +3,9 @@
 Used by the API, the CLI, the evaluator and the benchmarks alike. Images larger than the model input are cut into
 overlapping tiles; each detection is kept only from the tile whose core holds its centre, then a rotated NMS
 removes any duplicate left at a seam. When the ground sample distance is known, the image is first resampled to the
-model's working resolution and boxes are mapped back to the original pixels.
+model's working resolution and boxes are mapped back to the original pixels. With test-time augmentation (the
+sidecar's ``tta``, or the ``tta`` argument) every tile is also run mirrored and all views' boxes enter the NMS
+together (:mod:`app.augment`): four network passes per tile.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.augment import FLIPS, augment_tiles, merge_raw
 from app.detection import Detection, DetectionResult
 from app.geometry import greedy_rotated_nms, resample, resample_scale, tile_core, tile_origins
 from app.offline import CLASS_NAMES, configure_offline
@@ -34,6 +37,9 @@ class ModelInfo:
     conf: float | dict[str, float] = 0.3  # one threshold, or one per class name
     iou: float = 0.5
     tile_overlap_px: int = 128
+    tta: bool = False  # test-time augmentation: each tile also run mirrored three ways (four passes)
+    # thresholds tuned for each mode ("on"/"off"), for running the model in the mode its sidecar does not choose
+    conf_by_tta: dict[str, float | dict[str, float]] | None = None
 
 
 def read_model_info(weights: Path) -> ModelInfo:
@@ -78,7 +84,8 @@ class Detector:
     """A loaded OBB model with tiling, GSD resampling and duplicate removal."""
 
     def __init__(self, weights: str | Path, threads: int | None = None, conf: float | None = None,
-                 runtime: str = "torch", max_det: int = 2000, openvino_precision: str = "f32") -> None:
+                 runtime: str = "torch", max_det: int = 2000, openvino_precision: str = "f32",
+                 tta: bool | None = None) -> None:
         configure_offline()
         import torch
 
@@ -90,9 +97,13 @@ class Detector:
         self.version = self.info.version
         self.runtime, model_file = resolve_runtime(self.weights, runtime)
         self.max_det = max_det  # per tile
+        self.tta = self.info.tta if tta is None else bool(tta)
+        if self.tta != self.info.tta:  # other counts than the sidecar's model gives: say so wherever it is recorded
+            self.version = f"{self.version}+tta-{'on' if self.tta else 'off'}"
         self.openvino_precision = openvino_precision
         self.class_names: tuple[str, ...] = CLASS_NAMES
-        chosen = conf if conf is not None else self.info.conf
+        tuned = (self.info.conf_by_tta or {}).get("on" if self.tta else "off")
+        chosen = conf if conf is not None else tuned if tuned is not None else self.info.conf
         self.class_conf: dict[str, float] = (
             {c: float(chosen.get(c, 0.3)) for c in CLASS_NAMES} if isinstance(chosen, dict)
             else {c: float(chosen) for c in CLASS_NAMES})
@@ -114,7 +125,10 @@ class Detector:
     def _predict(self, tiles_bgr: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Run the network on equally sized BGR tiles; return (corners, conf, cls) per tile."""
         with self._lock:
-            raw = self._engine.run(to_input(tiles_bgr))
+            if self.tta:
+                raw = merge_raw(self._engine.run(to_input(augment_tiles(tiles_bgr))), FLIPS, tiles_bgr[0].shape[0])
+            else:
+                raw = self._engine.run(to_input(tiles_bgr))
             decoded = decode(raw, self.conf, self.info.iou, self.max_det, len(CLASS_NAMES))
         out = []
         for corners, scores, classes in decoded:
@@ -185,14 +199,15 @@ class Detector:
         return c, s, k
 
 
-_CACHE: dict[tuple[str, int | None, float | None, str, str], Detector] = {}
+_CACHE: dict[tuple[str, int | None, float | None, str, str, bool | None], Detector] = {}
 
 
 def load_detector(weights: str | Path, threads: int | None = None, conf: float | None = None,
-                  runtime: str = "torch", openvino_precision: str = "f32") -> Detector:
-    """Load (once per process) and warm up the detector for these weights and runtime."""
-    key = (str(Path(weights).resolve()), threads, conf, runtime, openvino_precision)
+                  runtime: str = "torch", openvino_precision: str = "f32", tta: bool | None = None) -> Detector:
+    """Load (once per process) and warm up the detector for these weights and runtime (``tta`` None: as the
+    sidecar says)."""
+    key = (str(Path(weights).resolve()), threads, conf, runtime, openvino_precision, tta)
     if key not in _CACHE:
         _CACHE[key] = Detector(weights, threads=threads, conf=conf, runtime=runtime,
-                               openvino_precision=openvino_precision)
+                               openvino_precision=openvino_precision, tta=tta)
     return _CACHE[key]

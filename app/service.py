@@ -360,8 +360,9 @@ def load_configured_detector(settings: Settings) -> DetectorProtocol:
         import cv2
 
         cv2.setNumThreads(settings.inference_threads)  # OpenCV's resizing too: workers x threads <= cores
+    tta = {"auto": None, "on": True, "off": False}[settings.tta]
     detector: DetectorProtocol = load_detector(path, threads=settings.inference_threads, runtime=settings.runtime,
-                                               openvino_precision=settings.openvino_precision)
+                                               openvino_precision=settings.openvino_precision, tta=tta)
     log.info("detector %s %s ready", detector.name, detector.version)
     return detector
 

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
         "AMX or AVX512-BF16 (about 3x faster there, but counts differ from PyTorch's on a quarter of chips; "
         "see bench/results.md).",
     )
+    tta: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Test-time augmentation: `on` runs every tile also mirrored three ways and joins the views' "
+        "boxes (four network passes: better counts and boxes, about four times the inference time), `off` runs "
+        "it once, `auto` does what the model's sidecar JSON says (the shipped model: on; see models/MODEL_CARD.md).",
+    )
     max_concurrent_inferences: int = Field(
         default=1,
         ge=1,

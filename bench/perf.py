@@ -1,6 +1,6 @@
-"""CPU performance benchmarks: runtime, serving overhead, throughput, memory and the hardware limit.
+"""CPU performance benchmarks: runtime, test-time augmentation, serving overhead, throughput, memory, hardware limit.
 
-    python -m bench.perf                        # all five, prints a Markdown table, writes bench/results.md
+    python -m bench.perf                        # all six, prints a Markdown table, writes bench/results.md
     python -m bench.perf --only runtime,serving # a quick subset (also: python -m bench.perf runtime serving)
 
 Every figure is the median of several runs; ratios are measured in the same run. The machine is shared and noisy:
@@ -65,16 +65,17 @@ def _runtime_detectors(threads: int) -> dict[str, object]:
             "openvino-bf16": Detector(WEIGHTS, threads=threads, runtime="openvino", openvino_precision="bf16")}
 
 
-_RUNTIME_SPECS = {"torch": ("torch", "f32"), "onnx": ("onnx", "f32"), "openvino": ("openvino", "f32"),
-                  "openvino-bf16": ("openvino", "bf16")}
+#: (runtime, precision, test-time augmentation): the runtimes are compared on one network pass per chip
+_RUNTIME_SPECS = {"torch": ("torch", "f32", False), "onnx": ("onnx", "f32", False),
+                  "openvino": ("openvino", "f32", False), "openvino-bf16": ("openvino", "bf16", False)}
 
 
-def _runtime_timer(conn: Connection, runtime: str, precision: str, threads: int) -> None:
+def _runtime_timer(conn: Connection, runtime: str, precision: str, threads: int, tta: bool = False) -> None:
     """Child process: load one runtime, then time blocks of chips on request (``conn.recv()`` gives the block
     size; 0 ends), sending back the times in ms. Idle between blocks, as a service runs a single runtime."""
     from app.detector import Detector
 
-    det = Detector(WEIGHTS, threads=threads, runtime=runtime, openvino_precision=precision)
+    det = Detector(WEIGHTS, threads=threads, runtime=runtime, openvino_precision=precision, tta=tta)
     bgr = [np.ascontiguousarray(_chips(1)[0].image[..., ::-1])]
     det._predict(bgr)
     conn.send("ready")
@@ -87,27 +88,17 @@ def _runtime_timer(conn: Connection, runtime: str, precision: str, threads: int)
         conn.send(times)
 
 
-def bench_runtime(rounds: int = 6, block: int = 8, parity_chips: int = 20, accuracy_chips: int = 40) -> None:
-    """PyTorch eager vs ONNX Runtime vs OpenVINO: latency per 640 x 640 chip (network, decoding and NMS), detection
-    parity with PyTorch on held-out chips, and each runtime's accuracy (mAP50, count error) against the labels of
-    held-out synthetic chips.
-
-    Each runtime is timed in its own process, as a service runs it (one runtime per process): hosted together,
-    one runtime's thread pool slowed the next one (OpenVINO f32 33.7 ms per chip beside PyTorch, 32.2 alone).
-    The processes take turns, a block of ``block`` consecutive chips each for ``rounds`` rounds, so load drifts
-    affect all alike; the first chip of each block is not counted.
-    """
+def _timed_in_processes(specs: dict[str, tuple[str, str, bool]], rounds: int, block: int) -> dict[str, list[float]]:
+    """Per spec, ms per chip: each spec in its own process, taking turns a block of chips at a time (the first
+    chip of each block not counted)."""
     import multiprocessing as mp
-
-    from app.runtimes import Parity
-    from training.evaluate import evaluate_synthetic
 
     threads = len(os.sched_getaffinity(0))
     spawn = mp.get_context("spawn")
     timers = {}
-    for k, (runtime, precision) in _RUNTIME_SPECS.items():
+    for k, spec in specs.items():
         parent, child = spawn.Pipe()
-        proc = spawn.Process(target=_runtime_timer, args=(child, runtime, precision, threads), daemon=True)
+        proc = spawn.Process(target=_runtime_timer, args=(child, spec[0], spec[1], threads, spec[2]), daemon=True)
         proc.start()
         if parent.recv() != "ready":
             raise RuntimeError(f"runtime timer {k} did not start")
@@ -122,11 +113,29 @@ def bench_runtime(rounds: int = 6, block: int = 8, parity_chips: int = 20, accur
         for proc, conn in timers.values():
             conn.send(0)
             proc.join(30)
+    return times
+
+
+def bench_runtime(rounds: int = 6, block: int = 8, parity_chips: int = 20, accuracy_chips: int = 40) -> None:
+    """PyTorch eager vs ONNX Runtime vs OpenVINO: latency per 640 x 640 chip (network, decoding and NMS), detection
+    parity with PyTorch on held-out chips, and each runtime's accuracy (mAP50, count error) against the labels of
+    held-out synthetic chips.
+
+    Each runtime is timed in its own process, as a service runs it (one runtime per process): hosted together,
+    one runtime's thread pool slowed the next one (OpenVINO f32 33.7 ms per chip beside PyTorch, 32.2 alone).
+    The processes take turns, a block of ``block`` consecutive chips each for ``rounds`` rounds, so load drifts
+    affect all alike; the first chip of each block is not counted.
+    """
+    from app.runtimes import Parity
+    from training.evaluate import evaluate_synthetic
+
+    threads = len(os.sched_getaffinity(0))
+    times = _timed_in_processes(_RUNTIME_SPECS, rounds, block)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in times.items():
         _row("runtime", f"{RUNTIME_LABELS[k]}, ms per 640 chip, own process (median; min-max)",
              f"{med[k]:.1f} ({min(v):.1f}-{max(v):.1f})")
-    for k in timers:
+    for k in times:
         if k != "torch":
             _row("runtime", f"speed-up of {RUNTIME_LABELS[k]} over PyTorch eager, ratio of medians (of minima; "
                  "target >= 1.5)", f"{med['torch'] / med[k]:.2f}x ({min(times['torch']) / min(times[k]):.2f}x)")
@@ -452,7 +461,31 @@ def bench_limit(repeats: int = 5) -> None:
     _row("limit", "achieved share of the matrix-product FLOP/s", f"{achieved / peak:.0%}")
 
 
-BENCHES = {"runtime": bench_runtime, "serving": bench_serving, "throughput": bench_throughput,
+def bench_tta(rounds: int = 6, block: int = 4, accuracy_chips: int = 40) -> None:
+    """Test-time augmentation on the service's default runtime (OpenVINO f32): latency per 640 chip with one
+    network pass and with four (each mode in its own process, taking turns), and each mode's accuracy against the
+    labels of held-out synthetic chips at its own tuned thresholds."""
+    from app.detector import Detector
+    from training.evaluate import evaluate_synthetic
+
+    specs = {"one pass": ("openvino", "f32", False), "TTA, four passes": ("openvino", "f32", True)}
+    times = _timed_in_processes(specs, rounds, block)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in times.items():
+        _row("tta", f"OpenVINO f32, {k}: ms per 640 chip, own process (median; min-max)",
+             f"{med[k]:.1f} ({min(v):.1f}-{max(v):.1f})")
+    _row("tta", "time with TTA over time without, ratio of medians", f"{med['TTA, four passes'] / med['one pass']:.2f}x")
+    threads = len(os.sched_getaffinity(0))
+    for k, (runtime, precision, tta) in specs.items():
+        det = Detector(WEIGHTS, threads=threads, runtime=runtime, openvino_precision=precision, tta=tta)
+        acc = evaluate_synthetic(det, accuracy_chips)
+        cells = [f"{c} mAP50 {v['map50']:.3f}, count error {100 * v['count_err_over_true']:.1f}%"
+                 for c, v in acc["classes"].items()]
+        _row("tta", f"accuracy, {k}, {accuracy_chips} held-out synthetic chips (seeds {acc['seeds'][0]}+), "
+             f"thresholds {det.class_conf}", "; ".join(cells))
+
+
+BENCHES = {"runtime": bench_runtime, "tta": bench_tta, "serving": bench_serving, "throughput": bench_throughput,
            "memory": bench_memory, "limit": bench_limit}
 
 

@@ -94,3 +94,49 @@ def test_model_info_from_a_sidecar_holding_only_thresholds(tmp_path: Path) -> No
     info = read_model_info(weights)
     assert (info.name, info.version) == ("best", hashlib.sha256(b"not really weights").hexdigest()[:12])
     assert info.conf == {"railcar": 0.35, "container": 0.4} and info.working_gsd_m == 0.4
+
+
+def _mirrored(dets: list[Any], width: int) -> list[np.ndarray]:
+    return [np.stack([width - np.asarray(d.obb)[:, 0], np.asarray(d.obb)[:, 1]], 1) for d in dets]
+
+
+def test_test_time_augmentation_is_mirror_symmetric_and_finds_the_wagons(yard: Any) -> None:
+    """With TTA the views of an image and of its mirror image are the same four pictures, so the detections of the
+    mirror image are the mirrored detections (up to float noise), and the wagons are still found."""
+    from app.detector import load_detector
+    from tests.conftest import MODEL_PATH
+
+    tta = load_detector(MODEL_PATH, tta=True)
+    image = yard.image
+    assert image.shape[0] == image.shape[1] == tta.info.imgsz  # one exact tile: no padding to break the symmetry
+    plain = tta.detect(image).detections
+    mirror = tta.detect(np.ascontiguousarray(image[:, ::-1])).detections
+    for cls in ("railcar", "container"):
+        a = [d for d in plain if d.class_name == cls]
+        b = [d for d in mirror if d.class_name == cls]
+        assert abs(len(a) - len(b)) <= 1, cls
+        assert _matched(b, _mirrored(a, image.shape[1]), iou=0.9) >= len(a) - 1, cls
+    truth = [o.corners for o in yard.objects if o.class_id == RAILCAR]
+    railcars = [d for d in plain if d.class_name == "railcar"]
+    assert abs(len(railcars) - len(truth)) <= 0.25 * len(truth)
+    assert _matched(railcars, truth) >= 0.75 * len(truth)
+
+
+def test_tta_mode_picks_its_own_thresholds_and_marks_an_override(tmp_path: Path) -> None:
+    """A sidecar keeps thresholds per mode; running the model in the mode its sidecar does not choose uses that
+    mode's thresholds and says so in the version it records."""
+    import json
+    import shutil
+
+    from app.detector import Detector
+    from tests.conftest import MODEL_PATH
+
+    weights = tmp_path / "m.pt"
+    shutil.copy(MODEL_PATH, weights)
+    on, off = {"railcar": 0.5, "container": 0.45}, {"railcar": 0.35, "container": 0.3}
+    weights.with_suffix(".json").write_text(json.dumps(
+        {"name": "m", "version": "9", "imgsz": 640, "tta": True, "conf": on, "conf_by_tta": {"on": on, "off": off}}))
+    as_shipped, forced_off = Detector(weights), Detector(weights, tta=False)
+    assert as_shipped.tta and as_shipped.class_conf == on and as_shipped.version == "9"
+    assert not forced_off.tta and forced_off.class_conf == off and forced_off.version == "9+tta-off"
+    assert Detector(weights, tta=False, conf=0.6).class_conf == {"railcar": 0.6, "container": 0.6}

@@ -101,10 +101,11 @@ _LOW: dict[str, Detector] = {}
 
 def _low_conf(detector: Detector) -> Detector:
     """The same weights and runtime at a very low threshold and no detection cap (for AP); loaded once."""
-    key = f"{detector.weights.resolve()}|{detector.runtime}|{detector.openvino_precision}"
+    key = f"{detector.weights.resolve()}|{detector.runtime}|{detector.openvino_precision}|{detector.tta}"
     if key not in _LOW:
         _LOW[key] = Detector(detector.weights, threads=detector.threads, conf=LOW_CONF, max_det=LOW_CONF_MAX_DET,
-                             runtime=detector.runtime, openvino_precision=detector.openvino_precision)
+                             runtime=detector.runtime, openvino_precision=detector.openvino_precision,
+                             tta=detector.tta)
     return _LOW[key]
 
 
@@ -276,16 +277,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tune", type=int, default=0, metavar="N",
                     help="first choose per-class thresholds on N synthetic validation chips and write them into "
                          "the model's sidecar JSON")
+    ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="test-time augmentation on or off (default: as the sidecar says); with --tune the choice "
+                         "is written into the sidecar with the thresholds tuned for it (also kept per mode in "
+                         "conf_by_tta, which a detector run in the other mode uses)")
     a = ap.parse_args(argv)
     if a.tune:
-        thresholds = tune_thresholds(load_detector(a.weights, threads=a.threads), a.tune)
+        tuning = load_detector(a.weights, threads=a.threads, tta=a.tta)
+        thresholds = tune_thresholds(tuning, a.tune)
         sidecar = a.weights.with_suffix(".json")
         info = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        tta = tuning.tta
         info["conf"] = thresholds
+        info["tta"] = tta
+        info.setdefault("conf_by_tta", {})["on" if tta else "off"] = thresholds
         sidecar.write_text(json.dumps(info, indent=2) + "\n")
         print(f"thresholds tuned on {a.tune} validation chips: {thresholds} -> {sidecar}")
-    det = Detector(a.weights, threads=a.threads) if a.tune else load_detector(a.weights, threads=a.threads)
-    out: dict[str, object] = {"model": {"name": det.name, "version": det.version}}
+    det = (Detector(a.weights, threads=a.threads, tta=a.tta) if a.tune
+           else load_detector(a.weights, threads=a.threads, tta=a.tta))
+    out: dict[str, object] = {"model": {"name": det.name, "version": det.version, "tta": det.tta}}
     if a.synthetic:
         out["synthetic"] = evaluate_synthetic(det, a.synthetic, use_gsd=not a.no_gsd)
     if a.real and a.real.is_dir():
