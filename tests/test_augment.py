@@ -1,4 +1,4 @@
-"""Tests of app.augment: flips of tiles and of raw OBB outputs, and their per-anchor average."""
+"""Tests of app.augment: flips of tiles and of raw OBB outputs, and the views joined for one NMS."""
 
 from __future__ import annotations
 
