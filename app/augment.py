@@ -13,6 +13,7 @@ NumPy only; the detector calls it around its engine (any runtime).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -40,8 +41,10 @@ def augment_tiles(tiles: Sequence[np.ndarray], flips: Sequence[str] = FLIPS) -> 
     return [flip_tile(t, f) for t in tiles for f in flips]
 
 
-def _anchor_order(size: int, flip: str, strides: Sequence[int]) -> np.ndarray:
-    """For each anchor of the original tile, the index of the same place in the flipped tile's output."""
+@lru_cache(maxsize=32)
+def _anchor_order(size: int, flip: str, strides: tuple[int, ...]) -> np.ndarray:
+    """For each anchor of the original tile, the index of the same place in the flipped tile's output (cached: the
+    same few orders serve every tile)."""
     parts, offset = [], 0
     for s in strides:
         n = size // s
@@ -63,7 +66,7 @@ def unflip_raw(raw: np.ndarray, flip: str, size: int, strides: Sequence[int] = S
         raise ValueError(f"raw output {raw.shape} does not hold {n_anchors} anchors of a {size} px tile")
     if flip == "none":
         return raw
-    out = raw[:, _anchor_order(size, flip, strides)]
+    out = raw[:, _anchor_order(size, flip, tuple(strides))]
     if flip in ("lr", "both"):
         out[0] = size - out[0]
     if flip in ("ud", "both"):
