@@ -56,18 +56,16 @@ RUNTIME_LABELS = {"torch": "PyTorch eager", "onnx": "ONNX Runtime", "openvino": 
                   "openvino-bf16": "OpenVINO bf16"}
 
 
-def _runtime_detectors(threads: int) -> dict[str, object]:
-    from app.detector import Detector
-
-    return {"torch": Detector(WEIGHTS, threads=threads, runtime="torch"),
-            "onnx": Detector(WEIGHTS, threads=threads, runtime="onnx"),
-            "openvino": Detector(WEIGHTS, threads=threads, runtime="openvino", openvino_precision="f32"),
-            "openvino-bf16": Detector(WEIGHTS, threads=threads, runtime="openvino", openvino_precision="bf16")}
-
-
 #: (runtime, precision, test-time augmentation): the runtimes are compared on one network pass per chip
 _RUNTIME_SPECS = {"torch": ("torch", "f32", False), "onnx": ("onnx", "f32", False),
                   "openvino": ("openvino", "f32", False), "openvino-bf16": ("openvino", "bf16", False)}
+
+
+def _runtime_detectors(threads: int) -> dict[str, object]:
+    from app.detector import Detector
+
+    return {k: Detector(WEIGHTS, threads=threads, runtime=runtime, openvino_precision=precision, tta=tta)
+            for k, (runtime, precision, tta) in _RUNTIME_SPECS.items()}
 
 
 def _runtime_timer(conn: Connection, runtime: str, precision: str, threads: int, tta: bool = False) -> None:
