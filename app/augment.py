@@ -21,6 +21,17 @@ import numpy as np
 FLIPS: tuple[str, ...] = ("none", "lr", "ud", "both")
 #: Output strides of the OBB head (P3-P5), in the order its anchors are concatenated.
 STRIDES: tuple[int, ...] = (8, 16, 32)
+#: The head layouts a raw output may come from: P3-P5, or P2-P5 (``training/yolo11n-p2-obb-wagon.yaml``).
+KNOWN_STRIDES: tuple[tuple[int, ...], ...] = (STRIDES, (4, 8, 16, 32))
+
+
+def strides_for(size: int, n_anchors: int) -> tuple[int, ...]:
+    """The output strides of a head that gives ``n_anchors`` anchors for a ``size`` px tile."""
+    for strides in KNOWN_STRIDES:
+        if sum((size // s) ** 2 for s in strides) == n_anchors:
+            return strides
+    raise ValueError(f"{n_anchors} anchors fit no known head layout for a {size} px tile "
+                     f"(strides {', '.join(map(str, KNOWN_STRIDES))})")
 
 
 def flip_tile(tile: np.ndarray, flip: str) -> np.ndarray:
@@ -58,9 +69,11 @@ def _anchor_order(size: int, flip: str, strides: tuple[int, ...]) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def unflip_raw(raw: np.ndarray, flip: str, size: int, strides: Sequence[int] = STRIDES) -> np.ndarray:
+def unflip_raw(raw: np.ndarray, flip: str, size: int, strides: Sequence[int] | None = None) -> np.ndarray:
     """One flipped tile's raw output ``(4 + classes + 1) x anchors`` (x y w h, scores, angle) in the original
-    tile's frame and anchor order."""
+    tile's frame and anchor order (``strides`` None: inferred from the number of anchors)."""
+    if strides is None:
+        strides = strides_for(size, raw.shape[-1])
     n_anchors = sum((size // s) ** 2 for s in strides)
     if raw.ndim != 2 or raw.shape[1] != n_anchors:
         raise ValueError(f"raw output {raw.shape} does not hold {n_anchors} anchors of a {size} px tile")
@@ -76,7 +89,7 @@ def unflip_raw(raw: np.ndarray, flip: str, size: int, strides: Sequence[int] = S
     return out
 
 
-def merge_raw(raw: np.ndarray, flips: Sequence[str], size: int, strides: Sequence[int] = STRIDES) -> np.ndarray:
+def merge_raw(raw: np.ndarray, flips: Sequence[str], size: int, strides: Sequence[int] | None = None) -> np.ndarray:
     """The raw outputs of :func:`augment_tiles`' batch (``N·len(flips) x C x anchors``) mapped back and joined
     into one raw output per original tile (``N x C x len(flips)·anchors``), ready for the usual decoding."""
     k = len(flips)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.augment import FLIPS, STRIDES, augment_tiles, flip_tile, merge_raw, unflip_raw
+from app.augment import FLIPS, KNOWN_STRIDES, STRIDES, augment_tiles, flip_tile, merge_raw, strides_for, unflip_raw
 
 SIZE = 64  # anchors: 8x8 + 4x4 + 2x2 = 84
 N_CLASSES = 2
 
 
-def _anchor_centres(size: int) -> np.ndarray:
+def _anchor_centres(size: int, strides: tuple[int, ...] = STRIDES) -> np.ndarray:
     out = []
-    for s in STRIDES:
+    for s in strides:
         n = size // s
         ys, xs = np.mgrid[0:n, 0:n]
         out.append(np.stack([(xs.ravel() + 0.5) * s, (ys.ravel() + 0.5) * s], 1))
@@ -34,9 +34,9 @@ def _raw_of_boxes(centres: np.ndarray, w: np.ndarray, h: np.ndarray, angle: np.n
     return np.concatenate([centres.T, w[None], h[None], scores.T, angle[None]]).astype(np.float64)
 
 
-def _flipped_raw(raw: np.ndarray, flip: str, size: int) -> np.ndarray:
+def _flipped_raw(raw: np.ndarray, flip: str, size: int, strides: tuple[int, ...] = STRIDES) -> np.ndarray:
     """What an equivariant network outputs for the flipped tile: the same boxes, mirrored, at mirrored anchors."""
-    centres = _anchor_centres(size)
+    centres = _anchor_centres(size, strides)
     target = _mirror_points(centres, flip, size)  # where original anchor i lands
     index = {tuple(c): k for k, c in enumerate(centres)}
     out = np.empty_like(raw)
@@ -85,6 +85,27 @@ def test_unflip_raw_undoes_a_flip(raw: np.ndarray, flip: str) -> None:
 def test_unflip_raw_rejects_a_wrong_anchor_count(raw: np.ndarray) -> None:
     with pytest.raises(ValueError, match="anchors"):
         unflip_raw(raw[:, :-1], "lr", SIZE)
+    with pytest.raises(ValueError, match="anchors"):
+        unflip_raw(raw, "lr", SIZE, strides=(4, 8, 16, 32))
+
+
+def test_strides_are_told_by_the_anchor_count() -> None:
+    assert strides_for(640, 8400) == (8, 16, 32)  # the shipped P3-P5 head
+    assert strides_for(640, 34000) == (4, 8, 16, 32)  # the P2-P5 head of yolo11n-p2-obb-wagon.yaml
+    with pytest.raises(ValueError, match="no known head layout"):
+        strides_for(640, 8399)
+
+
+@pytest.mark.parametrize("flip", FLIPS)
+def test_unflip_raw_undoes_a_flip_of_a_four_level_head(flip: str) -> None:
+    strides = KNOWN_STRIDES[1]
+    centres = _anchor_centres(SIZE, strides)
+    n = len(centres)
+    rng = np.random.default_rng(5)
+    raw = _raw_of_boxes(centres + rng.normal(0, 1, (n, 2)), rng.uniform(3, 20, n), rng.uniform(2, 6, n),
+                        rng.uniform(-0.7, 2.3, n), rng.uniform(0, 1, (n, N_CLASSES)))
+    back = unflip_raw(_flipped_raw(raw, flip, SIZE, strides), flip, SIZE)  # strides inferred: 340 anchors
+    np.testing.assert_allclose(back, raw, atol=1e-9)
 
 
 def test_merge_joins_every_view_in_the_original_frame(raw: np.ndarray) -> None:
