@@ -21,6 +21,9 @@ echo "$*" >> "$CALLS"
 if [ "$1" = "-m" ] && [ "$2" = "training.synth" ]; then
   mkdir -p "$3" && echo '{}' > "$3/manifest.json"; exit 0
 fi
+if [ "$1" = "-m" ] && [ "$2" = "training.grow_p2" ]; then
+  echo grown > "$4"; exit 0
+fi
 if [ "$1" = "-m" ] && [ "$2" = "training.train" ]; then
   mkdir -p runs/gpu_train/weights
   for f in weights/best.pt weights/last.pt results.csv args.yaml; do echo x > "runs/gpu_train/$f"; done
@@ -35,7 +38,7 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash
 Run = tuple[list[str], Path, Path, "subprocess.CompletedProcess[str]"]
 
 
-def _run(tmp_path: Path, configs: str, stub: str = STUB) -> Run:
+def _run(tmp_path: Path, configs: str, stub: str = STUB, **extra_env: str) -> Run:
     """Run the script in an empty folder with ``stub`` as python3; return its calls, $OUT, SYNTH_DIR, the process."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -49,7 +52,7 @@ def _run(tmp_path: Path, configs: str, stub: str = STUB) -> Run:
         **os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CALLS": str(calls),
         "REAL_PYTHON": sys.executable, "OUT": str(out), "SYNTH_DIR": str(synth), "CONFIGS": configs,
         "N_TRAIN": "7", "N_VAL": "2", "SEED": "1000", "SIZE": "320", "IMGSZ": "320", "HOURS": "0.01",
-        "FROM": "models/wagon-obb.pt", "LR0": "0.0005",
+        "FROM": "models/wagon-obb.pt", "LR0": "0.0005", **extra_env,
     }
     proc = subprocess.run(["bash", str(SCRIPT)], cwd=work, env=env, capture_output=True, text=True, timeout=120)
     return calls.read_text().splitlines(), out, synth, proc
@@ -89,3 +92,14 @@ def test_a_failing_generator_stops_the_run_before_training(tmp_path: Path) -> No
     assert "generator failed" in proc.stderr
     assert len([c for c in calls if c.startswith("-m training.synth")]) == 1
     assert not any(c.startswith("-m training.train") for c in calls)
+
+
+def test_grow_p2_trains_the_grown_model(tmp_path: Path) -> None:
+    calls, out, _, proc = _run(tmp_path, "default:5", GROW_P2="1")
+    assert proc.returncode == 0, proc.stderr
+    grow = next(c.split() for c in calls if c.startswith("-m training.grow_p2"))
+    assert grow[2] == "models/wagon-obb.pt" and grow[3] == str(out / "grown_p2.pt")
+    train = next(c.split() for c in calls if c.startswith("-m training.train"))
+    assert train[train.index("--from") + 1] == str(out / "grown_p2.pt")
+    assert calls.index(next(c for c in calls if c.startswith("-m training.grow_p2"))) < calls.index(
+        next(c for c in calls if c.startswith("-m training.train")))

@@ -18,6 +18,8 @@
 #     default:1500 yard_camo:700" N_VAL=60 SIZE=320 IMGSZ=320 LR0=0.0005 SEED=4100000 BATCH=64 BUDGET_S=565 \
 #     FINAL_S=50 bash training/gpu_train.sh
 #
+# A four-level model (P2-P5, training/yolo11n-p2-obb-wagon.yaml) grown from FROM first (`training.grow_p2`): GROW_P2=1.
+#
 # N_TRAIN and N_VAL are per config; config k draws seeds SEED + k*100000 (validation 5,000,000 above its training
 # seeds); the chips go to SYNTH_DIR (default /tmp/synth, emptied first). Without HOURS, training gets what is left of
 # BUDGET_S seconds after generation, less FINAL_S for the final validation and copies.
@@ -66,6 +68,11 @@ if [ -z "$HOURS" ]; then
 fi
 echo "training for $HOURS h"
 extra=()
+if [ -n "${GROW_P2:-}" ]; then
+  [ -n "$FROM" ] || { echo "GROW_P2 needs FROM (a trained three-level checkpoint)" >&2; exit 2; }
+  python3 -m training.grow_p2 "$FROM" "$OUT/grown_p2.pt"
+  FROM=$OUT/grown_p2.pt
+fi
 [ -n "$FROM" ] && extra+=(--from "$FROM")
 [ -n "$LR0" ] && extra+=(--lr0 "$LR0")
 # keep the newest checkpoints in $OUT while training runs, so a cut-off run still returns weights

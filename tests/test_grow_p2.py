@@ -1,0 +1,52 @@
+"""Tests of training.grow_p2: a trained three-level model grown into the four-level (P2-P5) one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.augment import strides_for
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 320
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    from training.grow_p2 import grow
+
+    out = tmp_path_factory.mktemp("p2") / "grown.pt"
+    return out, grow(ROOT / "models" / "wagon-obb.pt", out)
+
+
+def _raw(weights: Path, image: np.ndarray) -> np.ndarray:
+    import torch
+    from ultralytics import YOLO
+
+    net = YOLO(str(weights)).model.float().eval()
+    with torch.no_grad():
+        out = net(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
+    return (out[0] if isinstance(out, (list, tuple)) else out)[0].numpy()
+
+
+def test_grown_model_keeps_every_trained_level(grown: tuple[Path, dict[str, int]]) -> None:
+    """The P3-P5 anchors of the grown model answer exactly as the source model does; P2 adds stride-4 anchors."""
+    path, counts = grown
+    assert counts["carried"] > 500 and counts["copied_into_p2"] > 0 and 0 < counts["new"] < 50
+    image = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    old, new = _raw(ROOT / "models" / "wagon-obb.pt", image), _raw(path, image)
+    assert strides_for(SIZE, old.shape[1]) == (8, 16, 32)
+    assert strides_for(SIZE, new.shape[1]) == (4, 8, 16, 32)
+    n_p2 = (SIZE // 4) ** 2
+    np.testing.assert_allclose(new[:, n_p2:], old, rtol=1e-4, atol=1e-3)
+
+
+def test_grown_checkpoint_names_its_yaml_and_classes(grown: tuple[Path, dict[str, int]]) -> None:
+    import torch
+
+    ckpt = torch.load(grown[0], map_location="cpu", weights_only=False)
+    assert ckpt["train_args"]["model"].endswith("yolo11n-p2-obb-wagon.yaml")
+    assert ckpt["model"].names == {0: "railcar", 1: "container"}
+    assert [float(s) for s in ckpt["model"].stride] == [4.0, 8.0, 16.0, 32.0]

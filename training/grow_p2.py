@@ -1,0 +1,83 @@
+"""Grow a trained three-level model (P3-P5) into the four-level one of ``yolo11n-p2-obb-wagon.yaml`` (P2-P5).
+
+Small objects are what the shipped model misses most: a container 2.4 m wide is 6 px at the working 0.4 m/px and
+covers about two stride-8 anchor points, which it shares with the flat wagon under it (models/MODEL_CARD.md,
+failure analysis). A stride-4 output gives it four times as many. Layers 0-22 of the two YAMLs are identical and
+carried over as they are; the head's P3-P5 levels move up one place; the new P2 level of the head starts as a copy
+of the trained P3 level (same channels), and only the P2 neck (layers 23-25) starts from scratch. The result is an
+Ultralytics checkpoint that ``wagon-detector train --from`` fine-tunes like any other.
+
+    python -m training.grow_p2 models/wagon-obb.pt runs/p2/grown.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+from copy import deepcopy
+from pathlib import Path
+
+from app.offline import configure_offline
+
+ROOT = Path(__file__).resolve().parents[1]
+P2_YAML = ROOT / "training" / "yolo11n-p2-obb-wagon.yaml"
+#: Layers shared by both YAMLs (backbone and the P3-P5 neck).
+SHARED_LAYERS = 23
+
+
+def grow(source: Path, out: Path, seed: int = 0) -> dict[str, int]:
+    """Write the grown checkpoint to ``out``; return how many tensors were carried, copied into P2, and new."""
+    configure_offline()
+    import torch
+    from ultralytics.nn.tasks import OBBModel
+
+    ckpt = torch.load(source, map_location="cpu", weights_only=False)
+    old = (ckpt.get("ema") or ckpt["model"]).float()
+    torch.manual_seed(seed)
+    new = OBBModel(str(P2_YAML), ch=3, nc=len(old.names), verbose=False)
+    new.names = dict(old.names)
+    old_sd, new_sd = old.state_dict(), new.state_dict()
+    old_head, new_head = len(old.model) - 1, len(new.model) - 1
+    carried = copied = 0
+    for key in new_sd:
+        prefix, layer, rest = key.split(".", 2)
+        if prefix != "model":
+            continue
+        i = int(layer)
+        if i < SHARED_LAYERS:
+            new_sd[key] = old_sd[key].clone()
+            carried += 1
+        elif i == new_head:  # "cv2.<level>.…": level 0 is new P2, levels 1-3 are old 0-2
+            branch, level, tail = (rest.split(".", 2) + ["", ""])[:3]
+            if not level.isdigit():  # not per level (the DFL's fixed projection)
+                src, level_no = f"model.{old_head}.{rest}", 1
+            else:
+                level_no = int(level)
+                src = f"model.{old_head}.{branch}.{max(level_no - 1, 0)}.{tail}"
+            if src in old_sd and old_sd[src].shape == new_sd[key].shape:
+                new_sd[key] = old_sd[src].clone()
+                copied += level_no == 0
+                carried += level_no > 0
+    new.load_state_dict(new_sd)
+    new.args = getattr(old, "args", {})
+    grown = dict(ckpt)
+    grown.update(model=deepcopy(new).half(), ema=None, updates=None, optimizer=None, epoch=-1, best_fitness=None)
+    train_args = dict(grown.get("train_args") or {})
+    train_args["model"] = str(P2_YAML)
+    grown["train_args"] = train_args
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(grown, out)
+    new_tensors = len(new_sd) - carried - copied
+    return {"carried": carried, "copied_into_p2": copied, "new": new_tensors}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("source", type=Path, help="trained three-level checkpoint (e.g. models/wagon-obb.pt)")
+    ap.add_argument("out", type=Path, help="where to write the four-level checkpoint")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the new P2 neck's initial weights")
+    args = ap.parse_args(argv)
+    print(grow(args.source, args.out, args.seed))
+
+
+if __name__ == "__main__":
+    main()
