@@ -62,7 +62,7 @@ def grow(source: Path, out: Path, seed: int = 0) -> dict[str, int]:
     grown = dict(ckpt)
     grown.update(model=deepcopy(new).half(), ema=None, updates=None, optimizer=None, epoch=-1, best_fitness=None)
     train_args = dict(grown.get("train_args") or {})
-    train_args["model"] = str(P2_YAML)
+    train_args["model"] = str(P2_YAML.relative_to(ROOT))  # as the repository names it, on any machine
     grown["train_args"] = train_args
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(grown, out)
