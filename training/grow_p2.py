@@ -20,8 +20,6 @@ from app.offline import configure_offline
 
 ROOT = Path(__file__).resolve().parents[1]
 P2_YAML = ROOT / "training" / "yolo11n-p2-obb-wagon.yaml"
-#: Layers shared by both YAMLs (backbone and the P3-P5 neck).
-SHARED_LAYERS = 23
 
 
 def grow(source: Path, out: Path, seed: int = 0) -> dict[str, int]:
@@ -43,7 +41,7 @@ def grow(source: Path, out: Path, seed: int = 0) -> dict[str, int]:
         if prefix != "model":
             continue
         i = int(layer)
-        if i < SHARED_LAYERS:
+        if i < old_head:  # every layer before the source's head is shared (backbone and the P3-P5 neck)
             new_sd[key] = old_sd[key].clone()
             carried += 1
         elif i == new_head:  # "cv2.<level>.…": level 0 is new P2, levels 1-3 are old 0-2
