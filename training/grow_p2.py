@@ -13,7 +13,6 @@ Ultralytics checkpoint that ``wagon-detector train --from`` fine-tunes like any 
 from __future__ import annotations
 
 import argparse
-from copy import deepcopy
 from pathlib import Path
 
 from app.offline import configure_offline
@@ -58,7 +57,7 @@ def grow(source: Path, out: Path, seed: int = 0) -> dict[str, int]:
     new.load_state_dict(new_sd)
     new.args = getattr(old, "args", {})
     grown = dict(ckpt)
-    grown.update(model=deepcopy(new).half(), ema=None, updates=None, optimizer=None, epoch=-1, best_fitness=None)
+    grown.update(model=new.half(), ema=None, updates=None, optimizer=None, epoch=-1, best_fitness=None)
     train_args = dict(grown.get("train_args") or {})
     train_args["model"] = str(P2_YAML.relative_to(ROOT))  # as the repository names it, on any machine
     grown["train_args"] = train_args
