@@ -75,12 +75,22 @@ if [ -n "${GROW_P2:-}" ]; then
 fi
 [ -n "$FROM" ] && extra+=(--from "$FROM")
 [ -n "$LR0" ] && extra+=(--lr0 "$LR0")
-# keep the newest checkpoints in $OUT while training runs, so a cut-off run still returns weights
-( while sleep 20; do cp -f runs/gpu_train/weights/last.pt runs/gpu_train/weights/best.pt runs/gpu_train/results.csv "$OUT"/ 2>/dev/null || true; done ) &
+# Checkpoints travel back stripped to half-precision weights (a P2 training checkpoint with its optimizer is 28 MB,
+# over the device tool's 16 MiB a file). Keep the newest in $OUT while training runs, so a cut-off run still returns
+# weights; a checkpoint caught mid-write is skipped until the next round.
+strip_to_out() {
+  for f in last best; do
+    python3 -c "import sys; from ultralytics.utils.torch_utils import strip_optimizer as s; s(sys.argv[1], sys.argv[2])" \
+      "runs/gpu_train/weights/$f.pt" "$OUT/$f.pt.tmp" >/dev/null 2>&1 && mv -f "$OUT/$f.pt.tmp" "$OUT/$f.pt" || true
+  done
+  cp -f runs/gpu_train/results.csv "$OUT"/ 2>/dev/null || true
+}
+( while sleep 30; do strip_to_out; done ) &
 saver=$!
 python3 -m training.train --data "$synth/data.yaml" "${extra[@]}" --epochs 300 --hours "$HOURS" --imgsz "$IMGSZ" \
   --batch "$BATCH" --workers "$(( $(nproc) - 2 ))" --cache ram --project runs --name gpu_train 2>&1 \
   | tee "$OUT/train.log" | grep -vE '^\s+[0-9]+/[0-9]+ .*it/s' || true
 kill $saver || true
-cp -f runs/gpu_train/weights/best.pt runs/gpu_train/weights/last.pt runs/gpu_train/results.csv runs/gpu_train/args.yaml "$OUT"/
+strip_to_out
+cp -f runs/gpu_train/args.yaml "$OUT"/
 echo "total $(( $(date +%s) - t0 )) s"
