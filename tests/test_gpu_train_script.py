@@ -29,6 +29,10 @@ if [ "$1" = "-m" ] && [ "$2" = "training.train" ]; then
   for f in weights/best.pt weights/last.pt results.csv args.yaml; do echo x > "runs/gpu_train/$f"; done
   echo "trained"; exit 0
 fi
+if [ "$1" = "-m" ] && [ "$2" = "training.strip_checkpoint" ]; then
+  [ -f "$3" ] || exit 1
+  echo "stripped $(cat "$3")" > "$4"; exit 0
+fi
 exec "$REAL_PYTHON" "$@"
 """
 
@@ -81,6 +85,10 @@ def test_entries_set_counts_resampling_seeds_and_data_yaml(tmp_path: Path) -> No
     assert train[train.index("--lr0") + 1] == "0.0005"
     for name in ("best.pt", "last.pt", "results.csv", "args.yaml", "train.log", "synth_manifests.tar.gz"):
         assert (out / name).is_file(), name
+    # the checkpoints come back stripped (a P2 training checkpoint is over the device tool's 16 MiB a file)
+    for name in ("best.pt", "last.pt"):
+        assert (out / name).read_text() == "stripped x\n", name
+        assert f"-m training.strip_checkpoint runs/gpu_train/weights/{name} {out / name}" in calls
 
 
 def test_a_failing_generator_stops_the_run_before_training(tmp_path: Path) -> None:

@@ -18,7 +18,15 @@
 #     default:1500 yard_camo:700" N_VAL=60 SIZE=320 IMGSZ=320 LR0=0.0005 SEED=4100000 BATCH=64 BUDGET_S=565 \
 #     FINAL_S=50 bash training/gpu_train.sh
 #
-# A four-level model (P2-P5, training/yolo11n-p2-obb-wagon.yaml) grown from FROM first (`training.grow_p2`): GROW_P2=1.
+# A four-level model (P2-P5, training/yolo11n-p2-obb-wagon.yaml) grown from a three-level FROM first
+# (`training.grow_p2`): GROW_P2=1.
+#
+# Stage 30 (version 10): the four-level candidate of CPU stages 27-28 (`git show 3eb34b5:models/candidates/
+# wagon-obb-p2-soup28.pt`) on a mix with 45% of its chips at their own GSD. The shipped model is four-level since, so
+# a later run starts from FROM=models/wagon-obb.pt, without GROW_P2 and with a fresh SEED:
+#   FROM=models/candidates/wagon-obb-p2-soup28.pt CONFIGS="default:2200 yard_camo:1000 intermodal:800 default:2000:0.4 \
+#     intermodal:1200:0.4 yard_camo:1600:0.4 yard_across:1200:0.4" N_VAL=50 SIZE=320 IMGSZ=320 LR0=0.0004 \
+#     SEED=6000000 BATCH=64 BUDGET_S=555 FINAL_S=55 bash training/gpu_train.sh
 #
 # N_TRAIN and N_VAL are per config; config k draws seeds SEED + k*100000 (validation 5,000,000 above its training
 # seeds); the chips go to SYNTH_DIR (default /tmp/synth, emptied first). Without HOURS, training gets what is left of
@@ -78,19 +86,17 @@ fi
 # Checkpoints travel back stripped to half-precision weights (a P2 training checkpoint with its optimizer is 28 MB,
 # over the device tool's 16 MiB a file). Keep the newest in $OUT while training runs, so a cut-off run still returns
 # weights; a checkpoint caught mid-write is skipped until the next round.
-strip_to_out() {
-  for f in last best; do
-    python3 -c "import sys; from ultralytics.utils.torch_utils import strip_optimizer as s; s(sys.argv[1], sys.argv[2])" \
-      "runs/gpu_train/weights/$f.pt" "$OUT/$f.pt.tmp" >/dev/null 2>&1 && mv -f "$OUT/$f.pt.tmp" "$OUT/$f.pt" || true
-  done
-  cp -f runs/gpu_train/results.csv "$OUT"/ 2>/dev/null || true
-}
-( while sleep 30; do strip_to_out; done ) &
+( while sleep 30; do
+    for f in last best; do
+      python3 -m training.strip_checkpoint "runs/gpu_train/weights/$f.pt" "$OUT/$f.pt" >/dev/null 2>&1 || true
+    done
+    cp -f runs/gpu_train/results.csv "$OUT"/ 2>/dev/null || true
+  done ) >/dev/null 2>&1 &  # its own output closed, so a sleep it leaves behind holds no caller's pipe open
 saver=$!
 python3 -m training.train --data "$synth/data.yaml" "${extra[@]}" --epochs 300 --hours "$HOURS" --imgsz "$IMGSZ" \
   --batch "$BATCH" --workers "$(( $(nproc) - 2 ))" --cache ram --project runs --name gpu_train 2>&1 \
   | tee "$OUT/train.log" | grep -vE '^\s+[0-9]+/[0-9]+ .*it/s' || true
 kill $saver || true
-strip_to_out
-cp -f runs/gpu_train/args.yaml "$OUT"/
+for f in last best; do python3 -m training.strip_checkpoint "runs/gpu_train/weights/$f.pt" "$OUT/$f.pt"; done
+cp -f runs/gpu_train/results.csv runs/gpu_train/args.yaml "$OUT"/
 echo "total $(( $(date +%s) - t0 )) s"
