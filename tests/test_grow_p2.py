@@ -1,4 +1,8 @@
-"""Tests of training.grow_p2: a trained three-level model grown into the four-level (P2-P5) one."""
+"""Tests of training.grow_p2: a three-level model grown into the four-level (P2-P5) one.
+
+The shipped model is four-level since version 10, so the source here is a three-level network built from
+``training/yolo11n-obb-wagon.yaml`` with seeded random weights: what is tested is that every weight is carried over.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +18,32 @@ SIZE = 320
 
 
 @pytest.fixture(scope="module")
-def grown(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+def three_level(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A three-level OBB checkpoint with seeded random weights and BatchNorm statistics away from their defaults."""
+    from app.offline import configure_offline
+
+    configure_offline()
+    import torch
+    from ultralytics.nn.tasks import OBBModel
+
+    torch.manual_seed(0)
+    net = OBBModel(str(ROOT / "training" / "yolo11n-obb-wagon.yaml"), ch=3, nc=2, verbose=False)
+    net.names = {0: "railcar", 1: "container"}
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("p3") / "three_level.pt"
+    torch.save({"model": net.half(), "ema": None, "optimizer": None, "train_args": {}, "epoch": -1}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def grown(three_level: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
     from training.grow_p2 import grow
 
     out = tmp_path_factory.mktemp("p2") / "grown.pt"
-    return out, grow(ROOT / "models" / "wagon-obb.pt", out)
+    return out, grow(three_level, out)
 
 
 def _raw(weights: Path, image: np.ndarray) -> np.ndarray:
@@ -31,12 +56,12 @@ def _raw(weights: Path, image: np.ndarray) -> np.ndarray:
     return (out[0] if isinstance(out, (list, tuple)) else out)[0].numpy()
 
 
-def test_grown_model_keeps_every_trained_level(grown: tuple[Path, dict[str, int]]) -> None:
+def test_grown_model_keeps_every_trained_level(grown: tuple[Path, dict[str, int]], three_level: Path) -> None:
     """The P3-P5 anchors of the grown model answer exactly as the source model does; P2 adds stride-4 anchors."""
     path, counts = grown
     assert counts["carried"] > 500 and counts["copied_into_p2"] > 0 and 0 < counts["new"] < 50
     image = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
-    old, new = _raw(ROOT / "models" / "wagon-obb.pt", image), _raw(path, image)
+    old, new = _raw(three_level, image), _raw(path, image)
     assert strides_for(SIZE, old.shape[1]) == (8, 16, 32)
     assert strides_for(SIZE, new.shape[1]) == (4, 8, 16, 32)
     n_p2 = (SIZE // 4) ** 2
@@ -50,3 +75,11 @@ def test_grown_checkpoint_names_its_yaml_and_classes(grown: tuple[Path, dict[str
     assert ckpt["train_args"]["model"].endswith("yolo11n-p2-obb-wagon.yaml")
     assert ckpt["model"].names == {0: "railcar", 1: "container"}
     assert [float(s) for s in ckpt["model"].stride] == [4.0, 8.0, 16.0, 32.0]
+
+
+def test_a_four_level_source_is_refused(grown: tuple[Path, dict[str, int]], tmp_path: Path) -> None:
+    from training.grow_p2 import grow
+
+    with pytest.raises(ValueError, match="4 output levels"):
+        grow(grown[0], tmp_path / "again.pt")
+    assert not (tmp_path / "again.pt").exists()

@@ -5,9 +5,12 @@ covers about two stride-8 anchor points, which it shares with the flat wagon und
 failure analysis). A stride-4 output gives it four times as many. Layers 0-22 of the two YAMLs are identical and
 carried over as they are; the head's P3-P5 levels move up one place; the new P2 level of the head starts as a copy
 of the trained P3 level (same channels), and only the P2 neck (layers 23-25) starts from scratch. The result is an
-Ultralytics checkpoint that ``wagon-detector train --from`` fine-tunes like any other.
+Ultralytics checkpoint that ``wagon-detector train --from`` fine-tunes like any other. Version 10 of the shipped
+model was grown this way from version 8, so the shipped model is four-level already; to grow a three-level one again
+take it from the history, e.g. version 9's:
 
-    python -m training.grow_p2 models/wagon-obb.pt runs/p2/grown.pt
+    git show 3eb34b5:models/wagon-obb.pt > runs/v9.pt
+    python -m training.grow_p2 runs/v9.pt runs/p2/grown.pt
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ def grow(source: Path, out: Path, seed: int = 0) -> dict[str, int]:
 
     ckpt = torch.load(source, map_location="cpu", weights_only=False)
     old = (ckpt.get("ema") or ckpt["model"]).float()
+    levels = len(getattr(old.model[-1], "stride", ()))
+    if levels != 3:
+        raise ValueError(f"{source} has {levels} output levels; grow_p2 grows a three-level (P3-P5) model")
     torch.manual_seed(seed)
     new = OBBModel(str(P2_YAML), ch=3, nc=len(old.names), verbose=False)
     new.names = dict(old.names)
@@ -69,7 +75,7 @@ def grow(source: Path, out: Path, seed: int = 0) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("source", type=Path, help="trained three-level checkpoint (e.g. models/wagon-obb.pt)")
+    ap.add_argument("source", type=Path, help="trained three-level checkpoint (e.g. version 9's, from the history)")
     ap.add_argument("out", type=Path, help="where to write the four-level checkpoint")
     ap.add_argument("--seed", type=int, default=0, help="seed of the new P2 neck's initial weights")
     args = ap.parse_args(argv)
