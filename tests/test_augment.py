@@ -90,8 +90,8 @@ def test_unflip_raw_rejects_a_wrong_anchor_count(raw: np.ndarray) -> None:
 
 
 def test_strides_are_told_by_the_anchor_count() -> None:
-    assert strides_for(640, 8400) == (8, 16, 32)  # the shipped P3-P5 head
-    assert strides_for(640, 34000) == (4, 8, 16, 32)  # the P2-P5 head of yolo11n-p2-obb-wagon.yaml
+    assert strides_for(640, 8400) == (8, 16, 32)  # the P3-P5 head of versions 1-9
+    assert strides_for(640, 34000) == (4, 8, 16, 32)  # the P2-P5 head of version 10 (yolo11n-p2-obb-wagon.yaml)
     with pytest.raises(ValueError, match="no known head layout"):
         strides_for(640, 8399)
 
