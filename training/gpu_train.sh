@@ -22,7 +22,7 @@
 # (`training.grow_p2`): GROW_P2=1.
 #
 # Stage 30 (version 10): the four-level candidate of CPU stages 27-28 (`git show 3eb34b5:models/candidates/
-# wagon-obb-p2-soup28.pt`) on a mix with 45% of its chips at their own GSD. The shipped model is four-level since, so
+# wagon-obb-p2-soup28.pt`) on a mix with 40% of its chips at their own GSD. The shipped model is four-level since, so
 # a later run starts from FROM=models/wagon-obb.pt, without GROW_P2 and with a fresh SEED:
 #   FROM=models/candidates/wagon-obb-p2-soup28.pt CONFIGS="default:2200 yard_camo:1000 intermodal:800 default:2000:0.4 \
 #     intermodal:1200:0.4 yard_camo:1600:0.4 yard_across:1200:0.4" N_VAL=50 SIZE=320 IMGSZ=320 LR0=0.0004 \
