@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from app.detection import Detection, DetectionResult
-from app.geometry import greedy_rotated_nms, tile_core, tile_origins
+from app.geometry import greedy_rotated_nms, resample_scale, tile_core, tile_origins
+from app.gsd_estimate import estimate_gsd
 from app.raster import Georef, Scene, Window
 
 #: Side of a detection window at the model's working resolution, in pixels (about 5 x 5 model tiles).
@@ -185,10 +186,12 @@ def detect_over_windows(
     total: int = 0,
     seam_px: float = 256.0,
     region: Window | None = None,
+    detected: dict[Window, DetectionResult] | None = None,
 ) -> list[Detection]:
     """Detect over an iterator of ``(plan, rgb, valid)`` windows; return detections in scene pixels.
 
-    Each window goes through ``detector.detect`` (which tiles and resamples it). A detection is kept from the
+    Each window goes through ``detector.detect`` (which tiles and resamples it), unless ``detected`` already holds
+    its result at the same scale. A detection is kept from the
     window whose core holds its centre, and only when the pixel under its centre is valid; a rotated NMS over the
     detections within ``seam_px`` of an inner window seam removes what is left twice (only there, so that a big
     scene's tens of thousands of detections are not compared with each other).
@@ -200,7 +203,7 @@ def detect_over_windows(
         n_windows += 1
         c0, r0 = plan.window[0], plan.window[1]
         if valid.any():
-            result = detector.detect(rgb, gsd_m=gsd_m)
+            result = (detected or {}).get(plan.window) or detector.detect(rgb, gsd_m=gsd_m)
             x0, x1, y0, y1 = plan.core
             for d in result.detections:
                 cx, cy = d.center
@@ -244,6 +247,22 @@ def _near_inner_edge(x: float, y: float, core: tuple[float, float, float, float]
     c, r, w, h = region
     return ((x0 > c and x - x0 < seam_px) or (x1 < c + w and x1 - x < seam_px)
             or (y0 > r and y - y0 < seam_px) or (y1 < r + h and y1 - y < seam_px))
+
+
+def estimate_scene_gsd(detector: WindowDetector, scene: Scene,
+                       region: Window) -> tuple[float | None, Window, DetectionResult | None]:
+    """The GSD (m/px) that the sizes of the objects found in the region's central window imply, from a first pass
+    at the image's own scale (:func:`app.gsd_estimate.estimate_gsd`; None when too few objects vote), with that
+    window and the first pass's result (None when the window holds no valid pixel)."""
+    c, r, w, h = region
+    side_w, side_h = min(w, WINDOW_WORK_PX), min(h, WINDOW_WORK_PX)
+    window: Window = (c + (w - side_w) // 2, r + (h - side_h) // 2, side_w, side_h)
+    rgb, valid = scene.read(window)
+    if not valid.any():
+        return None, window, None
+    first = detector.detect(rgb, gsd_m=None)
+    found = estimate_gsd(first.detections)
+    return (found.gsd_m if found is not None else None), window, first
 
 
 def read_windows(scene: Scene, plans: list[WindowPlan]) -> Iterator[tuple[WindowPlan, np.ndarray, np.ndarray]]:
@@ -299,7 +318,7 @@ class SceneDetections:
     region: Region
     coverage: dict[str, Any] | None
     gsd_m: float | None
-    gsd_source: str | None  # "request", "geotransform" or None
+    gsd_source: str | None  # "request", "geotransform", "estimated" or None
     windows: int
     detect_ms: float
     extra: dict[str, Any] = field(default_factory=dict)
@@ -312,8 +331,11 @@ def detect_scene(
     footprint: dict[str, Any] | None = None,
     margin_m: float = 50.0,
     progress: Progress | None = None,
+    estimate: bool = False,
 ) -> SceneDetections:
-    """Detect over a whole scene or its footprint region, window by window (CPU-bound)."""
+    """Detect over a whole scene or its footprint region, window by window (CPU-bound). With ``estimate``, a scene
+    whose GSD neither the request nor a geotransform gives gets one estimated from a first pass over its central
+    window (:func:`estimate_scene_gsd`)."""
     t0 = time.perf_counter()
     if gsd_m is not None:
         gsd, source = gsd_m, "request"
@@ -325,6 +347,12 @@ def detect_scene(
     scene.prepare(region.window)
     info = getattr(detector, "info", None)
     working = getattr(info, "working_gsd_m", None)
+    detected: dict[Window, DetectionResult] = {}  # windows already detected at the scale the counted pass uses
+    if gsd is None and estimate:
+        gsd, first_window, first = estimate_scene_gsd(detector, scene, region.window)
+        source = "estimated" if gsd is not None else None
+        if first is not None and resample_scale(gsd, working) == 1.0:
+            detected[first_window] = first  # no resampling called for: a single-window image is not detected twice
     tile_overlap = int(getattr(info, "tile_overlap_px", 128))
     scale = (gsd / working) if (gsd and working) else 1.0  # working px per source px
     window_px = max(256, round(WINDOW_WORK_PX / scale))
@@ -332,7 +360,7 @@ def detect_scene(
     plans = plan_windows(region.window, window_px, overlap_px)
     iou = float(getattr(info, "iou", 0.5))
     detections = detect_over_windows(detector, read_windows(scene, plans), gsd, iou=iou, progress=progress,
-                                     total=len(plans), seam_px=float(overlap_px), region=region.window)
+                                     total=len(plans), seam_px=float(overlap_px), region=region.window, detected=detected)
     if region.footprint_px is not None:
         import shapely
 

@@ -70,10 +70,11 @@ def analyse_source(
     margin_m: float = 50.0,
     sha256: str | None = None,
     progress: Progress | None = None,
+    estimate_gsd: bool = False,
 ) -> Analysis:
     """Open an image (bytes or file), detect over it window by window and return the :class:`Analysis`.
 
-    ``gsd_m`` overrides the geotransform's GSD. With a ``footprint`` and a georeferenced image only the window
+    ``gsd_m`` overrides the geotransform's GSD; with neither, ``estimate_gsd`` estimates one from a first pass. With a ``footprint`` and a georeferenced image only the window
     covering the footprint (plus ``margin_m``) is read and only detections centred inside it are counted. The
     image is checked before the model's presence, so bad input is reported as such on a service without a model.
     CPU-bound: call it from a worker thread.
@@ -88,7 +89,7 @@ def analyse_source(
             raise ModelUnavailableError("no detector is loaded in this service (WAGON_LOAD_MODEL is false)")
         try:
             out = detect_scene(detector, scene, gsd_m=gsd_m, footprint=footprint, margin_m=margin_m,
-                               progress=progress)
+                               progress=progress, estimate=estimate_gsd)
         except RegionError as exc:
             raise InvalidInputError(str(exc)) from None
         geo = None
@@ -112,7 +113,7 @@ def analyse_with_settings(detector: DetectorProtocol | None, source: Path | byte
     return analyse_source(detector, source, gsd_m, footprint, max_pixels=settings.max_pixels,
                           max_scene_pixels=settings.max_scene_pixels, stretch_8bit=settings.stretch_8bit,
                           gdal_cache_mb=settings.gdal_cache_mb, margin_m=settings.footprint_margin_m,
-                          sha256=sha256, progress=progress)
+                          sha256=sha256, progress=progress, estimate_gsd=settings.estimate_gsd)
 
 
 def facility_footprint(store: db.Store, facility_id: str) -> dict[str, Any] | None:

@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         default=False,
         description="Apply the per-band percentile stretch to 8-bit rasters too (deeper data is always stretched).",
     )
+    estimate_gsd: bool = Field(
+        default=True,
+        description="When an image comes with no GSD (no gsd_m, no geotransform), estimate it from a first detector "
+        "pass (the sizes of the containers and railcars found) and resample to the working GSD; off runs such an "
+        "image at its own scale.",
+    )
     gdal_cache_mb: int = Field(default=256, ge=16, description="GDAL block cache while a scene is read, MiB.")
     footprint_margin_m: float = Field(
         default=50.0, ge=0, description="Margin around a facility footprint read with it, metres."

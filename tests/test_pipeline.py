@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -120,3 +121,76 @@ def test_invalid_footprints(bad: object) -> None:
 def test_footprint_ring_is_closed() -> None:
     fp = validate_footprint({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1]]]})
     assert fp["coordinates"][0][0] == fp["coordinates"][0][-1]
+
+
+def test_a_plain_image_gets_an_estimated_gsd_from_its_objects(tmp_path: Path) -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    from app.gsd_estimate import RAILCAR_LENGTH_M, box_sides
+
+    centres = tuple((float(x), float(y)) for x in range(40, 400, 60) for y in (60.0, 160.0))
+    buf = BytesIO()
+    Image.fromarray(blob_scene(centres=centres)).save(buf, format="PNG")
+    det = BlobDetector()
+    det.info = SimpleNamespace(working_gsd_m=0.4)  # type: ignore[attr-defined]  # so the estimate calls for resampling
+    with open_scene(buf.getvalue()) as scene:
+        out = detect_scene(det, scene, estimate=True)
+    assert out.gsd_source == "estimated" and det.calls == 2  # the first pass, then the counted one
+    long_px = np.median([box_sides(d)[0] for d in BlobDetector().detect(blob_scene(centres=centres)).detections])
+    assert out.gsd_m == pytest.approx(RAILCAR_LENGTH_M / long_px, rel=1e-3)
+    assert len(out.detections) == len(centres)
+    with open_scene(buf.getvalue()) as scene:
+        plain = detect_scene(BlobDetector(), scene)
+    assert plain.gsd_m is None and plain.gsd_source is None
+
+
+def test_a_known_gsd_is_never_estimated(tmp_path: Path) -> None:
+    gs = make_geotiff(tmp_path / "s.tif", blob_scene(centres=CENTRES), 0.5)
+    det = BlobDetector()
+    with open_scene(gs.path) as scene:
+        out = detect_scene(det, scene, estimate=True)
+    assert out.gsd_source == "geotransform" and det.calls == 1
+
+
+def test_the_service_setting_switches_the_estimate() -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    from app.scenes import analyse_with_settings
+    from app.settings import Settings
+
+    centres = tuple((float(x), float(y)) for x in range(40, 400, 60) for y in (60.0, 160.0))
+    buf = BytesIO()
+    Image.fromarray(blob_scene(centres=centres)).save(buf, format="PNG")
+    on = analyse_with_settings(BlobDetector(), buf.getvalue(), Settings())
+    assert on.geo is not None and on.geo["gsd_source"] == "estimated" and on.gsd_m is not None
+    off = analyse_with_settings(BlobDetector(), buf.getvalue(), Settings(estimate_gsd=False))
+    assert off.gsd_m is None and off.geo is None
+    given = analyse_with_settings(BlobDetector(), buf.getvalue(), Settings(), gsd_m=0.5)
+    assert given.gsd_m == 0.5 and given.geo is not None and given.geo["gsd_source"] == "request"
+
+
+def test_a_first_pass_that_calls_for_no_resampling_is_the_counted_one() -> None:
+    few = BlobDetector()  # three blobs: too few votes for an estimate
+    with open_scene(_png(blob_scene(centres=CENTRES))) as scene:
+        out = detect_scene(few, scene, estimate=True)
+    assert out.gsd_m is None and out.gsd_source is None and few.calls == 1 and len(out.detections) == len(CENTRES)
+    many = tuple((float(x), float(y)) for x in range(40, 400, 60) for y in (60.0, 160.0))
+    near = BlobDetector()
+    near.info = SimpleNamespace(working_gsd_m=0.88)  # type: ignore[attr-defined]  # what the blobs imply, within 2%
+    with open_scene(_png(blob_scene(centres=many))) as scene:
+        out = detect_scene(near, scene, estimate=True)
+    assert out.gsd_source == "estimated" and near.calls == 1 and len(out.detections) == len(many)
+
+
+def _png(image: np.ndarray) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    buf = BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()

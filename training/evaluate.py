@@ -22,6 +22,7 @@ from PIL import Image
 from app.detection import Detection
 from app.detector import Detector, load_detector
 from app.geometry import rotated_iou
+from app.gsd_estimate import detect_estimating_gsd
 from app.offline import CLASS_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,19 +167,30 @@ def _split(dets: list[Detection], name: str) -> list[Detection]:
     return [d for d in dets if d.class_name == name]
 
 
-def evaluate_synthetic(detector: Detector, n: int, use_gsd: bool = True, first_seed: int = HELD_OUT_SEED) -> dict:
-    """Figures on ``n`` synthetic chips from ``first_seed`` (default: the held-out seeds, never trained on)."""
+def _detect(detector: Detector, low: Detector, image: np.ndarray, gsd: float | None,
+            estimate_gsd: bool) -> list[Detection]:
+    """``low``'s detections at ``gsd``, or, with ``estimate_gsd``, at the GSD the service would estimate."""
+    if estimate_gsd:
+        return detect_estimating_gsd(detector, image, second=low)[0].detections
+    return low.detect(image, gsd).detections
+
+
+def evaluate_synthetic(detector: Detector, n: int, use_gsd: bool = True, first_seed: int = HELD_OUT_SEED,
+                       estimate_gsd: bool = False) -> dict:
+    """Figures on ``n`` synthetic chips from ``first_seed`` (default: the held-out seeds, never trained on);
+    with ``estimate_gsd`` the chips' GSD is not given but estimated, as the service does (``use_gsd`` is then off)."""
     from training.synth import generate_chip
 
     low = _low_conf(detector)
     tallies = {c: ClassTally() for c in CLASS_NAMES}
     for i in range(n):
         chip = generate_chip(first_seed + i)
-        dets = low.detect(chip.image, chip.gsd_m if use_gsd else None).detections
+        dets = _detect(detector, low, chip.image, chip.gsd_m if use_gsd else None, estimate_gsd)
         for k, name in enumerate(CLASS_NAMES):
             truth = Truth([o.corners for o in chip.objects if o.class_id == k])
             match_image(_split(dets, name), truth, detector.class_conf[name], loose=False, tally=tallies[name])
-    return {"images": n, "seeds": [first_seed, first_seed + n - 1], "use_gsd": use_gsd,
+    return {"images": n, "seeds": [first_seed, first_seed + n - 1], "use_gsd": use_gsd and not estimate_gsd,
+            "estimate_gsd": estimate_gsd,
             "operating_conf": detector.class_conf, "classes": {c: t.summary() for c, t in tallies.items()},
             "map50": _mean([t.ap50() for t in tallies.values()])}
 
@@ -237,8 +249,9 @@ def _gsd(value: float | str) -> float:
     return float(found.group())
 
 
-def evaluate_real(detector: Detector, real_dir: Path, use_gsd: bool = True) -> dict:
-    """Figures on every labelled image of ``real_dir`` (each at its own ground sample distance)."""
+def evaluate_real(detector: Detector, real_dir: Path, use_gsd: bool = True, estimate_gsd: bool = False) -> dict:
+    """Figures on every labelled image of ``real_dir`` (each at its own ground sample distance, or, with
+    ``estimate_gsd``, at the one the service estimates from a first pass)."""
     low = _low_conf(detector)
     tallies = {c: ClassTally() for c in CLASS_NAMES}
     per_image = {}
@@ -246,7 +259,11 @@ def evaluate_real(detector: Detector, real_dir: Path, use_gsd: bool = True) -> d
         meta = json.loads(js.read_text())
         image = np.asarray(Image.open(js.with_suffix(".png")).convert("RGB"))
         gsd = _gsd(meta["gsd_m_per_px"]) if use_gsd else None
-        dets = low.detect(image, gsd).detections
+        if estimate_gsd:
+            result, estimate = detect_estimating_gsd(detector, image, second=low)
+            dets = result.detections
+        else:
+            dets, estimate = low.detect(image, gsd).detections, None
         rows = {}
         for name in CLASS_NAMES:
             exhaustive = REAL_EXHAUSTIVE.get(js.stem, {}).get(name, True)
@@ -261,7 +278,9 @@ def evaluate_real(detector: Detector, real_dir: Path, use_gsd: bool = True) -> d
             row["map50"] = None if per_class.ap50() is None else round(per_class.ap50(), 4)
             rows[name] = row
         per_image[js.stem] = {"gsd_m": _gsd(meta["gsd_m_per_px"]), **rows}
-    return {"use_gsd": use_gsd, "operating_conf": detector.class_conf, "classes": {c: t.summary() for c, t in tallies.items()},
+        if estimate_gsd:
+            per_image[js.stem]["estimated_gsd_m"] = estimate.gsd_m if estimate is not None else None
+    return {"use_gsd": use_gsd and not estimate_gsd, "estimate_gsd": estimate_gsd, "operating_conf": detector.class_conf, "classes": {c: t.summary() for c, t in tallies.items()},
             "images": per_image}
 
 
@@ -272,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--synthetic", type=int, default=200, help="number of held-out synthetic chips (0: skip)")
     ap.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "real-eval")
     ap.add_argument("--no-gsd", action="store_true", help="do not resample to the working GSD")
+    ap.add_argument("--estimate-gsd", action="store_true",
+                    help="give no GSD but estimate it from a first pass, as the service does for an image without one")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     ap.add_argument("--tune", type=int, default=0, metavar="N",
@@ -297,9 +318,9 @@ def main(argv: list[str] | None = None) -> None:
            else load_detector(a.weights, threads=a.threads, tta=a.tta))
     out: dict[str, object] = {"model": {"name": det.name, "version": det.version, "tta": det.tta}}
     if a.synthetic:
-        out["synthetic"] = evaluate_synthetic(det, a.synthetic, use_gsd=not a.no_gsd)
+        out["synthetic"] = evaluate_synthetic(det, a.synthetic, use_gsd=not a.no_gsd, estimate_gsd=a.estimate_gsd)
     if a.real and a.real.is_dir():
-        out["real"] = evaluate_real(det, a.real, use_gsd=not a.no_gsd)
+        out["real"] = evaluate_real(det, a.real, use_gsd=not a.no_gsd, estimate_gsd=a.estimate_gsd)
     text = json.dumps(out, indent=2)
     print(text)
     if a.json:

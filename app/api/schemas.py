@@ -123,8 +123,9 @@ class ImageOut(BaseModel):
     gsd_m: float | None
     sha256: str
     crs: str | None = Field(default=None, description="CRS of a georeferenced image (EPSG code or WKT).")
-    gsd_source: Literal["request", "geotransform"] | None = Field(
-        default=None, description="Where gsd_m came from: the request, or the image's geotransform.")
+    gsd_source: Literal["request", "geotransform", "estimated"] | None = Field(
+        default=None, description="Where gsd_m came from: the request, the image's geotransform, or estimated from "
+        "the sizes of the objects a first detector pass found (WAGON_ESTIMATE_GSD).")
     window: list[int] | None = Field(default=None, description="Region read [col, row, width, height].")
     bands: str | None = Field(default=None, description="How the RGB bands were chosen.")
 
