@@ -178,12 +178,12 @@ AUTH = {"Authorization": f"Bearer {BENCH_KEY}"}
 class Server:
     """A real uvicorn server on loopback, in its own process, on a temporary SQLite database."""
 
-    def __init__(self, workers: int = 1, runtime: str = "auto", tta: str = "auto") -> None:
+    def __init__(self, workers: int = 1, runtime: str = "auto", tta: str = "auto", estimate_gsd: str = "false") -> None:
         self.port = _free_port()
         self.tmp = tempfile.TemporaryDirectory()
         env = {**os.environ, "WAGON_DATABASE_URL": f"sqlite:///{self.tmp.name}/bench.db", "WAGON_RUNTIME": runtime,
-               "WAGON_TTA": tta, "WAGON_LOG_LEVEL": "WARNING", "WAGON_MAX_CONCURRENT_INFERENCES": "1",
-               "WAGON_ADMIN_KEY": BENCH_KEY}
+               "WAGON_TTA": tta, "WAGON_ESTIMATE_GSD": estimate_gsd, "WAGON_LOG_LEVEL": "WARNING",
+               "WAGON_MAX_CONCURRENT_INFERENCES": "1", "WAGON_ADMIN_KEY": BENCH_KEY}
         env.pop("WAGON_INFERENCE_THREADS", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
@@ -260,7 +260,8 @@ def bench_serving(repeats: int = 20) -> None:
     """One chip through HTTP (multipart, uvicorn on loopback) vs (a) a bare in-process Ultralytics predict of the
     .pt weights (what issue 7 names) and (b) a bare in-process detect through the service's own runtime (the
     serving overhead alone). Bare runs are interleaved with the HTTP uploads so load affects both alike. Like for
-    like, the server runs one network pass per tile (``WAGON_TTA=off``), as the Ultralytics predict does; what
+    like, the server runs one network pass per tile (``WAGON_TTA=off``), as the Ultralytics predict does, and does
+    not estimate the chip's GSD (``WAGON_ESTIMATE_GSD=false``: the uploads, like the bare passes, give none); what
     test-time augmentation adds is measured by :func:`bench_tta`."""
     import httpx
 
