@@ -22,7 +22,7 @@ from PIL import Image
 from app.detection import Detection
 from app.detector import Detector, load_detector
 from app.geometry import rotated_iou
-from app.gsd_estimate import detect_estimating_gsd
+from app.gsd_estimate import GsdEstimate, detect_estimating_gsd
 from app.offline import CLASS_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,11 +168,13 @@ def _split(dets: list[Detection], name: str) -> list[Detection]:
 
 
 def _detect(detector: Detector, low: Detector, image: np.ndarray, gsd: float | None,
-            estimate_gsd: bool) -> list[Detection]:
-    """``low``'s detections at ``gsd``, or, with ``estimate_gsd``, at the GSD the service would estimate."""
+            estimate_gsd: bool) -> tuple[list[Detection], GsdEstimate | None]:
+    """``low``'s detections at ``gsd``, or, with ``estimate_gsd``, at the GSD the service would estimate (returned
+    too; None when not estimated or too few objects voted)."""
     if estimate_gsd:
-        return detect_estimating_gsd(detector, image, second=low)[0].detections
-    return low.detect(image, gsd).detections
+        result, estimate = detect_estimating_gsd(detector, image, second=low)
+        return result.detections, estimate
+    return low.detect(image, gsd).detections, None
 
 
 def evaluate_synthetic(detector: Detector, n: int, use_gsd: bool = True, first_seed: int = HELD_OUT_SEED,
@@ -185,7 +187,7 @@ def evaluate_synthetic(detector: Detector, n: int, use_gsd: bool = True, first_s
     tallies = {c: ClassTally() for c in CLASS_NAMES}
     for i in range(n):
         chip = generate_chip(first_seed + i)
-        dets = _detect(detector, low, chip.image, chip.gsd_m if use_gsd else None, estimate_gsd)
+        dets, _ = _detect(detector, low, chip.image, chip.gsd_m if use_gsd else None, estimate_gsd)
         for k, name in enumerate(CLASS_NAMES):
             truth = Truth([o.corners for o in chip.objects if o.class_id == k])
             match_image(_split(dets, name), truth, detector.class_conf[name], loose=False, tally=tallies[name])
@@ -259,11 +261,7 @@ def evaluate_real(detector: Detector, real_dir: Path, use_gsd: bool = True, esti
         meta = json.loads(js.read_text())
         image = np.asarray(Image.open(js.with_suffix(".png")).convert("RGB"))
         gsd = _gsd(meta["gsd_m_per_px"]) if use_gsd else None
-        if estimate_gsd:
-            result, estimate = detect_estimating_gsd(detector, image, second=low)
-            dets = result.detections
-        else:
-            dets, estimate = low.detect(image, gsd).detections, None
+        dets, estimate = _detect(detector, low, image, gsd, estimate_gsd)
         rows = {}
         for name in CLASS_NAMES:
             exhaustive = REAL_EXHAUSTIVE.get(js.stem, {}).get(name, True)
