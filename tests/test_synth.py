@@ -266,3 +266,55 @@ def test_resample_to_gsd_draws_at_the_own_gsd_and_resamples_as_the_service_does(
     manifest = json.loads((tmp_path / "rs" / "manifest.json").read_text())
     assert manifest["config"]["resample_to_gsd_m"] == 0.4
     assert all(abs(c["gsd_m"] - 0.4) < 0.02 for c in manifest["chips"])
+
+
+def _shadow_scene(sun_x_px_per_m: float = 1.0):
+    """A bare scene at 0.5 m/px whose shadows fall along +x, ``sun_x_px_per_m`` pixels per metre of height."""
+    from training.synth import _rect, _Scene
+
+    scene = _Scene(SynthConfig(size_px=128, supersample=1), np.random.default_rng(0))
+    scene.canvas.img[:] = 200.0
+    scene.shadow_dir = np.array([1.0, 0.0])
+    scene.shadow_per_m = sun_x_px_per_m
+    scene.shadow_strength = 0.5
+    return scene, _rect
+
+
+def _draw_box(scene, rect, cx: float, height: float, colour: float = 100.0) -> np.ndarray:
+    body = rect(cx, 64.0, 10.0, 20.0, 0.0)  # x from cx-5 to cx+5
+    scene.shadow(body, height)
+    scene.canvas.poly(body, (colour, colour, colour))
+    scene.roof(body, height)
+    return body
+
+
+def test_a_lower_neighbour_never_shades_a_higher_roof() -> None:
+    scene, rect = _shadow_scene()
+    _draw_box(scene, rect, 40.0, height=10.0)  # tall, drawn first
+    _draw_box(scene, rect, 50.0, height=2.6)  # low, drawn after: its shadow (2.6 px) falls on the ground
+    img = scene.canvas.img
+    assert np.allclose(img[64, 37:44], 100.0)  # the tall roof keeps its colour (the old bug darkened it)
+
+
+def test_a_taller_shadow_reaches_a_lower_roof_only_as_far_as_the_height_difference() -> None:
+    scene, rect = _shadow_scene()
+    _draw_box(scene, rect, 40.0, height=10.0)  # roof x 35..45, casts 10 px onto the ground
+    _draw_box(scene, rect, 50.0, height=5.2)  # roof x 45..55: shaded from 45 to 45 + (10 - 5.2) = 49.8
+    img = scene.canvas.img
+    assert np.allclose(img[64, 46:49], 50.0)  # shaded once, at 0.5
+    assert np.allclose(img[64, 51:55], 100.0)  # beyond the reach: lit
+    # the same pair drawn in the other order gives the same picture
+    other, rect = _shadow_scene()
+    _draw_box(other, rect, 50.0, height=5.2)
+    _draw_box(other, rect, 40.0, height=10.0)
+    assert np.allclose(other.canvas.img[64, 36:44], img[64, 36:44], atol=1.0)  # (edge pixels differ by anti-aliasing)
+    assert np.allclose(other.canvas.img[64, 46:60], img[64, 46:60], atol=1.0)
+
+
+def test_overlapping_shadows_on_the_ground_darken_once() -> None:
+    scene, rect = _shadow_scene(sun_x_px_per_m=2.0)
+    _draw_box(scene, rect, 40.0, height=10.0)  # ground shadow x 45..65
+    _draw_box(scene, rect, 20.0, height=20.0)  # ground shadow x 25..65, over the first one's
+    img = scene.canvas.img
+    assert np.allclose(img[64, 56:64], 100.0)  # 200 * 0.5, not 200 * 0.25
+    assert np.allclose(img[64, 38:43], 50.0)  # the lower roof lies in the taller one's shadow (reach 20 px)

@@ -80,3 +80,14 @@ def test_evaluation_scores_the_runtime_it_is_given() -> None:
     low = _low_conf(onnx)
     assert (low.runtime, low.conf) == ("onnx", LOW_CONF)
     assert _low_conf(Detector(ROOT / "models" / "wagon-obb.pt", threads=1, runtime="torch")).runtime == "torch"
+
+
+def test_synthetic_figures_name_the_renderer_that_drew_them(detector) -> None:  # noqa: ANN001 - session fixture
+    """Figures on synthetic chips compare only within one renderer: the evaluation records which one drew them."""
+    from training.evaluate import evaluate_synthetic
+    from training.synth import RENDERER_VERSION
+
+    result = evaluate_synthetic(detector, 1)
+    assert result["renderer"] == RENDERER_VERSION == 2
+    assert result["seeds"] == [9_000_000, 9_000_000]
+    assert result["classes"]["railcar"]["n_truth"] + result["classes"]["container"]["n_truth"] > 0

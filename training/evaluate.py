@@ -181,7 +181,7 @@ def evaluate_synthetic(detector: Detector, n: int, use_gsd: bool = True, first_s
                        estimate_gsd: bool = False) -> dict:
     """Figures on ``n`` synthetic chips from ``first_seed`` (default: the held-out seeds, never trained on);
     with ``estimate_gsd`` the chips' GSD is not given but estimated, as the service does (``use_gsd`` is then off)."""
-    from training.synth import generate_chip
+    from training.synth import RENDERER_VERSION, generate_chip
 
     low = _low_conf(detector)
     tallies = {c: ClassTally() for c in CLASS_NAMES}
@@ -191,7 +191,8 @@ def evaluate_synthetic(detector: Detector, n: int, use_gsd: bool = True, first_s
         for k, name in enumerate(CLASS_NAMES):
             truth = Truth([o.corners for o in chip.objects if o.class_id == k])
             match_image(_split(dets, name), truth, detector.class_conf[name], loose=False, tally=tallies[name])
-    return {"images": n, "seeds": [first_seed, first_seed + n - 1], "use_gsd": use_gsd and not estimate_gsd,
+    return {"images": n, "seeds": [first_seed, first_seed + n - 1], "renderer": RENDERER_VERSION,
+            "use_gsd": use_gsd and not estimate_gsd,
             "estimate_gsd": estimate_gsd,
             "operating_conf": detector.class_conf, "classes": {c: t.summary() for c, t in tallies.items()},
             "map50": _mean([t.ap50() for t in tallies.values()])}

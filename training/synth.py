@@ -4,8 +4,12 @@ Every chip is drawn at true scale: a ground sample distance (GSD) is drawn per c
 metres (wagons 14-20 m x 3 m, locomotives 18-23 m, containers 6.06 or 12.19 m x 2.44 m). Scenes hold parallel and
 branching tracks on ballast with coupled rows of wagons of several kinds (box, tank, hopper, gondola, flat, flat
 carrying containers) and locomotives, container lots, and distractors (roads, buildings, trucks, cars, storage
-tanks, catenary masts). One sun direction per chip casts every shadow. The chip then goes through a sensor model
-(blur, haze, colour shift, noise, pan-sharpening fringes, JPEG).
+tanks, catenary masts). One sun direction per chip casts every shadow, and shadows follow heights: a shadow reaches a
+lower roof only as far as the sun's rays get at that roof's height, never darkens a roof as high as its caster, and
+darkens a point once however many shadows overlap there (renderer 2; renderer 1, used for versions 1-10, darkened
+everything drawn earlier inside a shadow's ground outline, so a low container's shadow blacked out a taller
+neighbour's roof). The chip then goes through a sensor model (blur, haze, colour shift, noise, pan-sharpening fringes,
+JPEG).
 
 All knobs live in :class:`SynthConfig`; its defaults draw the data the shipped model was trained on, and
 :data:`STAGE4_CONFIG` the darker-shadow variant tried after it (not shipped). The same seed gives the same chip, byte
@@ -30,6 +34,8 @@ import numpy as np
 from app.geometry import resample, resample_scale
 
 RAILCAR, CONTAINER = 0, 1
+#: changes when the same seed and config draw a different picture (figures on synthetic chips compare only within one)
+RENDERER_VERSION = 2
 CLASS_NAMES = ("railcar", "container")
 
 Corners = np.ndarray  # (4, 2) float array of x, y in pixels
@@ -257,6 +263,64 @@ class _Canvas:
         self.ss = supersample
         self.size = size_px
         self.img = np.zeros((size_px * supersample, size_px * supersample, 3), np.float32)
+        # height (m) of the surface seen at each canvas pixel (0: ground), and whether it already lies in a shadow
+        self.height = np.zeros(self.img.shape[:2], np.float32)
+        self.shaded = np.zeros(self.img.shape[:2], bool)
+
+    def _window(self, pts: np.ndarray) -> tuple[int, int, int, int] | None:
+        """The canvas window (x0, y0, x1, y1) around a polygon in output pixel coords (None: off the canvas)."""
+        p = np.round(np.asarray(pts, np.float64) * self.ss * 16).astype(np.int32).reshape(-1, 2)
+        x0, y0 = np.clip(p.min(0) // 16 - 2, 0, None)
+        x1, y1 = np.clip(p.max(0) // 16 + 3, None, self.img.shape[1])
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return int(x0), int(y0), int(x1), int(y1)
+
+    def _mask(self, pts: np.ndarray, x0: int, y0: int, x1: int, y1: int, aa: bool = True) -> np.ndarray:
+        """Coverage (0..1) of a polygon (output pixel coords) over the canvas window [y0:y1, x0:x1]."""
+        p = np.round(np.asarray(pts, np.float64) * self.ss * 16).astype(np.int32).reshape(-1, 1, 2)
+        p[:, 0, 0] -= x0 * 16
+        p[:, 0, 1] -= y0 * 16
+        mask = np.zeros((y1 - y0, x1 - x0), np.float32)
+        cv2.fillPoly(mask, [p], 1.0, lineType=cv2.LINE_AA if aa else cv2.LINE_8, shift=4)
+        return mask
+
+    def _shade(self, mask: np.ndarray, factor: float, x0: int, y0: int, x1: int, y1: int) -> None:
+        """Darken the window by ``factor`` where ``mask`` covers it and nothing has shaded it yet (one shadow)."""
+        shaded = self.shaded[y0:y1, x0:x1]
+        mask = mask * ~shaded
+        self.img[y0:y1, x0:x1] *= (1 - mask * (1 - factor))[..., None]
+        shaded |= mask > 0.5
+
+    def cast_shadow(self, footprint: np.ndarray, offset_per_m: np.ndarray, height_m: float, factor: float) -> None:
+        """Cast the shadow of a prism (footprint, height) onto what is drawn so far: onto the ground its full length,
+        onto a lower roof of height z only as far as the sun's rays reach at z (``height_m - z``), never onto a roof
+        as high or higher; a pixel already in a shadow is not darkened again."""
+        footprint = np.asarray(footprint, np.float64)
+        full = np.vstack([footprint, footprint + offset_per_m * height_m])
+        win = self._window(full)
+        if win is None:
+            return
+        x0, y0, x1, y1 = win
+        z = self.height[y0:y1, x0:x1]
+        mask = self._mask(cv2.convexHull(full.astype(np.float32)).reshape(-1, 2), x0, y0, x1, y1) * (z <= 0)
+        for level in np.unique(z[(z > 0) & (z < height_m)]):
+            reach = np.vstack([footprint, footprint + offset_per_m * (height_m - level)])
+            hull = cv2.convexHull(reach.astype(np.float32)).reshape(-1, 2)
+            mask = np.maximum(mask, self._mask(hull, x0, y0, x1, y1) * (z == level))
+        self._shade(mask, factor, x0, y0, x1, y1)
+
+    def raise_roof(self, roof: np.ndarray, height_m: float) -> tuple[np.ndarray, int, int, int, int] | None:
+        """Record a roof just drawn at ``height_m`` (it is lit until a taller caster shades it); returns its coverage
+        and window, or None when off the canvas."""
+        win = self._window(roof)
+        if win is None:
+            return None
+        x0, y0, x1, y1 = win
+        inside = self._mask(roof, x0, y0, x1, y1, aa=False) > 0
+        self.height[y0:y1, x0:x1][inside] = height_m
+        self.shaded[y0:y1, x0:x1][inside] = False
+        return self._mask(roof, x0, y0, x1, y1), x0, y0, x1, y1
 
     def poly(self, pts: np.ndarray, colour: tuple[float, float, float] | np.ndarray, alpha: float = 1.0) -> None:
         """Fill a polygon (output pixel coords) with a colour, optionally blended."""
@@ -265,33 +329,21 @@ class _Canvas:
         if alpha >= 1.0:
             cv2.fillPoly(self.img, [p], col, lineType=cv2.LINE_AA, shift=4)
         else:
-            x0, y0 = np.clip(p[:, 0, :].min(0) // 16 - 2, 0, None)
-            x1, y1 = np.clip(p[:, 0, :].max(0) // 16 + 3, None, self.img.shape[1])
-            if x1 <= x0 or y1 <= y0:
+            win = self._window(pts)
+            if win is None:
                 return
+            x0, y0, x1, y1 = win
             sub = self.img[y0:y1, x0:x1]
-            mask = np.zeros(sub.shape[:2], np.float32)
-            q = p.copy()
-            q[:, 0, 0] -= x0 * 16
-            q[:, 0, 1] -= y0 * 16
-            cv2.fillPoly(mask, [q], 1.0, lineType=cv2.LINE_AA, shift=4)
-            m = (mask * alpha)[..., None]
+            m = (self._mask(pts, x0, y0, x1, y1) * alpha)[..., None]
             sub[:] = sub * (1 - m) + np.asarray(col, np.float32) * m
 
     def darken(self, pts: np.ndarray, factor: float) -> None:
         """Multiply the colours inside a polygon by ``factor`` (a shadow)."""
-        p = np.round(np.asarray(pts, np.float64) * self.ss * 16).astype(np.int32).reshape(-1, 1, 2)
-        x0, y0 = np.clip(p[:, 0, :].min(0) // 16 - 2, 0, None)
-        x1, y1 = np.clip(p[:, 0, :].max(0) // 16 + 3, None, self.img.shape[1])
-        if x1 <= x0 or y1 <= y0:
+        win = self._window(pts)
+        if win is None:
             return
-        sub = self.img[y0:y1, x0:x1]
-        mask = np.zeros(sub.shape[:2], np.float32)
-        q = p.copy()
-        q[:, 0, 0] -= x0 * 16
-        q[:, 0, 1] -= y0 * 16
-        cv2.fillPoly(mask, [q], 1.0, lineType=cv2.LINE_AA, shift=4)
-        sub *= (1 - mask * (1 - factor))[..., None]
+        x0, y0, x1, y1 = win
+        self.img[y0:y1, x0:x1] *= (1 - self._mask(pts, x0, y0, x1, y1) * (1 - factor))[..., None]
 
     def line(self, a: np.ndarray, b: np.ndarray, width_px: float, colour: tuple[float, float, float],
              alpha: float = 1.0) -> None:
@@ -366,12 +418,37 @@ class _Scene:
         self.objects: list[SynthObject] = []
         self.occupied: list[Corners] = []  # footprints of solid objects, to keep distractors off them
         self.deferred: list = []  # object drawing that must wait until every ground surface is down
+        self.casters: list[tuple[np.ndarray, float]] = []  # (footprint, height m) of every shadow cast so far
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def shadow(self, corners: Corners, height_m: float) -> None:
-        off = self.shadow_dir * self.shadow_per_m * height_m
-        hull = cv2.convexHull(np.vstack([corners, corners + off]).astype(np.float32)).reshape(-1, 2)
-        self.canvas.darken(hull, self.shadow_strength)
+        """Cast the shadow of an object of this footprint and height (before its roof is drawn)."""
+        off = self.shadow_dir * self.shadow_per_m
+        self.canvas.cast_shadow(corners, off, height_m, self.shadow_strength)
+        self.casters.append((np.asarray(corners, np.float64).copy(), float(height_m)))
+
+    def roof(self, corners: Corners, height_m: float) -> None:
+        """Record the roof of an object just drawn, and shade it where an earlier, taller object's shadow reaches
+        down to it: the part of that object's shadow at this height (a lower neighbour's shadow never darkens it)."""
+        covered = self.canvas.raise_roof(corners, height_m)
+        if covered is None:
+            return
+        cover, x0, y0, x1, y1 = covered
+        if not self.casters:
+            return
+        off = self.shadow_dir * self.shadow_per_m
+        lo, hi = np.asarray(corners).min(0), np.asarray(corners).max(0)
+        heights = np.array([h for _, h in self.casters])
+        f_lo = np.array([f.min(0) for f, _ in self.casters])
+        f_hi = np.array([f.max(0) for f, _ in self.casters])
+        shift = off[None, :] * np.clip(heights - height_m, 0, None)[:, None]
+        near = ((heights > height_m) & (np.maximum(f_hi, f_hi + shift) >= lo).all(1)
+                & (np.minimum(f_lo, f_lo + shift) <= hi).all(1))
+        for k in np.flatnonzero(near):
+            footprint, h = self.casters[k]
+            reach = np.vstack([footprint, footprint + off * (h - height_m)])
+            hull = cv2.convexHull(reach.astype(np.float32)).reshape(-1, 2)
+            self.canvas._shade(cover * self.canvas._mask(hull, x0, y0, x1, y1), self.shadow_strength, x0, y0, x1, y1)
 
     def ground_colour_at(self, centre: np.ndarray, radius_px: float = 2.0) -> np.ndarray:
         """Mean colour of what is drawn so far in a square window around a point (output pixel coords)."""
@@ -524,6 +601,7 @@ class _Scene:
                 for k in range(1, n):
                     c = centre + u * (k / n - 0.5) * L
                     self.canvas.line(c - v * W / 2, c + v * W / 2, max(0.3, 0.08 * px), col * 0.8, alpha=0.6)
+        self.roof(body, height)
         self.label(RAILCAR, body)
         self.occupied.append(body)
 
@@ -640,6 +718,8 @@ class _Scene:
             for sgn in (-1, 1):
                 e = centre + u * sgn * (length_m * px / 2 - 0.15 * px)
                 self.canvas.line(e - v * 1.2 * px, e + v * 1.2 * px, max(0.3, 0.2 * px), col * 0.7, alpha=0.7)
+        if shadow:  # (on a wagon, the wagon records the roof)
+            self.roof(body, height_m)
         self.label(CONTAINER, body)
         return body
 
@@ -706,11 +786,13 @@ class _Scene:
         body = _rect(c[0], c[1], L, W, ang)
         if self.overlaps(body):
             return
-        self.shadow(body, rng.uniform(3, 20) if not long_shed else rng.uniform(0.5, 8))
+        height = rng.uniform(3, 20) if not long_shed else rng.uniform(0.5, 8)
+        self.shadow(body, height)
         col = _jitter(rng, ROOF_COLOURS[rng.integers(len(ROOF_COLOURS))], 15)
         self.canvas.poly(body, col)
         if rng.random() < 0.5:
             self.canvas.poly(_rect(c[0], c[1], L, W * 0.05, ang), col * 0.8)
+        self.roof(body, height)
         self.occupied.append(body)
 
     def vehicle(self, truck: bool) -> None:
@@ -724,7 +806,8 @@ class _Scene:
         body = _rect(c[0], c[1], L * px, W * px, ang)
         if self.overlaps(body):
             return
-        self.shadow(body, 3.5 if truck else 1.5)
+        height = 3.5 if truck else 1.5
+        self.shadow(body, height)
         col = _jitter(rng, [(200, 200, 200), (40, 40, 45), (150, 30, 30), (40, 60, 120), (170, 170, 170),
                             (220, 220, 210)][rng.integers(6)], 15)
         self.canvas.poly(body, col)
@@ -732,6 +815,7 @@ class _Scene:
             u = np.array([math.cos(ang), math.sin(ang)])
             cab = c + u * (L * px / 2 - 1.2 * px)
             self.canvas.poly(_rect(cab[0], cab[1], 2.2 * px, W * px, ang), _jitter(rng, (180, 180, 180), 40))
+        self.roof(body, height)
         self.occupied.append(body)
 
     def storage_tank(self) -> None:
@@ -742,13 +826,12 @@ class _Scene:
         if self.overlaps(square):
             return
         h = rng.uniform(6, 18)
-        off = self.shadow_dir * self.shadow_per_m * h
         circle = np.array([c + r * np.array([math.cos(t), math.sin(t)]) for t in np.linspace(0, 2 * math.pi, 40)])
-        hull = cv2.convexHull(np.vstack([circle, circle + off]).astype(np.float32)).reshape(-1, 2)
-        self.canvas.darken(hull, self.shadow_strength)
+        self.shadow(circle, h)
         col = _jitter(rng, (205, 205, 200), 20)
         self.canvas.poly(circle, col)
         self.canvas.poly(circle * 0.75 + c * 0.25, col * 0.93)
+        self.roof(circle, h)
         self.occupied.append(square)
 
     # -- sensor ----------------------------------------------------------------------------------------------------
