@@ -276,7 +276,7 @@ class _Canvas:
             return None
         return int(x0), int(y0), int(x1), int(y1)
 
-    def _mask(self, pts: np.ndarray, x0: int, y0: int, x1: int, y1: int, aa: bool = True) -> np.ndarray:
+    def coverage(self, pts: np.ndarray, x0: int, y0: int, x1: int, y1: int, aa: bool = True) -> np.ndarray:
         """Coverage (0..1) of a polygon (output pixel coords) over the canvas window [y0:y1, x0:x1]."""
         p = np.round(np.asarray(pts, np.float64) * self.ss * 16).astype(np.int32).reshape(-1, 1, 2)
         p[:, 0, 0] -= x0 * 16
@@ -285,7 +285,7 @@ class _Canvas:
         cv2.fillPoly(mask, [p], 1.0, lineType=cv2.LINE_AA if aa else cv2.LINE_8, shift=4)
         return mask
 
-    def _shade(self, mask: np.ndarray, factor: float, x0: int, y0: int, x1: int, y1: int) -> None:
+    def shade(self, mask: np.ndarray, factor: float, x0: int, y0: int, x1: int, y1: int) -> None:
         """Darken the window by ``factor`` where ``mask`` covers it and nothing has shaded it yet (one shadow)."""
         shaded = self.shaded[y0:y1, x0:x1]
         mask = mask * ~shaded
@@ -303,12 +303,12 @@ class _Canvas:
             return
         x0, y0, x1, y1 = win
         z = self.height[y0:y1, x0:x1]
-        mask = self._mask(cv2.convexHull(full.astype(np.float32)).reshape(-1, 2), x0, y0, x1, y1) * (z <= 0)
+        mask = self.coverage(cv2.convexHull(full.astype(np.float32)).reshape(-1, 2), x0, y0, x1, y1) * (z <= 0)
         for level in np.unique(z[(z > 0) & (z < height_m)]):
             reach = np.vstack([footprint, footprint + offset_per_m * (height_m - level)])
             hull = cv2.convexHull(reach.astype(np.float32)).reshape(-1, 2)
-            mask = np.maximum(mask, self._mask(hull, x0, y0, x1, y1) * (z == level))
-        self._shade(mask, factor, x0, y0, x1, y1)
+            mask = np.maximum(mask, self.coverage(hull, x0, y0, x1, y1) * (z == level))
+        self.shade(mask, factor, x0, y0, x1, y1)
 
     def raise_roof(self, roof: np.ndarray, height_m: float) -> tuple[np.ndarray, int, int, int, int] | None:
         """Record a roof just drawn at ``height_m`` (it is lit until a taller caster shades it); returns its coverage
@@ -317,10 +317,10 @@ class _Canvas:
         if win is None:
             return None
         x0, y0, x1, y1 = win
-        inside = self._mask(roof, x0, y0, x1, y1, aa=False) > 0
+        inside = self.coverage(roof, x0, y0, x1, y1, aa=False) > 0
         self.height[y0:y1, x0:x1][inside] = height_m
         self.shaded[y0:y1, x0:x1][inside] = False
-        return self._mask(roof, x0, y0, x1, y1), x0, y0, x1, y1
+        return self.coverage(roof, x0, y0, x1, y1), x0, y0, x1, y1
 
     def poly(self, pts: np.ndarray, colour: tuple[float, float, float] | np.ndarray, alpha: float = 1.0) -> None:
         """Fill a polygon (output pixel coords) with a colour, optionally blended."""
@@ -334,7 +334,7 @@ class _Canvas:
                 return
             x0, y0, x1, y1 = win
             sub = self.img[y0:y1, x0:x1]
-            m = (self._mask(pts, x0, y0, x1, y1) * alpha)[..., None]
+            m = (self.coverage(pts, x0, y0, x1, y1) * alpha)[..., None]
             sub[:] = sub * (1 - m) + np.asarray(col, np.float32) * m
 
     def darken(self, pts: np.ndarray, factor: float) -> None:
@@ -343,7 +343,7 @@ class _Canvas:
         if win is None:
             return
         x0, y0, x1, y1 = win
-        self.img[y0:y1, x0:x1] *= (1 - self._mask(pts, x0, y0, x1, y1) * (1 - factor))[..., None]
+        self.img[y0:y1, x0:x1] *= (1 - self.coverage(pts, x0, y0, x1, y1) * (1 - factor))[..., None]
 
     def line(self, a: np.ndarray, b: np.ndarray, width_px: float, colour: tuple[float, float, float],
              alpha: float = 1.0) -> None:
@@ -419,13 +419,16 @@ class _Scene:
         self.occupied: list[Corners] = []  # footprints of solid objects, to keep distractors off them
         self.deferred: list = []  # object drawing that must wait until every ground surface is down
         self.casters: list[tuple[np.ndarray, float]] = []  # (footprint, height m) of every shadow cast so far
+        self._caster_bounds: list[tuple[np.ndarray, np.ndarray, float]] = []  # their footprints' (min, max), height
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def shadow(self, corners: Corners, height_m: float) -> None:
         """Cast the shadow of an object of this footprint and height (before its roof is drawn)."""
         off = self.shadow_dir * self.shadow_per_m
         self.canvas.cast_shadow(corners, off, height_m, self.shadow_strength)
-        self.casters.append((np.asarray(corners, np.float64).copy(), float(height_m)))
+        footprint = np.asarray(corners, np.float64).copy()
+        self.casters.append((footprint, float(height_m)))
+        self._caster_bounds.append((footprint.min(0), footprint.max(0), float(height_m)))
 
     def roof(self, corners: Corners, height_m: float) -> None:
         """Record the roof of an object just drawn, and shade it where an earlier, taller object's shadow reaches
@@ -438,9 +441,9 @@ class _Scene:
             return
         off = self.shadow_dir * self.shadow_per_m
         lo, hi = np.asarray(corners).min(0), np.asarray(corners).max(0)
-        heights = np.array([h for _, h in self.casters])
-        f_lo = np.array([f.min(0) for f, _ in self.casters])
-        f_hi = np.array([f.max(0) for f, _ in self.casters])
+        f_lo = np.array([b[0] for b in self._caster_bounds])
+        f_hi = np.array([b[1] for b in self._caster_bounds])
+        heights = np.array([b[2] for b in self._caster_bounds])
         shift = off[None, :] * np.clip(heights - height_m, 0, None)[:, None]
         near = ((heights > height_m) & (np.maximum(f_hi, f_hi + shift) >= lo).all(1)
                 & (np.minimum(f_lo, f_lo + shift) <= hi).all(1))
@@ -448,7 +451,7 @@ class _Scene:
             footprint, h = self.casters[k]
             reach = np.vstack([footprint, footprint + off * (h - height_m)])
             hull = cv2.convexHull(reach.astype(np.float32)).reshape(-1, 2)
-            self.canvas._shade(cover * self.canvas._mask(hull, x0, y0, x1, y1), self.shadow_strength, x0, y0, x1, y1)
+            self.canvas.shade(cover * self.canvas.coverage(hull, x0, y0, x1, y1), self.shadow_strength, x0, y0, x1, y1)
 
     def ground_colour_at(self, centre: np.ndarray, radius_px: float = 2.0) -> np.ndarray:
         """Mean colour of what is drawn so far in a square window around a point (output pixel coords)."""
