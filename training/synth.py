@@ -256,6 +256,12 @@ ROOF_COLOURS = [(150, 150, 150), (110, 110, 115), (180, 175, 170), (90, 80, 75),
                 (70, 90, 110), (60, 60, 60)]
 
 
+def _swept(footprint: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """The convex outline a footprint sweeps when moved by ``offset`` (pixels): a prism's shadow on a plane."""
+    footprint = np.asarray(footprint, np.float64)
+    return cv2.convexHull(np.vstack([footprint, footprint + offset]).astype(np.float32)).reshape(-1, 2)
+
+
 class _Canvas:
     """A supersampled float canvas that draws in output-pixel coordinates."""
 
@@ -296,18 +302,16 @@ class _Canvas:
         """Cast the shadow of a prism (footprint, height) onto what is drawn so far: onto the ground its full length,
         onto a lower roof of height z only as far as the sun's rays reach at z (``height_m - z``), never onto a roof
         as high or higher; a pixel already in a shadow is not darkened again."""
-        footprint = np.asarray(footprint, np.float64)
-        full = np.vstack([footprint, footprint + offset_per_m * height_m])
+        full = _swept(footprint, offset_per_m * height_m)
         win = self._window(full)
         if win is None:
             return
         x0, y0, x1, y1 = win
         z = self.height[y0:y1, x0:x1]
-        mask = self.coverage(cv2.convexHull(full.astype(np.float32)).reshape(-1, 2), x0, y0, x1, y1) * (z <= 0)
+        mask = self.coverage(full, x0, y0, x1, y1) * (z <= 0)
         for level in np.unique(z[(z > 0) & (z < height_m)]):
-            reach = np.vstack([footprint, footprint + offset_per_m * (height_m - level)])
-            hull = cv2.convexHull(reach.astype(np.float32)).reshape(-1, 2)
-            mask = np.maximum(mask, self.coverage(hull, x0, y0, x1, y1) * (z == level))
+            reach = _swept(footprint, offset_per_m * (height_m - level))
+            mask = np.maximum(mask, self.coverage(reach, x0, y0, x1, y1) * (z == level))
         self.shade(mask, factor, x0, y0, x1, y1)
 
     def raise_roof(self, roof: np.ndarray, height_m: float) -> tuple[np.ndarray, int, int, int, int] | None:
@@ -419,7 +423,7 @@ class _Scene:
         self.occupied: list[Corners] = []  # footprints of solid objects, to keep distractors off them
         self.deferred: list = []  # object drawing that must wait until every ground surface is down
         self.casters: list[tuple[np.ndarray, float]] = []  # (footprint, height m) of every shadow cast so far
-        self._caster_bounds: list[tuple[np.ndarray, np.ndarray, float]] = []  # their footprints' (min, max), height
+        self._caster_bounds: list[tuple[np.ndarray, np.ndarray]] = []  # their footprints' (min, max)
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def shadow(self, corners: Corners, height_m: float) -> None:
@@ -428,7 +432,7 @@ class _Scene:
         self.canvas.cast_shadow(corners, off, height_m, self.shadow_strength)
         footprint = np.asarray(corners, np.float64).copy()
         self.casters.append((footprint, float(height_m)))
-        self._caster_bounds.append((footprint.min(0), footprint.max(0), float(height_m)))
+        self._caster_bounds.append((footprint.min(0), footprint.max(0)))
 
     def roof(self, corners: Corners, height_m: float) -> None:
         """Record the roof of an object just drawn, and shade it where an earlier, taller object's shadow reaches
@@ -443,15 +447,14 @@ class _Scene:
         lo, hi = np.asarray(corners).min(0), np.asarray(corners).max(0)
         f_lo = np.array([b[0] for b in self._caster_bounds])
         f_hi = np.array([b[1] for b in self._caster_bounds])
-        heights = np.array([b[2] for b in self._caster_bounds])
+        heights = np.array([h for _, h in self.casters])
         shift = off[None, :] * np.clip(heights - height_m, 0, None)[:, None]
         near = ((heights > height_m) & (np.maximum(f_hi, f_hi + shift) >= lo).all(1)
                 & (np.minimum(f_lo, f_lo + shift) <= hi).all(1))
         for k in np.flatnonzero(near):
             footprint, h = self.casters[k]
-            reach = np.vstack([footprint, footprint + off * (h - height_m)])
-            hull = cv2.convexHull(reach.astype(np.float32)).reshape(-1, 2)
-            self.canvas.shade(cover * self.canvas.coverage(hull, x0, y0, x1, y1), self.shadow_strength, x0, y0, x1, y1)
+            reach = _swept(footprint, off * (h - height_m))
+            self.canvas.shade(cover * self.canvas.coverage(reach, x0, y0, x1, y1), self.shadow_strength, x0, y0, x1, y1)
 
     def ground_colour_at(self, centre: np.ndarray, radius_px: float = 2.0) -> np.ndarray:
         """Mean colour of what is drawn so far in a square window around a point (output pixel coords)."""
