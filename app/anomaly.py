@@ -33,6 +33,7 @@ Pure functions of numbers and datetimes; numpy and scipy only.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -485,35 +486,78 @@ def _moment_alpha(y: np.ndarray, mu: np.ndarray, w: np.ndarray, p: int) -> float
 
 
 _ROBUST_ALPHA_GRID = np.r_[0.0, np.geomspace(1e-4, 50.0, 48)]
+#: Log means at which :func:`_lower_quartile_table` tabulates the NB's lower quartile: e^-7 to e^12.5, step 0.04.
+_QUARTILE_LOG_MU = np.arange(-7.0, 12.5 + 1e-9, 0.04)
+_QUARTILE_LOG_STEP = 0.04
 
 
-def _robust_alpha(r2: np.ndarray, mu: np.ndarray) -> float:
-    """``alpha`` at which the median squared scaled Anscombe residual is that of a standard normal (0.455).
+@functools.cache
+def _lower_quartile_table() -> tuple[np.ndarray, np.ndarray]:
+    """Per (:data:`_ROBUST_ALPHA_GRID`, :data:`_QUARTILE_LOG_MU`): the NB's lower quartile count ``k1`` (the
+    smallest ``k`` with ``F(k) >= 1/4``) and ``f1 = (1/4 - F(k1 - 1)) / f(k1)``, the share of its mass below 1/4.
 
-    The median falls as ``alpha`` grows: bracketed on a log grid (one vectorised pass), then interpolated.
+    A count ``y`` then has its randomised PIT (uniform on ``[F(y - 1), F(y)]``) below 1/4 with probability
+    ``[y < k1] + f1 [y = k1]``, whose mean under the model is exactly 1/4 at any mean and dispersion, however
+    discrete the counts. Computed once per process (about 0.2 s).
     """
-    target = 0.4549
-    med = np.median(r2[None, :] / (1.0 + _ROBUST_ALPHA_GRID[:, None] * mu[None, :]), axis=1)
-    if med[0] <= target:
+    mu = np.exp(_QUARTILE_LOG_MU)[None, :]
+    a = _ROBUST_ALPHA_GRID[:, None]
+    size = 1.0 / np.maximum(a, 1e-300)
+    prob = size / (size + mu)
+    pois = np.broadcast_to(a == 0.0, (a.size, mu.size))
+    mu_b = np.broadcast_to(mu, pois.shape)
+
+    def cdf(k: np.ndarray) -> np.ndarray:
+        out = np.where(pois, stats.poisson.cdf(k, mu_b), stats.nbinom.cdf(k, size, prob))
+        return np.where(k < 0, 0.0, out)
+
+    k1 = np.where(pois, stats.poisson.ppf(0.25, mu_b), stats.nbinom.ppf(0.25, size, prob))
+    below, upto = cdf(k1 - 1), cdf(k1)
+    f1 = np.clip((0.25 - below) / np.maximum(upto - below, 1e-300), 0.0, 1.0)
+    return k1, f1
+
+
+def _robust_alpha(y: np.ndarray, mu: np.ndarray) -> float:
+    """``alpha`` at which a quarter of the counts, in expectation, fall below the lower quartile of NB(``mu``,
+    ``alpha``) (randomised PIT below 1/4): a dispersion estimate that surges cannot move.
+
+    Only the lower side is used: an upward outlier adds nothing, and below the quartile is informative at every
+    mean (for sparse counts it is the share of zeros against ``P(X = 0)``). It replaces "the median squared
+    Anscombe residual is a normal's (0.455)", which holds only for large means: Poisson counts with mean 0.8 gave
+    ``alpha`` about 1, so a few earlier surges in a sparse series looked ordinary and became the baseline. The
+    quartile is that of the tabulated mean nearest ``mu`` (within 2 %), shifted by the rounded difference. The
+    share falls as ``alpha`` grows; bracketed on the grid and interpolated; 0 when a Poisson already puts at most
+    a quarter below, 50 when no grid value does.
+    """
+    k1, f1 = _lower_quartile_table()
+    log_mu = np.log(np.maximum(mu, math.exp(_QUARTILE_LOG_MU[0])))
+    j = np.clip(np.rint((log_mu - _QUARTILE_LOG_MU[0]) / _QUARTILE_LOG_STEP).astype(int), 0,
+                _QUARTILE_LOG_MU.size - 1)
+    z = y - np.rint(mu - np.exp(_QUARTILE_LOG_MU[j]))  # the count, moved by the tabulated mean's offset
+    q = k1[:, j]
+    g = ((z < q) + f1[:, j] * (z == q)).sum(axis=1) - 0.25 * y.size  # observed minus expected, per grid value
+    below = g <= 0
+    if below[0]:
         return 0.0
-    if med[-1] > target:
+    if not below.any():
         return float(_ROBUST_ALPHA_GRID[-1])
-    i = int(np.argmax(med <= target))  # first grid value at or below the target; med[i - 1] > target
-    a0, a1, m0, m1 = _ROBUST_ALPHA_GRID[i - 1], _ROBUST_ALPHA_GRID[i], med[i - 1], med[i]
-    return float(a0 + (a1 - a0) * (m0 - target) / (m0 - m1))
+    i = int(np.argmax(below))
+    a0, a1, g0, g1 = _ROBUST_ALPHA_GRID[i - 1], _ROBUST_ALPHA_GRID[i], g[i - 1], g[i]
+    return float(a0 + (a1 - a0) * g0 / (g0 - g1))
 
 
 def _screen_weights(y: np.ndarray) -> np.ndarray:
-    """First-pass weights against a robust level (20 % trimmed mean), before any fit.
+    """First-pass weights against a robust level (the median), before any fit.
 
     Several past surges inflate a plain first fit so much that none of them looks outlying (masking); screening
-    against a trimmed level first breaks that. Later passes recompute the weights from the fitted model.
+    against the median (breakdown 50 %, like the robust z-score's) first breaks that. A 20 % trimmed mean did
+    not: an early outbreak that is a quarter of a short history lifted it. Later passes recompute the weights from
+    the fitted model.
     """
-    level = max(float(stats.trim_mean(y, 0.2)), 0.5 / (y.size + 1))
+    level = max(float(np.median(y)), 0.5 / (y.size + 1))
     mu = np.full_like(y, level)
     r = 1.5 * (np.cbrt(y) ** 2 - np.cbrt(mu) ** 2) / mu ** (1.0 / 6.0)
-    r2 = r * r
-    s = np.sqrt(r2 / (1.0 + _robust_alpha(r2, mu) * mu)) * np.sign(r)
+    s = np.sqrt(r * r / (1.0 + _robust_alpha(y, mu) * mu)) * np.sign(r)
     return _outlier_weights(np.maximum(s, 0.0))[0]
 
 
@@ -525,14 +569,13 @@ def _residual_weights(X: np.ndarray, y: np.ndarray, fit: GlmFit, w: np.ndarray) 
     Farrington uses is too heavy-tailed for an over-dispersed NB and trims its legitimate tail points (which biased
     the mean low: 2.2-2.5 % of quiet points scored >= 2 at ``alpha`` 1.5). Only points above the fit are
     down-weighted, as in Farrington's method; points below it are not outliers of a surge baseline. The dispersion
-    in the tail is the smaller of the fitted one and a median-based one (on Anscombe residuals), so that outliers
+    in the tail is the smaller of the fitted one and a robust one (:func:`_robust_alpha`), so that outliers
     cannot mask themselves by inflating the dispersion.
     """
     mu = np.maximum(fit.mu, 1e-9)
     W = w * mu / (1.0 + fit.alpha * mu)
     h = np.clip(np.einsum("ij,jk,ik->i", X, fit.cov, X) * W, 0.0, 0.99)
-    r = 1.5 * (np.cbrt(y) ** 2 - np.cbrt(mu) ** 2) / mu ** (1.0 / 6.0)
-    alpha = min(fit.alpha, _robust_alpha(r * r / (1.0 - h), mu))
+    alpha = min(fit.alpha, _robust_alpha(y, mu))
     s = stats.norm.isf(np.clip(_upper_mid_p(y, mu, alpha), 1e-300, 1.0)) / np.sqrt(1.0 - h)
     return _outlier_weights(np.maximum(s, 0.0))
 

@@ -367,6 +367,47 @@ def test_reweighting_never_down_weights_points_below_the_fit() -> None:
     assert np.allclose(w[:20], w[0])  # the zeros, far below the fit, keep their full weight
 
 
+@pytest.mark.parametrize(("mean", "alpha"), [(0.8, 0.0), (0.8, 0.5), (2.0, 0.4), (10.0, 0.1), (40.0, 1.5),
+                                            (150.0, 0.1), (20_000.0, 0.01)])
+def test_robust_dispersion_is_right_for_sparse_and_dense_counts(mean: float, alpha: float) -> None:
+    """The surge-proof dispersion (lower quartile of the randomised PIT) recovers ``alpha`` at any mean.
+
+    Its predecessor (median squared Anscombe residual = a normal's 0.455) gave ``alpha`` about 1 for Poisson counts
+    with mean 0.8, so sparse series could not tell a surge from their own noise.
+    """
+    from app.anomaly import _robust_alpha
+
+    rng = np.random.default_rng(5)
+    est = []
+    for _ in range(40):
+        y = (rng.negative_binomial(1 / alpha, 1 / (1 + alpha * mean), 100) if alpha > 0
+             else rng.poisson(mean, 100)).astype(float)
+        est.append(_robust_alpha(y, np.full(y.size, mean)))
+    if alpha == 0:
+        assert np.median(est) < 0.05
+    else:
+        assert np.median(est) == pytest.approx(alpha, rel=0.3)
+
+
+def test_robust_dispersion_ignores_surges_in_a_sparse_history() -> None:
+    from app.anomaly import _robust_alpha
+
+    quiet = np.asarray([0, 0, 0, 1, 1, 2, 0, 1, 3, 0, 0, 3], dtype=float)
+    surged = np.r_[quiet, 33.0, 47.0]
+    assert _robust_alpha(quiet, np.full(quiet.size, 0.8)) < 0.5  # 12 points: six zeros against P(0) = 0.45
+    # an upward outlier never adds to the share below the quartile: surges can only lower the estimate
+    assert _robust_alpha(surged, np.full(surged.size, 0.8)) <= _robust_alpha(quiet, np.full(quiet.size, 0.8))
+
+
+def test_two_surges_in_a_sparse_history_are_both_down_weighted() -> None:
+    """An early outbreak of two points in a sparse series (real RKI s1, subsampled) must not become the baseline."""
+    y = np.asarray([0, 0, 0, 1, 1, 2, 0, 1, 3, 0, 0, 3, 33, 47], dtype=float)
+    days = np.arange(y.size) * 14.0
+    pred = predict(days, y, days[-1] + 7)
+    assert pred is not None and "2 earlier outliers down-weighted" in pred.description
+    assert pred.model.mean < 0.25 * y[-2:].mean()  # the plain mean is 6.5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("mean", "alpha"), [(10.0, 0.4), (40.0, 0.1), (3.0, 0.0)])
 def test_calibration_on_model_drawn_quiet_series(mean: float, alpha: float) -> None:
