@@ -24,6 +24,7 @@ from app.detection import Detection, DetectionResult
 from app.geometry import greedy_rotated_nms, resample, resample_scale, tile_core, tile_origins
 from app.offline import CLASS_NAMES, configure_offline
 from app.runtimes import Engine, OnnxEngine, OpenVinoEngine, TorchEngine, decode, to_input
+from app.train_context import rescore_lone_railcars
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class ModelInfo:
     tta: bool = False  # test-time augmentation: each tile also run mirrored three ways (four passes)
     # thresholds tuned for each mode ("on"/"off"), for running the model in the mode its sidecar does not choose
     conf_by_tta: dict[str, float | dict[str, float]] | None = None
+    # railcars with no railcar coupled to either end get their confidence multiplied by this (app.train_context);
+    # neighbours count from ``lone_railcar_floor``. 1.0: off (sidecars before version 11)
+    lone_railcar_factor: float = 1.0
+    lone_railcar_floor: float = 0.3
 
 
 def read_model_info(weights: Path) -> ModelInfo:
@@ -107,8 +112,15 @@ class Detector:
         self.class_conf: dict[str, float] = (
             {c: float(chosen.get(c, 0.3)) for c in CLASS_NAMES} if isinstance(chosen, dict)
             else {c: float(chosen) for c in CLASS_NAMES})
-        self.conf = min(self.class_conf.values())
         self._conf_by_id = np.array([self.class_conf[c] for c in CLASS_NAMES])
+        self._railcar = CLASS_NAMES.index("railcar")
+        self._context = self.info.lone_railcar_factor < 1.0
+        # boxes kept through the tiles: each class from its threshold, railcars from the context floor as well
+        # (a railcar below its threshold can still be the neighbour that makes another one coupled)
+        self._keep_by_id = self._conf_by_id.copy()
+        if self._context:
+            self._keep_by_id[self._railcar] = min(self._keep_by_id[self._railcar], self.info.lone_railcar_floor)
+        self.conf = float(self._keep_by_id.min())
         self.threads = threads or torch.get_num_threads()
         self._engine: Engine
         if self.runtime == "torch":
@@ -132,7 +144,7 @@ class Detector:
             decoded = decode(raw, self.conf, self.info.iou, self.max_det, len(CLASS_NAMES))
         out = []
         for corners, scores, classes in decoded:
-            keep = scores >= self._conf_by_id[classes]  # per-class operating thresholds
+            keep = scores >= self._keep_by_id[classes]  # per-class thresholds (and the railcar context floor)
             out.append((corners[keep], scores[keep], classes[keep]))
         return out
 
@@ -145,6 +157,11 @@ class Detector:
         scale = resample_scale(gsd_m, self.info.working_gsd_m)
         work = resample(image, scale)
         corners, scores, classes = self._detect_tiled(work[..., ::-1])  # a BGR view: to_input reads it once
+        if self._context:
+            scores = rescore_lone_railcars(corners, scores, classes, self._railcar, self.info.lone_railcar_factor,
+                                           self.info.lone_railcar_floor)
+            keep = scores >= self._conf_by_id[classes]  # the operating thresholds, after the train context
+            corners, scores, classes = corners[keep], scores[keep], classes[keep]
         if scale != 1.0:
             corners = corners / scale
         detections = [

@@ -140,3 +140,27 @@ def test_tta_mode_picks_its_own_thresholds_and_marks_an_override(tmp_path: Path)
     assert as_shipped.tta and as_shipped.class_conf == on and as_shipped.version == "9"
     assert not forced_off.tta and forced_off.class_conf == off and forced_off.version == "9+tta-off"
     assert Detector(weights, tta=False, conf=0.6).class_conf == {"railcar": 0.6, "container": 0.6}
+
+
+def test_the_train_context_decides_which_railcars_count(detector: Any, yard: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped sidecar turns the context on; the rescored confidences, not the network's, meet the threshold."""
+    import app.detector as module
+
+    assert detector.info.lone_railcar_factor < 1.0
+    assert detector.class_conf["railcar"] > detector.info.lone_railcar_floor  # neighbours count from the floor
+    seen: list[float] = []
+
+    def everything_lone(corners: Any, scores: Any, classes: Any, railcar: int, factor: float, floor: float) -> Any:
+        seen.append(factor)
+        out = np.asarray(scores, dtype=float).copy()
+        out[np.asarray(classes) == railcar] *= factor * 0.5  # as if no railcar had a neighbour, and more
+        return out
+
+    before = detector.detect(yard.image, gsd_m=yard.gsd_m).counts(("railcar", "container"))
+    monkeypatch.setattr(module, "rescore_lone_railcars", everything_lone)
+    after = detector.detect(yard.image, gsd_m=yard.gsd_m)
+    assert seen == [detector.info.lone_railcar_factor]
+    assert after.counts(("railcar", "container"))["container"] == before["container"]
+    assert all(d.confidence >= detector.class_conf[d.class_name] for d in after.detections)
+    assert after.counts(("railcar", "container"))["railcar"] < before["railcar"]
