@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import special, stats
 
 #: Fewer earlier observations than this: cold start (pooled or weak prior), said so in ``reason``.
 MIN_HISTORY: int = 8

@@ -42,6 +42,20 @@ def _signed_area(p: Polygon) -> float:
     return 0.5 * sum(p[i - 1][0] * y - x * p[i - 1][1] for i, (x, y) in enumerate(p))
 
 
+def box_axes(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centres (N x 2), unit long axes (N x 2), lengths and widths of N rotated boxes given as N x 4 x 2 corners."""
+    corners = np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)
+    e1 = corners[:, 1] - corners[:, 0]
+    e2 = corners[:, 2] - corners[:, 1]
+    n1 = np.linalg.norm(e1, axis=1)
+    n2 = np.linalg.norm(e2, axis=1)
+    first = n1 >= n2
+    length = np.where(first, n1, n2)
+    width = np.where(first, n2, n1)
+    axis = np.where(first[:, None], e1, e2) / np.maximum(length, 1e-9)[:, None]
+    return corners.mean(axis=1), axis, length, width
+
+
 def rotated_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two convex quadrilaterals (4, 2).
 

@@ -20,6 +20,8 @@ import math
 
 import numpy as np
 
+from app.geometry import box_axes
+
 #: Largest angle between two coupled railcars' long axes.
 MAX_ANGLE_DEG: float = 15.0
 #: Largest sideways offset of a neighbour's centre from a box's long axis, in widths of the box.
@@ -29,21 +31,7 @@ MAX_GAP_LENGTHS: float = 0.25
 #: Largest overlap of two coupled railcars' ends (negative gap), in the shorter length.
 MAX_OVERLAP_LENGTHS: float = 0.3
 #: Rows compared at once (bounds memory on scenes with thousands of railcars).
-_CHUNK = 512
-
-
-def box_axes(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Centres (N x 2), unit long axes (N x 2), lengths and widths of N rotated boxes given as N x 4 x 2 corners."""
-    corners = np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)
-    e1 = corners[:, 1] - corners[:, 0]
-    e2 = corners[:, 2] - corners[:, 1]
-    n1 = np.linalg.norm(e1, axis=1)
-    n2 = np.linalg.norm(e2, axis=1)
-    first = n1 >= n2
-    length = np.where(first, n1, n2)
-    width = np.where(first, n2, n1)
-    axis = np.where(first[:, None], e1, e2) / np.maximum(length, 1e-9)[:, None]
-    return corners.mean(axis=1), axis, length, width
+_CHUNK = 256
 
 
 def coupled(corners: np.ndarray, scores: np.ndarray, floor: float) -> np.ndarray:

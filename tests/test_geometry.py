@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from app.geometry import greedy_rotated_nms, rotated_iou, tile_core, tile_origins
+from app.geometry import box_axes, greedy_rotated_nms, rotated_iou, tile_core, tile_origins
 
 
 def box(cx: float, cy: float, length: float, width: float, angle_deg: float) -> np.ndarray:
@@ -84,3 +86,19 @@ def test_resample_scale_and_resample_bring_an_image_to_the_working_gsd() -> None
     assert down.shape == (5, 10, 3)  # 10.5 rounds to even
     assert 0 < down[0, 4, 0] < 200  # area averaging mixes the two halves at the edge (input columns 8.4-10.5)
     assert resample(img, 1.0) is img
+
+
+def _rotated_box(cx: float, cy: float, length: float, width: float, angle_deg: float) -> np.ndarray:
+    a = math.radians(angle_deg)
+    u = np.array([math.cos(a), math.sin(a)]) * length / 2
+    v = np.array([-math.sin(a), math.cos(a)]) * width / 2
+    c = np.array([cx, cy])
+    return np.array([c - u - v, c + u - v, c + u + v, c - u + v])
+
+
+def test_box_axes_reads_length_width_and_direction_whatever_the_corner_order() -> None:
+    boxes = np.stack([_rotated_box(10, 20, 30, 5, 30), _rotated_box(0, 0, 30, 5, 30)[[1, 2, 3, 0]]])
+    centre, axis, length, width = box_axes(boxes)
+    assert np.allclose(centre, [[10, 20], [0, 0]])
+    assert np.allclose(length, 30) and np.allclose(width, 5)
+    assert np.allclose(np.abs(axis @ [math.cos(math.radians(30)), math.sin(math.radians(30))]), 1.0)

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from app.detector import load_detector
+from app.geometry import box_axes
 from training.evaluate import ROOT, _gsd, _matches, _rbox_corners
 
 GREEN, RED, YELLOW, GREY = (0, 200, 0), (0, 0, 255), (0, 230, 255), (160, 160, 160)  # BGR
@@ -28,11 +29,8 @@ GREEN, RED, YELLOW, GREY = (0, 200, 0), (0, 0, 255), (0, 230, 255), (160, 160, 1
 
 def _axes(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Centre, unit long axis, length and width of a rotated box given by its 4 corners."""
-    c = np.asarray(corners, dtype=np.float64).reshape(4, 2)
-    e1, e2 = c[1] - c[0], c[2] - c[1]
-    long_e, short_e = (e1, e2) if np.linalg.norm(e1) >= np.linalg.norm(e2) else (e2, e1)
-    length, width = float(np.linalg.norm(long_e)), float(np.linalg.norm(short_e))
-    return c.mean(0), long_e / max(length, 1e-9), length, width
+    centre, axis, length, width = box_axes(corners)
+    return centre[0], axis[0], float(length[0]), float(width[0])
 
 
 def across_offsets(det: np.ndarray, truths: list[np.ndarray], max_angle_deg: float = 15.0) -> list[float]:
