@@ -486,9 +486,9 @@ def _moment_alpha(y: np.ndarray, mu: np.ndarray, w: np.ndarray, p: int) -> float
 
 
 _ROBUST_ALPHA_GRID = np.r_[0.0, np.geomspace(1e-4, 50.0, 48)]
-#: Log means at which :func:`_lower_quartile_table` tabulates the NB's lower quartile: e^-7 to e^12.5, step 0.04.
-_QUARTILE_LOG_MU = np.arange(-7.0, 12.5 + 1e-9, 0.04)
+#: Log means at which :func:`_lower_quartile_table` tabulates the NB's lower quartile: e^-7 to e^12.5.
 _QUARTILE_LOG_STEP = 0.04
+_QUARTILE_LOG_MU = np.arange(-7.0, 12.5 + 1e-9, _QUARTILE_LOG_STEP)
 
 
 @functools.cache

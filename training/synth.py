@@ -422,8 +422,8 @@ class _Scene:
         self.objects: list[SynthObject] = []
         self.occupied: list[Corners] = []  # footprints of solid objects, to keep distractors off them
         self.deferred: list = []  # object drawing that must wait until every ground surface is down
-        self.casters: list[tuple[np.ndarray, float]] = []  # (footprint, height m) of every shadow cast so far
-        self._caster_bounds: list[tuple[np.ndarray, np.ndarray]] = []  # their footprints' (min, max)
+        # every shadow cast so far: (footprint, height m, footprint min, footprint max)
+        self.casters: list[tuple[np.ndarray, float, np.ndarray, np.ndarray]] = []
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def shadow(self, corners: Corners, height_m: float) -> None:
@@ -431,8 +431,7 @@ class _Scene:
         off = self.shadow_dir * self.shadow_per_m
         self.canvas.cast_shadow(corners, off, height_m, self.shadow_strength)
         footprint = np.asarray(corners, np.float64).copy()
-        self.casters.append((footprint, float(height_m)))
-        self._caster_bounds.append((footprint.min(0), footprint.max(0)))
+        self.casters.append((footprint, float(height_m), footprint.min(0), footprint.max(0)))
 
     def roof(self, corners: Corners, height_m: float) -> None:
         """Record the roof of an object just drawn, and shade it where an earlier, taller object's shadow reaches
@@ -445,14 +444,14 @@ class _Scene:
             return
         off = self.shadow_dir * self.shadow_per_m
         lo, hi = np.asarray(corners).min(0), np.asarray(corners).max(0)
-        f_lo = np.array([b[0] for b in self._caster_bounds])
-        f_hi = np.array([b[1] for b in self._caster_bounds])
-        heights = np.array([h for _, h in self.casters])
+        heights = np.array([c[1] for c in self.casters])
+        f_lo = np.array([c[2] for c in self.casters])
+        f_hi = np.array([c[3] for c in self.casters])
         shift = off[None, :] * np.clip(heights - height_m, 0, None)[:, None]
         near = ((heights > height_m) & (np.maximum(f_hi, f_hi + shift) >= lo).all(1)
                 & (np.minimum(f_lo, f_lo + shift) <= hi).all(1))
         for k in np.flatnonzero(near):
-            footprint, h = self.casters[k]
+            footprint, h, _, _ = self.casters[k]
             reach = _swept(footprint, off * (h - height_m))
             self.canvas.shade(cover * self.canvas.coverage(reach, x0, y0, x1, y1), self.shadow_strength, x0, y0, x1, y1)
 
