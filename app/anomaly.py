@@ -12,8 +12,8 @@ The full method, its choices and the benchmark behind them are in ``docs/anomaly
   non-intercept terms), dispersion ``alpha`` (``Var = mu + alpha mu^2``) by weighted ML, alternating.
 * **Robust baseline (Farrington-style).** After a first fit, each history point's residual is the normal quantile
   of its mid-p upper tail under the fitted NB (a quantile residual, over ``sqrt(1 - leverage)``); points with
-  ``s > 2.58`` get weight ``(2.58 / s)^2`` (weights renormalised to sum to ``n``), and the model is refitted, so
-  earlier surges do not inflate the baseline.
+  ``|s| > 2.58`` get weight ``(2.58 / |s|)^2`` (weights renormalised to sum to ``n``), and the model is refitted,
+  so earlier surges do not inflate the baseline, nor earlier drops lower it and widen its dispersion.
 * **Prediction.** The predictive at the scored time integrates over the parameters' uncertainty: a mixture of NBs
   over the posterior of ``alpha`` (grid on ``log alpha``), each widened by the uncertainty of the fitted log-mean
   (``alpha_eff = (1 + alpha) exp(var_eta) - 1``, mean ``exp(eta + var_eta / 2)``): few points, wide spread.
@@ -551,14 +551,13 @@ def _screen_weights(y: np.ndarray) -> np.ndarray:
 
     Several past surges inflate a plain first fit so much that none of them looks outlying (masking); screening
     against the median (breakdown 50 %, like the robust z-score's) first breaks that. A 20 % trimmed mean did
-    not: an early outbreak that is a quarter of a short history lifted it. Later passes recompute the weights from
-    the fitted model.
+    not: an early outbreak that is a quarter of a short history lifted it. Points far below the level are
+    down-weighted too, as in :func:`_residual_weights`. Later passes recompute the weights from the fitted model.
     """
     level = max(float(np.median(y)), 0.5 / (y.size + 1))
     mu = np.full_like(y, level)
     r = 1.5 * (np.cbrt(y) ** 2 - np.cbrt(mu) ** 2) / mu ** (1.0 / 6.0)
-    s = np.sqrt(r * r / (1.0 + _robust_alpha(y, mu) * mu)) * np.sign(r)
-    return _outlier_weights(np.maximum(s, 0.0))[0]
+    return _outlier_weights(r / np.sqrt(1.0 + _robust_alpha(y, mu) * mu))[0]
 
 
 def _residual_weights(X: np.ndarray, y: np.ndarray, fit: GlmFit, w: np.ndarray) -> tuple[np.ndarray, int]:
@@ -567,17 +566,19 @@ def _residual_weights(X: np.ndarray, y: np.ndarray, fit: GlmFit, w: np.ndarray) 
     The residual is the normal quantile of the point's mid-p upper tail under the fitted NB (a quantile residual,
     Dunn & Smyth 1996), over ``sqrt(1 - leverage)``: exact at any mean and dispersion, where the Anscombe residual
     Farrington uses is too heavy-tailed for an over-dispersed NB and trims its legitimate tail points (which biased
-    the mean low: 2.2-2.5 % of quiet points scored >= 2 at ``alpha`` 1.5). Only points above the fit are
-    down-weighted, as in Farrington's method; points below it are not outliers of a surge baseline. The dispersion
-    in the tail is the smaller of the fitted one and a robust one (:func:`_robust_alpha`), so that outliers
-    cannot mask themselves by inflating the dispersion.
+    the mean low: 2.2-2.5 % of quiet points scored >= 2 at ``alpha`` 1.5). Points far below the fit are
+    down-weighted too (Farrington's method, built for surges only, keeps them): this service scores drops as well,
+    and a past drop (a holiday, a closed yard) would otherwise lower the level and inflate the dispersion that
+    later surges and drops are judged by. A zero is that far only above a mean of about 4.6 (Poisson; more with
+    over-dispersion), so sparse series are unaffected. The dispersion in the tails is the smaller of the fitted
+    one and a robust one (:func:`_robust_alpha`), so that outliers cannot mask themselves by inflating it.
     """
     mu = np.maximum(fit.mu, 1e-9)
     W = w * mu / (1.0 + fit.alpha * mu)
     h = np.clip(np.einsum("ij,jk,ik->i", X, fit.cov, X) * W, 0.0, 0.99)
     alpha = min(fit.alpha, _robust_alpha(y, mu))
     s = stats.norm.isf(np.clip(_upper_mid_p(y, mu, alpha), 1e-300, 1.0)) / np.sqrt(1.0 - h)
-    return _outlier_weights(np.maximum(s, 0.0))
+    return _outlier_weights(s)
 
 
 def _upper_mid_p(y: np.ndarray, mu: np.ndarray, alpha: float) -> np.ndarray:

@@ -345,7 +345,7 @@ def _constant_fit(y: np.ndarray, mean: float, alpha: float):  # noqa: ANN202 - a
 
 @pytest.mark.parametrize(("mean", "alpha"), [(2.0, 1.5), (40.0, 1.5), (10.0, 0.0)])
 def test_reweighting_trims_only_the_model_tail_of_a_quiet_over_dispersed_series(mean: float, alpha: float) -> None:
-    """Under the true NB, about 0.5 % of points lie beyond the 2.58 threshold (its normal tail), at any dispersion.
+    """Under the true NB, about 1 % of points lie beyond +-2.58 (a normal's two tails), at any dispersion.
 
     Anscombe residuals are too heavy-tailed for an over-dispersed NB: they trimmed several percent of quiet points.
     """
@@ -355,16 +355,36 @@ def test_reweighting_trims_only_the_model_tail_of_a_quiet_over_dispersed_series(
     y = (rng.negative_binomial(1 / alpha, 1 / (1 + alpha * mean), 20_000) if alpha > 0
          else rng.poisson(mean, 20_000)).astype(float)
     _, n_down = _residual_weights(np.ones((y.size, 1)), y, _constant_fit(y, mean, alpha), np.ones(y.size))
-    assert n_down / y.size <= 0.0075  # the normal tail beyond 2.58 is 0.49 %; the discrete mid-p tail is lower
+    assert n_down / y.size <= 0.0125  # a normal's tails beyond +-2.58 hold 0.99 %; the discrete mid-p's less
 
 
-def test_reweighting_never_down_weights_points_below_the_fit() -> None:
+def test_reweighting_down_weights_points_far_below_the_fit_but_not_sparse_zeros() -> None:
     from app.anomaly import _residual_weights
 
-    y = np.asarray([0.0] * 10 + [10.0] * 10 + [60.0])
+    y = np.asarray([10.0] * 20 + [0.0, 60.0])
     w, n_down = _residual_weights(np.ones((y.size, 1)), y, _constant_fit(y, 10.0, 0.05), np.ones(y.size))
-    assert n_down == 1 and w[-1] < 0.2 * w[0]
-    assert np.allclose(w[:20], w[0])  # the zeros, far below the fit, keep their full weight
+    assert n_down == 2 and w[-2] < 0.5 * w[0] and w[-1] < 0.2 * w[0]  # a zero at mean 10 is a drop
+    assert np.allclose(w[:20], w[0])
+    sparse = np.asarray([0.0] * 10 + [2.0] * 10)  # a zero at mean 1 is ordinary: s = -1.1
+    w, n_down = _residual_weights(np.ones((20, 1)), sparse, _constant_fit(sparse, 1.0, 0.0), np.ones(20))
+    assert n_down == 0 and np.allclose(w, 1.0)
+
+
+def test_a_past_drop_neither_lowers_the_baseline_nor_hides_later_anomalies() -> None:
+    """A closed yard in the history (2 where 40 is usual) must not widen the dispersion later counts are judged by.
+
+    Kept at full weight it made the fitted alpha 20 times larger: a later 22 then scored drop 1.66, a later 60
+    surge 1.59; down-weighted, 2.88 and 2.50.
+    """
+    rng = np.random.default_rng(7)
+    counts = [int(c) for c in rng.poisson(40, 40)]
+    counts[20] = 2
+    times = _days(41, 3)
+    drop = score_count(22, counts, times[:40], times[40])
+    surge = score_count(60, counts, times[:40], times[40])
+    assert drop.expected == pytest.approx(40.0, rel=0.05) and "down-weighted" in (drop.model or "")
+    assert drop.drop_score is not None and drop.drop_score > 2.5
+    assert surge.score is not None and surge.score > 2.2
 
 
 @pytest.mark.parametrize(("mean", "alpha"), [(0.8, 0.0), (0.8, 0.5), (2.0, 0.4), (10.0, 0.1), (40.0, 1.5),
