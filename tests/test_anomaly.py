@@ -365,7 +365,7 @@ def test_reweighting_down_weights_points_far_below_the_fit_but_not_sparse_zeros(
     w, n_down = _residual_weights(np.ones((y.size, 1)), y, _constant_fit(y, 10.0, 0.05), np.ones(y.size))
     assert n_down == 2 and w[-2] < 0.5 * w[0] and w[-1] < 0.2 * w[0]  # a zero at mean 10 is a drop
     assert np.allclose(w[:20], w[0])
-    sparse = np.asarray([0.0] * 10 + [2.0] * 10)  # a zero at mean 1 is ordinary: s = -1.1
+    sparse = np.asarray([0.0] * 10 + [2.0] * 10)  # a zero at mean 1 is ordinary: s = -0.9
     w, n_down = _residual_weights(np.ones((20, 1)), sparse, _constant_fit(sparse, 1.0, 0.0), np.ones(20))
     assert n_down == 0 and np.allclose(w, 1.0)
 
