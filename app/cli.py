@@ -29,15 +29,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the REST API (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="server processes (default 1); each gets CPU cores // workers inference threads")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes (default 1); each gets CPU cores // workers inference threads",
+    )
 
     detect = sub.add_parser("detect", help="detect and count objects in one image; print JSON")
     detect.add_argument("image", help="GeoTIFF/COG, JPEG 2000, NITF, JPEG, PNG or TIFF file")
-    detect.add_argument("--gsd-m", type=float, default=None,
-                        help="ground sample distance in m/pixel (0.05-10); overrides the geotransform")
-    detect.add_argument("--footprint", default=None,
-                        help="GeoJSON file with a WGS84 Polygon: count only inside it (georeferenced images)")
+    detect.add_argument(
+        "--gsd-m",
+        type=float,
+        default=None,
+        help="ground sample distance in m/pixel (0.05-10); overrides the geotransform",
+    )
+    detect.add_argument(
+        "--footprint",
+        default=None,
+        help="GeoJSON file with a WGS84 Polygon: count only inside it (georeferenced images)",
+    )
     detect.add_argument("--model", default=None, help="weights file (default: WAGON_MODEL_PATH)")
     detect.add_argument("--pretty", action="store_true", help="indent the JSON output")
 
@@ -51,23 +62,36 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="create, list and revoke API keys (on the configured database)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = keys_sub.add_parser("create", help="create a key and print it (once) on stdout")
-    create.add_argument("--role", required=True, choices=("admin", "reader", "uploader"),
-                        help="admin: everything; reader: reads everything; uploader: uploads to its facilities")
-    create.add_argument("--facility", action="append", default=[], metavar="ID",
-                        help="facility an uploader key may upload to (repeat for several; uploader keys only)")
+    create.add_argument(
+        "--role",
+        required=True,
+        choices=("admin", "reader", "uploader"),
+        help="admin: everything; reader: reads everything; uploader: uploads to its facilities",
+    )
+    create.add_argument(
+        "--facility",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="facility an uploader key may upload to (repeat for several; uploader keys only)",
+    )
     create.add_argument("--name", default=None, help="who holds the key (shown in listings)")
     keys_sub.add_parser("list", help="list keys (never their secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id", help="the key's id (the 12 hex digits after wd_, as listed)")
     revoke.add_argument("--force", action="store_true", help="revoke even the last active admin key")
     dbp = sub.add_parser("db", help="database schema: `db upgrade` migrates to the newest, `db current` reports")
-    dbp.add_argument("action", choices=("upgrade", "current"),
-                     help="upgrade: migrate WAGON_DATABASE_URL to the newest schema (the service does this at "
-                     "start-up too); current: print its revision and the newest one")
+    dbp.add_argument(
+        "action",
+        choices=("upgrade", "current"),
+        help="upgrade: migrate WAGON_DATABASE_URL to the newest schema (the service does this at "
+        "start-up too); current: print its revision and the newest one",
+    )
 
     for name, module in DELEGATED.items():
-        sub.add_parser(name, help=f"{name} the detector (see `wagon-detector {name} --help`; runs {module})",
-                       add_help=False)
+        sub.add_parser(
+            name, help=f"{name} the detector (see `wagon-detector {name} --help`; runs {module})", add_help=False
+        )
     return parser
 
 
@@ -79,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = module.main(args_list[1:])
         return int(result or 0)
     args = build_parser().parse_args(args_list)
-    from app.settings import get_settings
+    from app.core.settings import get_settings
 
     settings = get_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -108,28 +132,40 @@ def threads_per_worker(workers: int, requested: int | None, cores: int | None = 
 def _serve(host: str, port: int, workers: int = 1) -> int:
     import uvicorn
 
-    from app.settings import get_settings
+    from app.core.settings import get_settings
 
     settings = get_settings()
     threads = threads_per_worker(workers, settings.inference_threads)
     if settings.inference_threads and threads < settings.inference_threads:
         logging.getLogger(__name__).warning(
             "WAGON_INFERENCE_THREADS=%d x %d workers exceeds the CPU cores; using %d threads per worker",
-            settings.inference_threads, workers, threads)
+            settings.inference_threads,
+            workers,
+            threads,
+        )
     os.environ["WAGON_INFERENCE_THREADS"] = str(threads)  # read by every worker process's settings
     get_settings.cache_clear()
-    uvicorn.run("app.api:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=settings.log_level.lower(), access_log=False)  # the app writes its own (JSON, request id)
+    uvicorn.run(
+        "app.api.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )  # the app writes its own (JSON, request id)
     return 0
 
 
-def _detect(image: str, gsd_m: float | None, model: str | None, pretty: bool = False,
-            footprint_file: str | None = None) -> int:
+def _detect(
+    image: str, gsd_m: float | None, model: str | None, pretty: bool = False, footprint_file: str | None = None
+) -> int:
     from pathlib import Path
 
-    from app import scenes, service
-    from app.imaging import ImageError
-    from app.settings import get_settings
+    from app.core import errors
+    from app.core.settings import get_settings
+    from app.detection.imaging import ImageError
+    from app.usecases import images, scenes
 
     settings = get_settings()
     if model is not None:
@@ -141,19 +177,19 @@ def _detect(image: str, gsd_m: float | None, model: str | None, pretty: bool = F
     try:
         footprint = _read_footprint(footprint_file) if footprint_file else None
         scenes.analyse_with_settings(None, path, settings, gsd_m, footprint)  # validate before loading the model
-    except service.ModelUnavailableError:
+    except errors.ModelUnavailableError:
         pass  # the image is fine
-    except (ImageError, service.InvalidInputError, OSError, ValueError) as exc:
+    except (ImageError, errors.InvalidInputError, OSError, ValueError) as exc:
         print(f"error: {image}: {exc}", file=sys.stderr)
         return 2
     try:
-        detector = service.load_configured_detector(settings)
+        detector = images.load_configured_detector(settings)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         analysis = scenes.analyse_with_settings(detector, path, settings, gsd_m, footprint, progress=ProgressBar())
-    except (ImageError, service.InvalidInputError) as exc:
+    except (ImageError, errors.InvalidInputError) as exc:
         print(f"error: {image}: {exc}", file=sys.stderr)
         return 2
     try:
@@ -169,7 +205,7 @@ def _read_footprint(path: str) -> dict[str, object]:
     """A WGS84 Polygon from a GeoJSON file (a Polygon, a Feature, or the first feature of a collection)."""
     from pathlib import Path
 
-    from app.service import check_footprint
+    from app.usecases.facilities import check_footprint
 
     data = json.loads(Path(path).read_text())
     if data.get("type") == "FeatureCollection":
@@ -192,8 +228,10 @@ class ProgressBar:
         filled = round(self.width * done / total)
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / done * (total - done) if done else 0.0
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} windows, "
-                         f"{elapsed:.0f} s, about {eta:.0f} s left ")
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} windows, "
+            f"{elapsed:.0f} s, about {eta:.0f} s left "
+        )
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -202,15 +240,16 @@ class ProgressBar:
 def _reprocess(facility: str, model: str | None) -> int:
     from pathlib import Path
 
-    from app import scenes, service
-    from app.settings import get_settings
-    from app.store import Store
+    from app.core import errors
+    from app.core.settings import get_settings
+    from app.database import Store
+    from app.usecases import images, scenes
 
     settings = get_settings()
     if model is not None:
         settings = settings.model_copy(update={"model_path": Path(model)})
     try:
-        detector = service.load_configured_detector(settings)
+        detector = images.load_configured_detector(settings)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -224,7 +263,7 @@ def _reprocess(facility: str, model: str | None) -> int:
 
     try:
         done = scenes.reprocess_facility(store, settings, detector, facility, on_done=report, progress=ProgressBar())
-    except service.NotFoundError as exc:
+    except errors.NotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -235,55 +274,64 @@ def _reprocess(facility: str, model: str | None) -> int:
 
 
 def _worker(workers: int) -> int:
-    from app import service
-    from app.jobs import JobQueue
-    from app.settings import get_settings
-    from app.store import Store
+    from app.core.settings import get_settings
+    from app.database import Store
+    from app.usecases import images
+    from app.usecases.jobs import JobQueue
 
     settings = get_settings()
     store = Store(settings.database_url)
-    JobQueue(settings, store, lambda: service.load_configured_detector(settings)).run_worker(workers)
+    JobQueue(settings, store, lambda: images.load_configured_detector(settings)).run_worker(workers)
     store.dispose()
     return 0
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from app import keys, service
-    from app.settings import get_settings
-    from app.store import Store
+    from app.core import errors, validation
+    from app.core.settings import get_settings
+    from app.database import Store
+    from app.usecases import keys
 
     store = Store(get_settings().database_url)
     try:
         if args.keys_command == "create":
             new = keys.create_key(store, args.role, args.facility, args.name)
             where = f" for {', '.join(new.record.facilities)}" if new.record.facilities else ""
-            print(f"created {new.record.role} key {new.record.id}{where}; it is shown only now, store it safely:",
-                  file=sys.stderr)
+            print(
+                f"created {new.record.role} key {new.record.id}{where}; it is shown only now, store it safely:",
+                file=sys.stderr,
+            )
             print(new.key)
         elif args.keys_command == "list":
+
             def when(value: str | None) -> str:  # to the second, UTC
                 return value[:19].replace("T", " ") if value else "-"
 
             print(f"{'id':<14}{'role':<10}{'facilities':<24}{'created (UTC)':<21}{'last used':<21}{'revoked':<21}name")
             for k in keys.list_keys(store):
                 d = k.to_dict()
-                print(f"{d['id']:<14}{d['role']:<10}{','.join(d['facilities']) or '*':<24}{when(d['created_at']):<21}"
-                      f"{when(d['last_used_at']):<21}{when(d['revoked_at']):<21}{d['name'] or ''}")
+                print(
+                    f"{d['id']:<14}{d['role']:<10}{','.join(d['facilities']) or '*':<24}{when(d['created_at']):<21}"
+                    f"{when(d['last_used_at']):<21}{when(d['revoked_at']):<21}{d['name'] or ''}"
+                )
         else:
             record = keys.revoke_key(store, args.key_id, allow_last_admin=args.force)
-            print(f"revoked key {record.id} ({record.role}) at {service.iso(record.revoked_at or record.created_at)}")
-    except service.ServiceError as exc:
+            print(
+                f"revoked key {record.id} ({record.role}) at {validation.iso(record.revoked_at or record.created_at)}"
+            )
+    except errors.ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         store.dispose()
     return 0
+
+
 def _db(action: str) -> int:
     from sqlalchemy.engine import make_url
 
-    from app import migrate
-    from app.settings import get_settings
-    from app.store import make_engine
+    from app.core.settings import get_settings
+    from app.database import make_engine, migrate
 
     url = get_settings().database_url
     shown = make_url(url).render_as_string(hide_password=True)

@@ -47,11 +47,17 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.anomaly import MIN_HISTORY, score_series  # noqa: E402
+from app.scoring.anomaly import MIN_HISTORY, score_series  # noqa: E402  # after ROOT joins sys.path (run as a script)
 
 #: The data lies in ``shared/anomaly-eval`` next to the checkout (or next to its parent, for a worktree).
-DATA = next((d / "shared" / "anomaly-eval" for d in (ROOT.parent, ROOT.parent.parent)
-             if (d / "shared" / "anomaly-eval").is_dir()), ROOT.parent / "shared" / "anomaly-eval")
+DATA = next(
+    (
+        d / "shared" / "anomaly-eval"
+        for d in (ROOT.parent, ROOT.parent.parent)
+        if (d / "shared" / "anomaly-eval").is_dir()
+    ),
+    ROOT.parent / "shared" / "anomaly-eval",
+)
 DOC = ROOT / "docs" / "anomaly.md"
 SEEDS = (0, 1, 2, 3, 4, 5)
 #: Design choices were compared on these seeds only; the others are a check on the same series.
@@ -79,17 +85,26 @@ def load_rki() -> list[Series]:
     for path in sorted((DATA / "rki").glob("*.csv")):
         with path.open() as f:
             rows = list(csv.DictReader(f))
-        out.append(Series("rki", path.stem, [t0 + timedelta(weeks=int(r["week"]) - 1) for r in rows],
-                          np.asarray([int(r["count"]) for r in rows]),
-                          np.asarray([int(r["outbreak"]) for r in rows]), two_sided=False))
+        out.append(
+            Series(
+                "rki",
+                path.stem,
+                [t0 + timedelta(weeks=int(r["week"]) - 1) for r in rows],
+                np.asarray([int(r["count"]) for r in rows]),
+                np.asarray([int(r["outbreak"]) for r in rows]),
+                two_sided=False,
+            )
+        )
     return out
 
 
 def load_nab() -> list[Series]:
     """NYC taxi passengers at 10:30 each day, labelled inside NAB's windows."""
     with (DATA / "nab" / "nyc_taxi_windows.json").open() as f:
-        windows = [(datetime.fromisoformat(a).replace(tzinfo=UTC), datetime.fromisoformat(b).replace(tzinfo=UTC))
-                   for a, b in next(iter(json.load(f).values()))]
+        windows = [
+            (datetime.fromisoformat(a).replace(tzinfo=UTC), datetime.fromisoformat(b).replace(tzinfo=UTC))
+            for a, b in next(iter(json.load(f).values()))
+        ]
     times, counts = [], []
     with (DATA / "nab" / "nyc_taxi.csv").open() as f:
         for r in csv.DictReader(f):
@@ -109,7 +124,7 @@ MODEL_TIME = {"seconds": 0.0, "points": 0}
 
 
 def scorer_model(times: list[datetime], counts: np.ndarray, two_sided: bool) -> np.ndarray:
-    """This service's scorer (app.anomaly.score_series)."""
+    """This service's scorer (app.scoring.anomaly.score_series)."""
     out = []
     t0 = time.perf_counter()
     scores = score_series(times, [int(c) for c in counts])
@@ -205,8 +220,13 @@ def evaluate(series: list[Series]) -> dict[tuple[int, ...], Result]:
                 continue
             pooled = {name: np.concatenate([per_seed[seed][1][name] for seed in split]) for name in SCORERS}
             res[split][f"{s.dataset}/{s.name}"] = {
-                name: (roc_auc(v, lab), recall_at_fa(v, lab, 0.01), recall_at_fa(v, lab, 0.05), int(lab.size),
-                       int(lab.sum()))
+                name: (
+                    roc_auc(v, lab),
+                    recall_at_fa(v, lab, 0.01),
+                    recall_at_fa(v, lab, 0.05),
+                    int(lab.size),
+                    int(lab.sum()),
+                )
                 for name, v in pooled.items()
             }
     return res
@@ -256,15 +276,19 @@ def table(results: dict[tuple[int, ...], Result]) -> str:
     """Per-series rows for all seeds, means over series, and the means on the tuning and the other seeds."""
     names = list(SCORERS)
     res = results[SEEDS]
-    lines = ["| series | points (labelled) | " + " | ".join(f"{n}: AUC / R@1% / R@5%" for n in names) + " |",
-             "|---|---|" + "---|" * len(names)]
+    lines = [
+        "| series | points (labelled) | " + " | ".join(f"{n}: AUC / R@1% / R@5%" for n in names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
     for key, row in res.items():
         n, npos = next(iter(row.values()))[3:]
         cells = [f"{row[m][0]:.3f} / {row[m][1]:.2f} / {row[m][2]:.2f}" for m in names]
         lines.append(f"| {key} | {n} ({npos}) | " + " | ".join(cells) + " |")
-    for label, keys in (("mean, RKI", [k for k in res if k.startswith("rki/")]),
-                        ("mean, NAB", [k for k in res if k.startswith("nab/")]),
-                        ("**mean, all series**", list(res))):
+    for label, keys in (
+        ("mean, RKI", [k for k in res if k.startswith("rki/")]),
+        ("mean, NAB", [k for k in res if k.startswith("nab/")]),
+        ("**mean, all series**", list(res)),
+    ):
         if keys:
             lines.append(_mean_row(res, keys, label, names))
     for split, part in results.items():
@@ -296,12 +320,14 @@ def main() -> None:
     ms_per_point = 1000.0 * MODEL_TIME["seconds"] / max(MODEL_TIME["points"], 1)
     cal = calibration(args.calibration_series)
     t_all = time.time() - t0
-    text = (f"Seeds {list(SEEDS)}, keep probability {list(KEEP)} by seed; cells are ROC-AUC / recall at 1 % false "
-            f"alarms / recall at 5 % false alarms.\n\n{table(res)}\n\nCalibration on quiet synthetic series "
-            f"({args.calibration_series} per row, NB with a yearly season of amplitude 0.3, revisits every 1-20 "
-            f"days over 5 years; points with at least {MIN_HISTORY} earlier points):\n\n{calib_table(cal)}\n\n"
-            f"_Generated by `bench/anomaly_bench.py` in {t_all:.0f} s ({t_eval:.0f} s for the real series; this "
-            f"service's scorer: {ms_per_point:.1f} ms per scored observation, one process)._")
+    text = (
+        f"Seeds {list(SEEDS)}, keep probability {list(KEEP)} by seed; cells are ROC-AUC / recall at 1 % false "
+        f"alarms / recall at 5 % false alarms.\n\n{table(res)}\n\nCalibration on quiet synthetic series "
+        f"({args.calibration_series} per row, NB with a yearly season of amplitude 0.3, revisits every 1-20 "
+        f"days over 5 years; points with at least {MIN_HISTORY} earlier points):\n\n{calib_table(cal)}\n\n"
+        f"_Generated by `bench/anomaly_bench.py` in {t_all:.0f} s ({t_eval:.0f} s for the real series; this "
+        f"service's scorer: {ms_per_point:.1f} ms per scored observation, one process)._"
+    )
     print(text)
     if not args.no_write and DOC.exists():
         doc = DOC.read_text()

@@ -5,8 +5,9 @@ the service's scene pipeline over it window by window, as an upload would, in a 
     python bench/bench_big_scene.py --size 4000 --keep   # smaller; --keep reuses an existing file
 
 Reports wall time, megapixels per second and the child's peak RSS (``ru_maxrss``: model, GDAL cache and windows
-together) as JSON on stdout. The child reads through ``app.raster.open_scene`` and ``app.pipeline.detect_scene``
-with the configured model (``WAGON_MODEL_PATH``, ``WAGON_RUNTIME``, ``WAGON_INFERENCE_THREADS``).
+together) as JSON on stdout. The child reads through ``app.detection.raster.open_scene`` and
+``app.detection.pipeline.detect_scene`` with the configured model (``WAGON_MODEL_PATH``, ``WAGON_RUNTIME``,
+``WAGON_INFERENCE_THREADS``).
 """
 
 from __future__ import annotations
@@ -37,9 +38,20 @@ def write_scene(path: Path, size: int, seeds: int = 6) -> dict[str, object]:
     gsd = float(chips[0].gsd_m)
     chip_px = chips[0].image.shape[0]
     band_rows = chip_px * 2
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32652",
-                   transform=from_origin(620_000.0, 4_700_000.0, gsd, gsd), tiled=True, blockxsize=512,
-                   blockysize=512, photometric="RGB", BIGTIFF="YES")
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32652",
+        transform=from_origin(620_000.0, 4_700_000.0, gsd, gsd),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        photometric="RGB",
+        BIGTIFF="YES",
+    )
     t0 = time.perf_counter()
     true_railcars = 0
     with rasterio.open(path, "w", **profile) as dst:
@@ -50,20 +62,26 @@ def write_scene(path: Path, size: int, seeds: int = 6) -> dict[str, object]:
                 for cx in range(0, size, chip_px):
                     k = ((r0 + cy) // chip_px * 7 + cx // chip_px) % len(chips)
                     part = chips[k].image[: min(chip_px, h - cy), : min(chip_px, size - cx)]
-                    strip[cy:cy + part.shape[0], cx:cx + part.shape[1]] = part
+                    strip[cy : cy + part.shape[0], cx : cx + part.shape[1]] = part
                     if part.shape[:2] == (chip_px, chip_px):
                         true_railcars += chips[k].counts()["railcar"]
             dst.write(np.moveaxis(strip, 2, 0), window=Window(0, r0, size, h))
-    return {"path": str(path), "size": size, "gsd_m": gsd, "write_s": round(time.perf_counter() - t0, 1),
-            "railcars_in_whole_chips": true_railcars, "file_mb": round(path.stat().st_size / 2**20)}
+    return {
+        "path": str(path),
+        "size": size,
+        "gsd_m": gsd,
+        "write_s": round(time.perf_counter() - t0, 1),
+        "railcars_in_whole_chips": true_railcars,
+        "file_mb": round(path.stat().st_size / 2**20),
+    }
 
 
 def detect(path: Path, progress: bool) -> dict[str, object]:
     """Run the pipeline on the scene (in this process); report timing and counts."""
-    from app.pipeline import detect_scene
-    from app.raster import open_scene
-    from app.service import load_configured_detector
-    from app.settings import get_settings
+    from app.core.settings import get_settings
+    from app.detection.pipeline import detect_scene
+    from app.detection.raster import open_scene
+    from app.usecases.images import load_configured_detector
 
     settings = get_settings()
     t_load = time.perf_counter()
@@ -84,11 +102,17 @@ def detect(path: Path, progress: bool) -> dict[str, object]:
     for d in out.detections:
         counts[d.class_name] = counts.get(d.class_name, 0) + 1
     return {
-        "width": width, "height": height, "windows": out.windows, "gsd_m": out.gsd_m,
-        "runtime": getattr(detector, "runtime", None), "model_load_s": round(load_s, 1),
-        "wall_s": round(wall, 1), "megapixels_per_s": round(width * height / 1e6 / wall, 2),
+        "width": width,
+        "height": height,
+        "windows": out.windows,
+        "gsd_m": out.gsd_m,
+        "runtime": getattr(detector, "runtime", None),
+        "model_load_s": round(load_s, 1),
+        "wall_s": round(wall, 1),
+        "megapixels_per_s": round(width * height / 1e6 / wall, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "peak_rss_after_model_load_mb": round(rss_after_load), "counts": counts,
+        "peak_rss_after_model_load_mb": round(rss_after_load),
+        "counts": counts,
         "cpu_count": os.cpu_count(),
     }
 

@@ -1,6 +1,6 @@
 """CPU performance benchmarks: runtime, test-time augmentation, serving overhead, throughput, memory, hardware limit.
 
-    python -m bench.perf                        # all six, prints a Markdown table, writes bench/results.md
+    python -m bench.perf                        # all six, prints a Markdown table, writes docs/performance.md
     python -m bench.perf --only runtime,serving # a quick subset (also: python -m bench.perf runtime serving)
 
 Every figure is the median of several runs; ratios are measured in the same run. The machine is shared and noisy:
@@ -19,7 +19,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def _row(bench: str, figure: str, value: str) -> None:
     print(f"{bench:12s} {figure:58s} {value}", flush=True)
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:
+def median_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:
     """Median, min and max wall time of ``fn`` in milliseconds."""
     times = []
     for _ in range(repeats):
@@ -45,36 +46,47 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float, fl
     return statistics.median(times), min(times), max(times)
 
 
-def _chips(n: int, first_seed: int = 9_000_000) -> list:
+def synthetic_chips(n: int, first_seed: int = 9_000_000) -> list:
+    """``n`` held-out synthetic chips (seeds from ``first_seed``)."""
     from training.synth import generate_chip
 
     return [generate_chip(first_seed + i) for i in range(n)]
 
 
 # ------------------------------------------------------------------------------------------------- 1. runtime
-RUNTIME_LABELS = {"torch": "PyTorch eager", "onnx": "ONNX Runtime", "openvino": "OpenVINO f32",
-                  "openvino-bf16": "OpenVINO bf16"}
+RUNTIME_LABELS = {
+    "torch": "PyTorch eager",
+    "onnx": "ONNX Runtime",
+    "openvino": "OpenVINO f32",
+    "openvino-bf16": "OpenVINO bf16",
+}
 
 
 #: (runtime, precision, test-time augmentation): the runtimes are compared on one network pass per chip
-_RUNTIME_SPECS = {"torch": ("torch", "f32", False), "onnx": ("onnx", "f32", False),
-                  "openvino": ("openvino", "f32", False), "openvino-bf16": ("openvino", "bf16", False)}
+_RUNTIME_SPECS = {
+    "torch": ("torch", "f32", False),
+    "onnx": ("onnx", "f32", False),
+    "openvino": ("openvino", "f32", False),
+    "openvino-bf16": ("openvino", "bf16", False),
+}
 
 
 def _runtime_detectors(threads: int) -> dict[str, object]:
-    from app.detector import Detector
+    from app.detection.detector import Detector
 
-    return {k: Detector(WEIGHTS, threads=threads, runtime=runtime, openvino_precision=precision, tta=tta)
-            for k, (runtime, precision, tta) in _RUNTIME_SPECS.items()}
+    return {
+        k: Detector(WEIGHTS, threads=threads, runtime=runtime, openvino_precision=precision, tta=tta)
+        for k, (runtime, precision, tta) in _RUNTIME_SPECS.items()
+    }
 
 
 def _runtime_timer(conn: Connection, runtime: str, precision: str, threads: int, tta: bool = False) -> None:
     """Child process: load one runtime, then time blocks of chips on request (``conn.recv()`` gives the block
     size; 0 ends), sending back the times in ms. Idle between blocks, as a service runs a single runtime."""
-    from app.detector import Detector
+    from app.detection.detector import Detector
 
     det = Detector(WEIGHTS, threads=threads, runtime=runtime, openvino_precision=precision, tta=tta)
-    bgr = [np.ascontiguousarray(_chips(1)[0].image[..., ::-1])]
+    bgr = [np.ascontiguousarray(synthetic_chips(1)[0].image[..., ::-1])]
     det._predict(bgr)
     conn.send("ready")
     while n := conn.recv():
@@ -124,41 +136,61 @@ def bench_runtime(rounds: int = 6, block: int = 8, parity_chips: int = 20, accur
     The processes take turns, a block of ``block`` consecutive chips each for ``rounds`` rounds, so load drifts
     affect all alike; the first chip of each block is not counted.
     """
-    from app.runtimes import Parity
+    from app.detection.runtimes import Parity
     from training.evaluate import evaluate_synthetic
 
     threads = len(os.sched_getaffinity(0))
     times = _timed_in_processes(_RUNTIME_SPECS, rounds, block)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in times.items():
-        _row("runtime", f"{RUNTIME_LABELS[k]}, ms per 640 chip, own process (median; min-max)",
-             f"{med[k]:.1f} ({min(v):.1f}-{max(v):.1f})")
+        _row(
+            "runtime",
+            f"{RUNTIME_LABELS[k]}, ms per 640 chip, own process (median; min-max)",
+            f"{med[k]:.1f} ({min(v):.1f}-{max(v):.1f})",
+        )
     for k in times:
         if k != "torch":
-            _row("runtime", f"speed-up of {RUNTIME_LABELS[k]} over PyTorch eager, ratio of medians (of minima; "
-                 "target >= 1.5)", f"{med['torch'] / med[k]:.2f}x ({min(times['torch']) / min(times[k]):.2f}x)")
+            _row(
+                "runtime",
+                f"speed-up of {RUNTIME_LABELS[k]} over PyTorch eager, ratio of medians (of minima; target >= 1.5)",
+                f"{med['torch'] / med[k]:.2f}x ({min(times['torch']) / min(times[k]):.2f}x)",
+            )
     dets = _runtime_detectors(threads)
-    chips = _chips(parity_chips)
+    chips = synthetic_chips(parity_chips)
     names = dets["torch"].class_names
     reference = [dets["torch"].detect(c.image, c.gsd_m).detections for c in chips]
     for k, det in dets.items():
         if k == "torch":
             continue
         parity = Parity(iou=0.9, conf_tol=0.02)
-        for c, ref in zip(chips, reference):
+        for c, ref in zip(chips, reference, strict=True):
             parity.add(ref, det.detect(c.image, c.gsd_m).detections, names)
-        _row("runtime", f"parity {RUNTIME_LABELS[k]} vs PyTorch, {parity_chips} held-out chips: (chip, class) pairs "
-             "with equal counts; max difference", f"{parity.count_share:.1%}; {parity.max_count_diff}")
-        _row("runtime", f"parity {RUNTIME_LABELS[k]}: boxes matched (same class, rotated IoU >= 0.9, |conf diff| "
-             "<= 0.02); max |conf diff|", f"{parity.match_share:.1%} of {parity.reference}; {parity.max_conf_diff:.2g}")
+        _row(
+            "runtime",
+            f"parity {RUNTIME_LABELS[k]} vs PyTorch, {parity_chips} held-out chips: (chip, class) pairs "
+            "with equal counts; max difference",
+            f"{parity.count_share:.1%}; {parity.max_count_diff}",
+        )
+        _row(
+            "runtime",
+            f"parity {RUNTIME_LABELS[k]}: boxes matched (same class, rotated IoU >= 0.9, |conf diff| "
+            "<= 0.02); max |conf diff|",
+            f"{parity.match_share:.1%} of {parity.reference}; {parity.max_conf_diff:.2g}",
+        )
         _row("runtime", f"parity {RUNTIME_LABELS[k]} holds (both shares >= 99%)", "yes" if parity.holds() else "NO")
     for k, det in dets.items():
         acc = evaluate_synthetic(det, accuracy_chips)
-        cells = [f"{c} mAP50 {v['map50']:.3f}, count error {100 * v['count_err_over_true']:.1f}%"
-                 for c, v in acc["classes"].items()]
-        _row("runtime", f"accuracy {RUNTIME_LABELS[k]} against the labels of {accuracy_chips} held-out synthetic chips "
-             f"(seeds {acc['seeds'][0]}+)", "; ".join(cells))
-    from app.detector import resolve_runtime
+        cells = [
+            f"{c} mAP50 {v['map50']:.3f}, count error {100 * v['count_err_over_true']:.1f}%"
+            for c, v in acc["classes"].items()
+        ]
+        _row(
+            "runtime",
+            f"accuracy {RUNTIME_LABELS[k]} against the labels of {accuracy_chips} held-out synthetic chips "
+            f"(seeds {acc['seeds'][0]}+)",
+            "; ".join(cells),
+        )
+    from app.detection.detector import resolve_runtime
 
     _row("runtime", "service default (WAGON_RUNTIME=auto) resolves to", resolve_runtime(WEIGHTS, "auto")[0])
 
@@ -181,13 +213,24 @@ class Server:
     def __init__(self, workers: int = 1, runtime: str = "auto", tta: str = "auto", estimate_gsd: str = "false") -> None:
         self.port = _free_port()
         self.tmp = tempfile.TemporaryDirectory()
-        env = {**os.environ, "WAGON_DATABASE_URL": f"sqlite:///{self.tmp.name}/bench.db", "WAGON_RUNTIME": runtime,
-               "WAGON_TTA": tta, "WAGON_ESTIMATE_GSD": estimate_gsd, "WAGON_LOG_LEVEL": "WARNING",
-               "WAGON_MAX_CONCURRENT_INFERENCES": "1", "WAGON_ADMIN_KEY": BENCH_KEY}
+        env = {
+            **os.environ,
+            "WAGON_DATABASE_URL": f"sqlite:///{self.tmp.name}/bench.db",
+            "WAGON_RUNTIME": runtime,
+            "WAGON_TTA": tta,
+            "WAGON_ESTIMATE_GSD": estimate_gsd,
+            "WAGON_LOG_LEVEL": "WARNING",
+            "WAGON_MAX_CONCURRENT_INFERENCES": "1",
+            "WAGON_ADMIN_KEY": BENCH_KEY,
+        }
         env.pop("WAGON_INFERENCE_THREADS", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         import httpx
 
@@ -233,7 +276,8 @@ def _own_cpu_s() -> float:
     return t.user + t.system
 
 
-def _png(image: np.ndarray) -> bytes:
+def png_bytes(image: np.ndarray) -> bytes:
+    """An RGB array encoded as PNG."""
     import io
 
     from PIL import Image
@@ -245,13 +289,14 @@ def _png(image: np.ndarray) -> bytes:
 
 def _upload(client: object, url: str, data: bytes, k: int, gsd: float | None = None, facility: str = "bench") -> float:
     # each upload is the newest observation (as vendors deliver), so nothing later needs rescoring
-    when = datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(hours=k)
+    when = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=k)
     form = {"captured_at": when.isoformat().replace("+00:00", "Z")}
     if gsd:
         form["gsd_m"] = str(gsd)
     t0 = time.perf_counter()
-    r = client.post(url + f"/v1/facilities/{facility}/images", files={"file": ("chip.png", data, "image/png")},
-                    data=form)
+    r = client.post(
+        url + f"/v1/facilities/{facility}/images", files={"file": ("chip.png", data, "image/png")}, data=form
+    )
     r.raise_for_status()
     return (time.perf_counter() - t0) * 1000
 
@@ -265,15 +310,15 @@ def bench_serving(repeats: int = 20) -> None:
     test-time augmentation adds is measured by :func:`bench_tta`."""
     import httpx
 
-    from app.detector import Detector, resolve_runtime
-    from app.offline import configure_offline
+    from app.core.offline import configure_offline
+    from app.detection.detector import Detector, resolve_runtime
 
     configure_offline()
     import torch
     from ultralytics import YOLO
 
-    chip = _chips(1)[0]
-    data = _png(chip.image)
+    chip = synthetic_chips(1)[0]
+    data = png_bytes(chip.image)
     bare = YOLO(str(WEIGHTS), task="obb")
     bgr = np.ascontiguousarray(chip.image[..., ::-1])
     threads = len(os.sched_getaffinity(0))
@@ -302,23 +347,35 @@ def bench_serving(repeats: int = 20) -> None:
                 _upload(client, server.url, data, 0)
                 for k in range(1, repeats + 1):
                     http.append(_upload(client, server.url, data, k))
-                    ultra.append(_median_ms(predict, 1)[0])
-                    ultra_file.append(_median_ms(predict_file, 1)[0])
-                    same.append(_median_ms(lambda: det.detect(chip.image), 1)[0])
+                    ultra.append(median_ms(predict, 1)[0])
+                    ultra_file.append(median_ms(predict_file, 1)[0])
+                    same.append(median_ms(partial(det.detect, chip.image), 1)[0])
         finally:
             server.stop()
         h, u, b = statistics.median(http), statistics.median(ultra), statistics.median(same)
         uf = statistics.median(ultra_file)
         label = f"{runtime} = {resolved}" if runtime == "auto" else resolved
         _row("serving", f"HTTP upload end to end, service runtime {label}, ms", f"{h:.1f}")
-        _row("serving", "  (a) bare in-process Ultralytics predict of the .pt (PyTorch) on the decoded image, ms",
-             f"{u:.1f}")
-        _row("serving", "  (a) ratio end-to-end / bare Ultralytics predict on the decoded image (target <= 1.15)",
-             f"{h / u:.2f}")
-        _row("serving", "  (a') bare Ultralytics predict of the same PNG file (it reads and decodes it, as the "
-             "service must), ms", f"{uf:.1f}")
-        _row("serving", "  (a') ratio end-to-end / bare Ultralytics predict of the PNG file (target <= 1.15)",
-             f"{h / uf:.2f}")
+        _row(
+            "serving",
+            "  (a) bare in-process Ultralytics predict of the .pt (PyTorch) on the decoded image, ms",
+            f"{u:.1f}",
+        )
+        _row(
+            "serving",
+            "  (a) ratio end-to-end / bare Ultralytics predict on the decoded image (target <= 1.15)",
+            f"{h / u:.2f}",
+        )
+        _row(
+            "serving",
+            "  (a') bare Ultralytics predict of the same PNG file (it reads and decodes it, as the service must), ms",
+            f"{uf:.1f}",
+        )
+        _row(
+            "serving",
+            "  (a') ratio end-to-end / bare Ultralytics predict of the PNG file (target <= 1.15)",
+            f"{h / uf:.2f}",
+        )
         _row("serving", f"  (b) bare in-process detect through {resolved}, ms", f"{b:.1f}")
         _row("serving", f"  (b) ratio end-to-end / bare {resolved} detect (serving overhead)", f"{h / b:.2f}")
 
@@ -326,38 +383,44 @@ def bench_serving(repeats: int = 20) -> None:
 # ------------------------------------------------------------------------------------------------- 3. throughput
 def _scene(chips: list, scene_px: int) -> np.ndarray:
     """A square scene of ``scene_px`` pixels tiled from 16 chips (4 x 4, repeated)."""
-    rows = [np.hstack([c.image for c in chips[r * 4:(r + 1) * 4]]) for r in range(4)]
+    rows = [np.hstack([c.image for c in chips[r * 4 : (r + 1) * 4]]) for r in range(4)]
     scene = np.vstack(rows)
     return np.tile(scene, (scene_px // scene.shape[0] + 1, scene_px // scene.shape[1] + 1, 1))[:scene_px, :scene_px]
 
 
 def bench_throughput(scene_px: int = 4096, gsd: float = 0.5, requests: int = 60, clients: int = 4) -> None:
     """Area per second on a large scene through the tiled path; requests/s with concurrent clients, 1 and 2 workers."""
-    from app.detector import Detector
+    from app.detection.detector import Detector
 
     det = Detector(WEIGHTS, threads=len(os.sched_getaffinity(0)), runtime="auto")
-    chips = _chips(16)
+    chips = synthetic_chips(16)
     scene = _scene(chips, scene_px)
-    med, lo, hi = _median_ms(lambda: det.detect(scene, gsd), 3)
+    med, lo, hi = median_ms(lambda: det.detect(scene, gsd), 3)
     km2 = (scene_px * gsd) ** 2 / 1e6
-    _row("throughput", f"tiled scene {scene_px}x{scene_px} px at {gsd} m/px ({km2:.2f} km2), s (median of 3)",
-         f"{med / 1000:.2f}")
+    _row(
+        "throughput",
+        f"tiled scene {scene_px}x{scene_px} px at {gsd} m/px ({km2:.2f} km2), s (median of 3)",
+        f"{med / 1000:.2f}",
+    )
     _row("throughput", "area per second, km2/s (target >= 0.5)", f"{km2 / (med / 1000):.2f}")
-    data = _png(chips[0].image)
+    data = png_bytes(chips[0].image)
     # a vendor's burst covers several facilities (one per client here); the same facility from every client also
     # serialises on that facility's history (each upload rescores it) and is shown for comparison. Clients either
     # keep one connection open (HTTP keep-alive, as client libraries do; uvicorn then serves all of a connection's
     # requests in the worker that accepted it) or open a new one per request (the kernel hands each to a worker).
-    spreads = (("one facility per client", [f"site{c}" for c in range(clients)]),
-               ("all clients, one facility", ["bench"]))  # "bench": the facility every Server starts with
+    spreads = (
+        ("one facility per client", [f"site{c}" for c in range(clients)]),
+        ("all clients, one facility", ["bench"]),
+    )  # "bench": the facility every Server starts with
     for spread, facilities in spreads:
         for keep_alive in (True, False):
             for workers in (1, 2):
                 _throughput_run(data, spread, facilities, keep_alive, workers, requests, clients)
 
 
-def _throughput_run(data: bytes, spread: str, facilities: list[str], keep_alive: bool, workers: int, requests: int,
-                    clients: int) -> None:
+def _throughput_run(
+    data: bytes, spread: str, facilities: list[str], keep_alive: bool, workers: int, requests: int, clients: int
+) -> None:
     """One throughput measurement: ``requests`` uploads from ``clients`` concurrent clients to a fresh server."""
     import ssl
     import threading
@@ -401,16 +464,22 @@ def _throughput_run(data: bytes, spread: str, facilities: list[str], keep_alive:
             client.close()
         server.stop()
     server_cpu = sum(per_proc.values())
-    label = (f"{workers} worker(s), {clients} clients, {spread}, "
-             f"{'keep-alive' if keep_alive else 'new connection per request'}")
+    label = (
+        f"{workers} worker(s), {clients} clients, {spread}, "
+        f"{'keep-alive' if keep_alive else 'new connection per request'}"
+    )
     _row("throughput", f"{label}: requests/s", f"{requests / wall:.2f}")
-    _row("throughput", f"{label}: p50 / p99 latency, ms",
-         f"{np.percentile(lat, 50):.0f} / {np.percentile(lat, 99):.0f}")
+    _row(
+        "throughput", f"{label}: p50 / p99 latency, ms", f"{np.percentile(lat, 50):.0f} / {np.percentile(lat, 99):.0f}"
+    )
     # the clients run on the same cores: where the CPU went, and how much of the machine was busy
     busy = sorted((v for v in per_proc.values() if v > 0.01 * server_cpu), reverse=True)
     split = " + ".join(f"{1000 * v / requests:.0f}" for v in busy)
-    _row("throughput", f"{label}: CPU ms per request, server (by process) / benchmark client; cores busy (of "
-         f"{os.cpu_count()})", f"{split} / {1000 * client_cpu / requests:.0f}; {(server_cpu + client_cpu) / wall:.2f}")
+    _row(
+        "throughput",
+        f"{label}: CPU ms per request, server (by process) / benchmark client; cores busy (of {os.cpu_count()})",
+        f"{split} / {1000 * client_cpu / requests:.0f}; {(server_cpu + client_cpu) / wall:.2f}",
+    )
 
 
 # ------------------------------------------------------------------------------------------------- 4. memory
@@ -418,8 +487,8 @@ def bench_memory(uploads: int = 1000) -> None:
     """RSS of a server process after start-up and after many uploads."""
     import httpx
 
-    chip = _chips(1)[0]
-    data = _png(chip.image[:320, :320])  # a small chip keeps 1,000 uploads affordable on 2 cores
+    chip = synthetic_chips(1)[0]
+    data = png_bytes(chip.image[:320, :320])  # a small chip keeps 1,000 uploads affordable on 2 cores
     server = Server(workers=1, runtime="auto")
     try:
         start = server.rss_mb()
@@ -443,8 +512,8 @@ def bench_limit(repeats: int = 5) -> None:
     """Model FLOPs per chip and this CPU's float32 matrix-product FLOP/s: the share the detector achieves."""
     import torch
 
-    from app.detector import Detector
-    from app.offline import configure_offline
+    from app.core.offline import configure_offline
+    from app.detection.detector import Detector
 
     configure_offline()
     from ultralytics.utils.torch_utils import get_flops
@@ -454,52 +523,74 @@ def bench_limit(repeats: int = 5) -> None:
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    med, _, _ = _median_ms(lambda: a @ b, repeats)
+    med, _, _ = median_ms(lambda: a @ b, repeats)
     peak = 2 * n**3 / (med / 1000)
     _row("limit", f"float32 {n}x{n} matrix product, GFLOP/s ({threads} threads)", f"{peak / 1e9:.0f}")
     det = Detector(WEIGHTS, threads=threads, runtime="auto")
     torch_det = det if det.runtime == "torch" else Detector(WEIGHTS, threads=threads, runtime="torch")
     gflops = get_flops(torch_det._engine.model, 640)
-    chip = [np.ascontiguousarray(_chips(1)[0].image[..., ::-1])]
-    ms, _, _ = _median_ms(lambda: det._predict(chip), 10)
+    chip = [np.ascontiguousarray(synthetic_chips(1)[0].image[..., ::-1])]
+    ms, _, _ = median_ms(lambda: det._predict(chip), 10)
     achieved = gflops * 1e9 / (ms / 1000)
     _row("limit", "model GFLOPs per 640 chip", f"{gflops:.1f}")
     _row("limit", f"achieved by the default runtime ({det.runtime}), GFLOP/s", f"{achieved / 1e9:.0f}")
     _row("limit", "achieved share of the matrix-product FLOP/s", f"{achieved / peak:.0%}")
 
 
-def bench_tta(rounds: int = 6, block: int = 4, accuracy_chips: int = 40, scene_px: int = 4096,
-              gsd: float = 0.5) -> None:
+def bench_tta(
+    rounds: int = 6, block: int = 4, accuracy_chips: int = 40, scene_px: int = 4096, gsd: float = 0.5
+) -> None:
     """Test-time augmentation on the service's default runtime (OpenVINO f32): latency per 640 chip with one
     network pass and with four (each mode in its own process, taking turns), area per second on a tiled scene, and
     each mode's accuracy against the labels of held-out synthetic chips at its own tuned thresholds."""
-    from app.detector import Detector
+    from app.detection.detector import Detector
     from training.evaluate import evaluate_synthetic
 
     specs = {"one pass": ("openvino", "f32", False), "TTA, four passes": ("openvino", "f32", True)}
     times = _timed_in_processes(specs, rounds, block)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in times.items():
-        _row("tta", f"OpenVINO f32, {k}: ms per 640 chip, own process (median; min-max)",
-             f"{med[k]:.1f} ({min(v):.1f}-{max(v):.1f})")
-    _row("tta", "time with TTA over time without, ratio of medians", f"{med['TTA, four passes'] / med['one pass']:.2f}x")
+        _row(
+            "tta",
+            f"OpenVINO f32, {k}: ms per 640 chip, own process (median; min-max)",
+            f"{med[k]:.1f} ({min(v):.1f}-{max(v):.1f})",
+        )
+    _row(
+        "tta", "time with TTA over time without, ratio of medians", f"{med['TTA, four passes'] / med['one pass']:.2f}x"
+    )
     threads = len(os.sched_getaffinity(0))
-    scene = _scene(_chips(16), scene_px)
+    scene = _scene(synthetic_chips(16), scene_px)
     km2 = (scene_px * gsd) ** 2 / 1e6
     for k, (runtime, precision, tta) in specs.items():
         det = Detector(WEIGHTS, threads=threads, runtime=runtime, openvino_precision=precision, tta=tta)
-        scene_ms, _, _ = _median_ms(lambda det=det: det.detect(scene, gsd), 3)
-        _row("tta", f"OpenVINO f32, {k}: tiled scene {scene_px}x{scene_px} px at {gsd} m/px ({km2:.2f} km2), km2/s "
-             "(median of 3; target >= 0.5)", f"{km2 / (scene_ms / 1000):.2f}")
+        scene_ms, _, _ = median_ms(lambda det=det: det.detect(scene, gsd), 3)
+        _row(
+            "tta",
+            f"OpenVINO f32, {k}: tiled scene {scene_px}x{scene_px} px at {gsd} m/px ({km2:.2f} km2), km2/s "
+            "(median of 3; target >= 0.5)",
+            f"{km2 / (scene_ms / 1000):.2f}",
+        )
         acc = evaluate_synthetic(det, accuracy_chips)
-        cells = [f"{c} mAP50 {v['map50']:.3f}, count error {100 * v['count_err_over_true']:.1f}%"
-                 for c, v in acc["classes"].items()]
-        _row("tta", f"accuracy, {k}, {accuracy_chips} held-out synthetic chips (seeds {acc['seeds'][0]}+), "
-             f"thresholds {det.class_conf}", "; ".join(cells))
+        cells = [
+            f"{c} mAP50 {v['map50']:.3f}, count error {100 * v['count_err_over_true']:.1f}%"
+            for c, v in acc["classes"].items()
+        ]
+        _row(
+            "tta",
+            f"accuracy, {k}, {accuracy_chips} held-out synthetic chips (seeds {acc['seeds'][0]}+), "
+            f"thresholds {det.class_conf}",
+            "; ".join(cells),
+        )
 
 
-BENCHES = {"runtime": bench_runtime, "tta": bench_tta, "serving": bench_serving, "throughput": bench_throughput,
-           "memory": bench_memory, "limit": bench_limit}
+BENCHES = {
+    "runtime": bench_runtime,
+    "tta": bench_tta,
+    "serving": bench_serving,
+    "throughput": bench_throughput,
+    "memory": bench_memory,
+    "limit": bench_limit,
+}
 
 
 def _cpu() -> str:
@@ -514,12 +605,24 @@ def _cpu() -> str:
     return f"{model} ({', '.join(ext)})"
 
 
+#: Everything after this line of the results document is the benchmark's; everything before it is prose.
+RESULTS_MARKER = "<!-- bench:begin -->"
+
+
+def write_results(path: Path, results: str) -> None:
+    """Replace what follows :data:`RESULTS_MARKER` in ``path`` with ``results`` (a file without it gets it)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    prose = text[: text.index(RESULTS_MARKER)] if RESULTS_MARKER in text else text
+    path.write_text(f"{prose}{RESULTS_MARKER}\n\n{results}", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the chosen benchmarks (default all), print the table and write it to bench/results.md."""
+    """Run the chosen benchmarks (default all), print the table and write it into docs/performance.md (below its
+    marker line; the text above it is kept)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("which", nargs="*", help=f"any of {', '.join(BENCHES)} (default: all)")
     ap.add_argument("--only", default="", help="comma-separated subset, e.g. runtime,serving")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
     a = ap.parse_args(argv)
     a.which = [*a.which, *(w for w in a.only.split(",") if w)]
     unknown = set(a.which) - set(BENCHES)
@@ -531,10 +634,12 @@ def main(argv: list[str] | None = None) -> None:
     lines = ["| benchmark | figure | value |", "|---|---|---|", *(f"| {b} | {f} | {v} |" for b, f, v in ROWS)]
     import platform
 
-    header = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {_cpu() or platform.processor()}, "
-              f"{len(os.sched_getaffinity(0))} cores, load average before/after {load0} / {os.getloadavg()[0]:.1f} "
-              f"(`python -m bench.perf {' '.join(a.which)}`)\n\n")
-    a.out.write_text(header + "\n".join(lines) + "\n")
+    header = (
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {_cpu() or platform.processor()}, "
+        f"{len(os.sched_getaffinity(0))} cores, load average before/after {load0} / {os.getloadavg()[0]:.1f} "
+        f"(`python -m bench.perf {' '.join(a.which)}`)\n\n"
+    )
+    write_results(a.out, header + "\n".join(lines) + "\n")
     print("\n" + "\n".join(lines))
 
 

@@ -1,4 +1,4 @@
-"""Profile the database side of an upload alone: ``service.record_upload`` of a hand-made analysis.
+"""Profile the database side of an upload alone: ``images.record_upload`` of a hand-made analysis.
 
     python -m bench.profile_record [--uploads 60] [--detections 120]
 
@@ -17,10 +17,20 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from bench.perf import _png
+from bench.perf import png_bytes
 
-PARTS = ["find_upload", "lock_facility", "insert_detections", "rescore", "score_series", "count_histories",
-         "enqueue_alerts", "commit", "flush", "_observation_record"]
+PARTS = [
+    "find_upload",
+    "lock_facility",
+    "insert_detections",
+    "rescore",
+    "score_series",
+    "count_histories",
+    "enqueue_alerts",
+    "commit",
+    "flush",
+    "_observation_record",
+]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,34 +40,47 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--detections", type=int, default=120)
     ap.add_argument("--top", type=int, default=20)
     a = ap.parse_args(argv)
-    from app import service
-    from app.detection import Detection, DetectionResult
-    from app.imaging import decode_image
-    from app.store import Store
+    from app.database import Store
+    from app.detection.imaging import decode_image
+    from app.detection.results import Detection, DetectionResult
+    from app.usecases import facilities, images
 
-    dets = [Detection("container" if i % 3 else "railcar", 0.5 + (i % 100) / 250,
-                      ((10.0 * i, 0.5), (10.0 * i + 8.25, 0.5), (10.0 * i + 8.25, 3.5), (10.0 * i, 3.5)))
-            for i in range(a.detections)]
-    image = decode_image(_png(np.full((64, 64, 3), 128, np.uint8)))
-    analysis = service.Analysis(image=image, result=DetectionResult(dets, 64, 64, 0.5, 1.0), model_name="m",
-                                model_version="1", class_names=("railcar", "container"), gsd_m=0.5, decode_ms=1.0,
-                                detect_ms=1.0)
+    dets = [
+        Detection(
+            "container" if i % 3 else "railcar",
+            0.5 + (i % 100) / 250,
+            ((10.0 * i, 0.5), (10.0 * i + 8.25, 0.5), (10.0 * i + 8.25, 3.5), (10.0 * i, 3.5)),
+        )
+        for i in range(a.detections)
+    ]
+    image = decode_image(png_bytes(np.full((64, 64, 3), 128, np.uint8)))
+    analysis = images.Analysis(
+        image=image,
+        result=DetectionResult(dets, 64, 64, 0.5, 1.0),
+        model_name="m",
+        model_version="1",
+        class_names=("railcar", "container"),
+        gsd_m=0.5,
+        decode_ms=1.0,
+        detect_ms=1.0,
+    )
     start = datetime(2024, 1, 1, tzinfo=UTC)
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(f"sqlite:///{tmp}/p.db")
-        service.create_facility(store, "bench", "bench", "rail")
-        service.record_upload(store, "bench", start, analysis)
+        facilities.create_facility(store, "bench", "bench", "rail")
+        images.record_upload(store, "bench", start, analysis)
         prof = cProfile.Profile()
         prof.enable()
         for k in range(1, a.uploads + 1):
-            service.record_upload(store, "bench", start + timedelta(hours=k), analysis)
+            images.record_upload(store, "bench", start + timedelta(hours=k), analysis)
         prof.disable()
         store.dispose()
     stats = pstats.Stats(prof)
     n = a.uploads
 
     def ms(name: str) -> float:
-        return max((v[3] for (_f, _l, x), v in stats.stats.items() if x == name), default=0.0) / n * 1000  # type: ignore[attr-defined]
+        timings = stats.stats.items()  # type: ignore[attr-defined]  # undeclared in typeshed
+        return max((v[3] for (_f, _l, x), v in timings if x == name), default=0.0) / n * 1000
 
     print(f"record_upload: {ms('record_upload'):.1f} ms per upload ({a.detections} detections)")
     for name in PARTS:

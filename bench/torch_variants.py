@@ -2,10 +2,10 @@
 
     python -m bench.torch_variants            # network only, one 640 x 640 chip, medians of 30 runs
 
-Times the shipped network (Conv and BatchNorm fused, channels-last input, as ``app.runtimes.TorchEngine`` runs it)
-eager, traced and frozen TorchScript with ``torch.jit.optimize_for_inference``, and ``torch.compile`` (inductor,
-needs a C++ compiler), with the largest output difference from eager. Variants are timed one after another in
-blocks, eager again last, so a drift shows.
+Times the shipped network (Conv and BatchNorm fused, channels-last input, as ``app.detection.runtimes.TorchEngine``
+runs it) eager, traced and frozen TorchScript with ``torch.jit.optimize_for_inference``, and ``torch.compile``
+(inductor, needs a C++ compiler), with the largest output difference from eager. Variants are timed one after
+another in blocks, eager again last, so a drift shows.
 """
 
 from __future__ import annotations
@@ -16,19 +16,19 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bench.perf import WEIGHTS, _chips, _median_ms
+from bench.perf import WEIGHTS, median_ms, synthetic_chips
 
 
 def main() -> None:
     """Print each variant's median network latency, its ratio to eager and its largest output difference."""
     import torch
 
-    from app.runtimes import TorchEngine, to_input
+    from app.detection.runtimes import TorchEngine, to_input
 
     threads = len(os.sched_getaffinity(0))
     engine = TorchEngine(WEIGHTS, threads)
     torch.set_num_threads(threads)
-    x = torch.from_numpy(to_input([np.ascontiguousarray(_chips(1)[0].image[..., ::-1])]))
+    x = torch.from_numpy(to_input([np.ascontiguousarray(synthetic_chips(1)[0].image[..., ::-1])]))
     x = x.contiguous(memory_format=torch.channels_last)
 
     class FirstOutput(torch.nn.Module):
@@ -56,7 +56,7 @@ def main() -> None:
         for name, fn in [*variants.items(), ("eager, again", eager)]:
             for _ in range(3):
                 out = fn(x)
-            ms = _median_ms(lambda fn=fn: fn(x), 30)[0]
+            ms = median_ms(lambda fn=fn: fn(x), 30)[0]
             if name == "eager":
                 base = ms
             diff = float((out - reference).abs().max())

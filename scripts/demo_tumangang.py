@@ -38,7 +38,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from training.synth import SynthChip, SynthConfig, generate_chip  # noqa: E402
+from training.synth import SynthChip, SynthConfig, generate_chip
 
 FACILITY = {"id": "tumangang", "name": "Tumangang rail facility", "kind": "rail"}
 HISTORY_SEED = 20231015
@@ -64,8 +64,9 @@ def history_csv(seed: int = HISTORY_SEED) -> str:
     return "\n".join(lines) + "\n"
 
 
-def busy_chip(first_seed: int = FIRST_CHIP_SEED, min_railcars: int = MIN_RAILCARS,
-              max_railcars: int = MAX_RAILCARS) -> SynthChip:
+def busy_chip(
+    first_seed: int = FIRST_CHIP_SEED, min_railcars: int = MIN_RAILCARS, max_railcars: int = MAX_RAILCARS
+) -> SynthChip:
     """The first synthetic chip from ``first_seed`` on that holds ``min_railcars..max_railcars`` railcars."""
     for seed in range(first_seed, first_seed + 1000):
         chip = generate_chip(seed, SynthConfig(heavy_noise_probability=0.0))
@@ -77,11 +78,12 @@ def busy_chip(first_seed: int = FIRST_CHIP_SEED, min_railcars: int = MIN_RAILCAR
 def check(response: httpx.Response, *ok: int) -> Any:
     """The JSON body of ``response``, or exit with the server's reason."""
     if response.status_code == 401 and 401 not in ok:
-        raise SystemExit(f"{response.request.url}: 401 {response.json().get('detail')}; pass --api-key or set "
-                         "WAGON_API_KEY (the server prints its first admin key on its first start)")
+        raise SystemExit(
+            f"{response.request.url}: 401 {response.json().get('detail')}; pass --api-key or set "
+            "WAGON_API_KEY (the server prints its first admin key on its first start)"
+        )
     if response.status_code not in ok:
-        raise SystemExit(f"{response.request.method} {response.request.url} -> {response.status_code}: "
-                         f"{response.text}")
+        raise SystemExit(f"{response.request.method} {response.request.url} -> {response.status_code}: {response.text}")
     return response.json()
 
 
@@ -110,8 +112,11 @@ def compact_json(response: dict[str, Any], detections: list[Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of a running wagon-detector")
-    ap.add_argument("--api-key", default=os.environ.get("WAGON_API_KEY"),
-                    help="API key sent as 'Authorization: Bearer' (default: $WAGON_API_KEY)")
+    ap.add_argument(
+        "--api-key",
+        default=os.environ.get("WAGON_API_KEY"),
+        help="API key sent as 'Authorization: Bearer' (default: $WAGON_API_KEY)",
+    )
     ap.add_argument("--full-json", action="store_true", help="print every detection in the raw JSON")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the upload's answer")
     ap.add_argument("--wait", type=float, default=180.0, help="seconds to wait for the server to become ready")
@@ -127,14 +132,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"facility {FACILITY['id']!r}: " + ("created" if r.status_code == 201 else "exists already (409)"))
 
         csv_text = history_csv()
-        imported = check(http.post(f"/v1/facilities/{FACILITY['id']}/observations", content=csv_text,
-                                   headers={"Content-Type": "text/csv"}), 201)
+        imported = check(
+            http.post(
+                f"/v1/facilities/{FACILITY['id']}/observations", content=csv_text, headers={"Content-Type": "text/csv"}
+            ),
+            201,
+        )
         if imported["observations"]:
             railcars = [o["counts"]["railcar"] for o in imported["observations"]]
             first, last = imported["observations"][0], imported["observations"][-1]
-            print(f"imported {imported['imported']} hand counts, {first['captured_at'][:10]} .. "
-                  f"{last['captured_at'][:10]}: railcars min {min(railcars)}, mean {np.mean(railcars):.1f}, "
-                  f"max {max(railcars)}")
+            print(
+                f"imported {imported['imported']} hand counts, {first['captured_at'][:10]} .. "
+                f"{last['captured_at'][:10]}: railcars min {min(railcars)}, mean {np.mean(railcars):.1f}, "
+                f"max {max(railcars)}"
+            )
         if imported.get("duplicates"):
             print(f"{imported['duplicates']} hand counts were stored already (duplicates, not imported again)")
 
@@ -143,26 +154,44 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"synth_{chip.seed}.png"
             Image.fromarray(chip.image).save(path)
-            print(f"chip: synthetic seed {chip.seed}, {chip.image.shape[1]}x{chip.image.shape[0]} px, "
-                  f"GSD {chip.gsd_m:.3f} m/px; uploading as captured {CAPTURED_AT} ...")
+            print(
+                f"chip: synthetic seed {chip.seed}, {chip.image.shape[1]}x{chip.image.shape[0]} px, "
+                f"GSD {chip.gsd_m:.3f} m/px; uploading as captured {CAPTURED_AT} ..."
+            )
             with path.open("rb") as f:
-                r = http.post(f"/v1/facilities/{FACILITY['id']}/images", files={"file": (path.name, f, "image/png")},
-                              data={"captured_at": CAPTURED_AT, "gsd_m": repr(chip.gsd_m)})
+                r = http.post(
+                    f"/v1/facilities/{FACILITY['id']}/images",
+                    files={"file": (path.name, f, "image/png")},
+                    data={"captured_at": CAPTURED_AT, "gsd_m": repr(chip.gsd_m)},
+                )
                 out = check(r, 201, 200)
                 if r.status_code == 200:
                     print("(uploaded before: the server answered with the original observation, 200)")
 
     print()
-    print(f"observation {out['id']} at {out['captured_at']} (model {out['model']['name']} "
-          f"{out['model']['version']}, {out['timing_ms']['total']:.0f} ms)")
+    print(
+        f"observation {out['id']} at {out['captured_at']} (model {out['model']['name']} "
+        f"{out['model']['version']}, {out['timing_ms']['total']:.0f} ms)"
+    )
     print(f"{'class':<10} {'detected':>8} {'true':>6}")
     for cls, n in out["counts"].items():
         print(f"{cls:<10} {n if n is not None else '-':>8} {truth.get(cls, '-'):>6}")
     rail = out["anomaly"]["railcar"]
     print()
     print("railcar anomaly")
-    for key in ("score", "drop_score", "expected", "count_sd", "history_size", "history_max",
-                "exceeds_history_max", "history_span_days", "highest_in_days", "model", "reason"):
+    for key in (
+        "score",
+        "drop_score",
+        "expected",
+        "count_sd",
+        "history_size",
+        "history_max",
+        "exceeds_history_max",
+        "history_span_days",
+        "highest_in_days",
+        "model",
+        "reason",
+    ):
         if key in rail:
             print(f"  {key:<20} {rail[key]}")
     if rail["score"] is not None:

@@ -2,41 +2,35 @@
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import socket
-import struct
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from app.settings import PROJECT_ROOT, Settings
-from app.store import Store
-from pgtools import require_postgres, temporary_database
+from app.core.settings import Settings
+from app.database import Store
+from tests.support import ADMIN_KEY, MODEL_PATH
+from tests.support.images import encode_image, first_busy_yard, gradient_rgb
+from tests.support.network import NetworkAccessError
+from tests.support.pgtools import require_postgres, temporary_database
 
-MODEL_PATH = PROJECT_ROOT / "models" / "wagon-obb.pt"
-#: The admin key every test app starts with (``WAGON_ADMIN_KEY``); ``make_client`` sends it unless told otherwise.
-ADMIN_KEY = "wd_0123456789ab_test-suite-admin-key-not-a-secret"
 LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", "testserver", ""}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "databases(*names): run the module's database tests on each of these "
-                            "(default sqlite and postgresql; postgresql needs WAGON_TEST_POSTGRES_URL)")
+    config.addinivalue_line(
+        "markers",
+        "databases(*names): run the module's database tests on each of these "
+        "(default sqlite and postgresql; postgresql needs WAGON_TEST_POSTGRES_URL)",
+    )
     # Starlette 1.x nags about httpx in its TestClient; not our concern here.
     config.addinivalue_line("filterwarnings", "ignore::starlette.exceptions.StarletteDeprecationWarning")
 
 
 # ------------------------------------------------------------------------------------------- network guard
-
-
-class NetworkAccessError(RuntimeError):
-    """Raised (and recorded) when code under test reaches for a non-loopback address."""
 
 
 NETWORK_ATTEMPTS: list[str] = []
@@ -151,9 +145,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def settings(tmp_path: Path, database_url: str) -> Settings:
     """Settings with a fresh database (SQLite unless the module asks for both), no model loading, authentication
     on with :data:`ADMIN_KEY`."""
-    return Settings(database_url=database_url, load_model=False,
-                    archive_dir=tmp_path / "originals", jobs_sqlite_path=tmp_path / "db" / "jobs.db",
-                    admin_key=ADMIN_KEY)
+    return Settings(
+        database_url=database_url,
+        load_model=False,
+        archive_dir=tmp_path / "originals",
+        jobs_sqlite_path=tmp_path / "db" / "jobs.db",
+        admin_key=ADMIN_KEY,
+    )
 
 
 @pytest.fixture
@@ -170,7 +168,7 @@ def make_client(settings: Settings) -> Iterator[Callable[..., Any]]:
     on a fresh DB that sends ``Authorization: Bearer <api_key>`` (``api_key=None``: no header)."""
     from fastapi.testclient import TestClient
 
-    from app.api import create_app
+    from app.api.main import create_app
 
     opened: list[Any] = []
 
@@ -198,39 +196,13 @@ def detector() -> Any:
     if not MODEL_PATH.exists():
         pytest.skip(f"model weights not found at {MODEL_PATH}")
     try:
-        from app.detector import load_detector
-    except ImportError as exc:  # pragma: no cover - only before app/detector.py exists
-        pytest.skip(f"app.detector not importable: {exc}")
+        from app.detection.detector import load_detector
+    except ImportError as exc:  # pragma: no cover - only before app/detection/detector.py exists
+        pytest.skip(f"app.detection.detector not importable: {exc}")
     return load_detector(MODEL_PATH)
 
 
 # ------------------------------------------------------------------------------------------- images
-
-
-def encode_image(image: Image.Image | np.ndarray, fmt: str = "PNG", **save_kwargs: Any) -> bytes:
-    """Encode a Pillow image or array to bytes in ``fmt``."""
-    im = Image.fromarray(image) if isinstance(image, np.ndarray) else image
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **save_kwargs)
-    return buf.getvalue()
-
-
-def gradient_rgb(width: int = 64, height: int = 48) -> np.ndarray:
-    """A small RGB test image whose pixels identify their position."""
-    y, x = np.mgrid[0:height, 0:width]
-    return np.stack([(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)),
-                     np.full_like(x, 128)], axis=2).astype(np.uint8)
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def crafted_png_header(width: int, height: int) -> bytes:
-    """A PNG that claims ``width x height`` RGB pixels but carries almost no data."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-            + _png_chunk(b"IEND", b""))
 
 
 @pytest.fixture
@@ -240,20 +212,6 @@ def png_bytes() -> bytes:
 
 
 # ------------------------------------------------------------------------------------------- synthetic chips
-
-
-def first_busy_yard(min_railcars: int, max_railcars: int = 150, first_seed: int = 9_000_000) -> Any:
-    """The first held-out synthetic chip (seeds never trained on) holding ``min..max`` railcars.
-
-    Found by search rather than pinned to a seed, so that generator changes do not silently empty the test scene.
-    """
-    from training.synth import generate_chip
-
-    for seed in range(first_seed, first_seed + 400):
-        chip = generate_chip(seed)
-        if min_railcars <= chip.counts()["railcar"] <= max_railcars:
-            return chip
-    raise LookupError(f"no held-out chip with {min_railcars}-{max_railcars} railcars")
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import encode_image, gradient_rgb
 
-from app import __version__, cli, service
-from app.settings import get_settings
+from app import __version__, cli
+from app.core.settings import get_settings
+from app.usecases import images
+from tests.support.images import encode_image, gradient_rgb
 
 
 @pytest.fixture(autouse=True)
@@ -50,12 +51,13 @@ def test_detect_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "no such file" in capsys.readouterr().err
 
 
-def test_detect_bad_image_fails_before_loading_model(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_detect_bad_image_fails_before_loading_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     def boom(_settings: Any) -> Any:
         raise AssertionError("model must not be loaded for bad input")
 
-    monkeypatch.setattr(service, "load_configured_detector", boom)
+    monkeypatch.setattr(images, "load_configured_detector", boom)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     assert cli.main(["detect", str(bad)]) == 2
@@ -99,14 +101,15 @@ def test_serve_runs_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli.main(["serve", "--host", "0.0.0.0", "--port", "8123", "--workers", "2"]) == 0
     (call,) = calls
     assert call["host"] == "0.0.0.0" and call["port"] == 8123 and call["workers"] == 2
-    assert call["app"] == "app.api:create_app" and call["factory"] is True
+    assert call["app"] == "app.api.main:create_app" and call["factory"] is True
     assert int(os.environ["WAGON_INFERENCE_THREADS"]) * 2 <= max(2, len(os.sched_getaffinity(0)))
 
 
 @pytest.mark.slow
-def test_detect_prints_json(detector: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service, "load_configured_detector", lambda _settings: detector)  # reuse the loaded model
+def test_detect_prints_json(
+    detector: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(images, "load_configured_detector", lambda _settings: detector)  # reuse the loaded model
     chip = tmp_path / "chip.png"
     chip.write_bytes(encode_image(gradient_rgb(), "PNG"))
     assert cli.main(["detect", str(chip), "--gsd-m", "0.5", "--pretty"]) == 0

@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import cli, pipeline, scenes, service
-from app.settings import get_settings
-from app.store import Store
-from tests.geodata import BlobDetector, blob_scene, make_geotiff
+from app import cli
+from app.core import validation
+from app.core.settings import get_settings
+from app.database import Store
+from app.detection import pipeline
+from app.usecases import facilities, images, observations, scenes
+from tests.support.geodata import BlobDetector, blob_scene, make_geotiff
 
 CENTRES = ((100.0, 80.0), (250.0, 200.0), (330.0, 60.0))
 
@@ -21,19 +24,23 @@ CENTRES = ((100.0, 80.0), (250.0, 200.0), (330.0, 60.0))
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("WAGON_DATABASE_URL", f"sqlite:///{tmp_path / 'wagon.db'}")
     monkeypatch.setenv("WAGON_ARCHIVE_DIR", str(tmp_path / "originals"))
-    monkeypatch.setattr(service, "load_configured_detector", lambda _s: BlobDetector("cli"))
+    monkeypatch.setattr(images, "load_configured_detector", lambda _s: BlobDetector("cli"))
     get_settings.cache_clear()
     yield tmp_path
     get_settings.cache_clear()
 
 
-def test_detect_geotiff_with_footprint_and_progress(env: Path, capsys: pytest.CaptureFixture[str],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_detect_geotiff_with_footprint_and_progress(
+    env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     gs = make_geotiff(env / "s.tif", blob_scene(centres=CENTRES), 0.5)
     ring = gs.pixel_to_lonlat(np.array([[50, 20], [280, 20], [280, 250], [50, 250], [50, 20]]))
     fp = env / "fp.geojson"
-    fp.write_text(json.dumps({"type": "Feature", "properties": {},
-                              "geometry": {"type": "Polygon", "coordinates": [ring.tolist()]}}))
+    fp.write_text(
+        json.dumps(
+            {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring.tolist()]}}
+        )
+    )
     monkeypatch.setattr(pipeline, "WINDOW_WORK_PX", 100)  # several windows: the bar shows
     assert cli.main(["detect", str(gs.path), "--footprint", str(fp)]) == 0
     captured = capsys.readouterr()
@@ -46,16 +53,16 @@ def test_detect_geotiff_with_footprint_and_progress(env: Path, capsys: pytest.Ca
 def test_reprocess_command(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = get_settings()
     store = Store(settings.database_url)
-    service.create_facility(store, "yard", "Yard", "rail")
+    facilities.create_facility(store, "yard", "Yard", "rail")
     gs = make_geotiff(env / "s.tif", blob_scene(centres=CENTRES), 0.5)
     sha, path = scenes.archive_bytes(settings.archive_dir, gs.path.read_bytes())
     analysis = scenes.analyse_with_settings(BlobDetector("old"), path, settings)
-    rec = service.record_analysis(store, "yard", service.parse_timestamp("2024-01-01T00:00:00Z"), analysis)
+    rec = images.record_analysis(store, "yard", validation.parse_timestamp("2024-01-01T00:00:00Z"), analysis)
     store.dispose()
     assert cli.main(["reprocess", "yard"]) == 0
     out = capsys.readouterr().out
     assert f"observation {rec.id}:" in out and "1 of 1" in out
     store = Store(settings.database_url)
-    assert service.get_observation(store, rec.id).model == {"name": "blob-detector", "version": "cli"}
+    assert observations.get_observation(store, rec.id).model == {"name": "blob-detector", "version": "cli"}
     store.dispose()
     assert cli.main(["reprocess", "nope"]) == 2

@@ -1,7 +1,7 @@
 """Average two checkpoints of the same network weight for weight (WiSE-FT style).
 
 Averaging a fine-tuned network with the checkpoint it started from often keeps the fine-tuning's gains and loses
-less elsewhere. Versions 5 to 7 of the shipped model are such averages (models/MODEL_CARD.md).
+less elsewhere. Versions 5 to 7 of the shipped model are such averages (docs/lab/model-history.md).
 
     python -m training.average_weights runs/cpu_ft15/weights/best.pt runs/cpu_ft18/weights/last.pt \\
         --weight 0.5 --out runs/soup18/v4_s18last_50.pt
@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 
-def average_state_dicts(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor],
-                        weight: float) -> dict[str, torch.Tensor]:
+def average_state_dicts(
+    first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], weight: float
+) -> dict[str, torch.Tensor]:
     """``(1 - weight) * first + weight * second`` for floating-point tensors; other tensors from ``second``.
     The two must hold the same keys and shapes (the same architecture)."""
     if not 0.0 <= weight <= 1.0:

@@ -13,12 +13,13 @@ import argparse
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from app.geometry import rotated_iou
+from app.detection.geometry import rotated_iou
 from training.synth import CONTAINER, RAILCAR, SynthChip, SynthConfig, generate_chip
 
 FIRST_SEED = 7_000_000
@@ -75,8 +76,10 @@ class Tally:
 
 def _groups(ctx: ContainerContext) -> list[str]:
     place = "on a flat wagon" if ctx.on_wagon else "in a lot or elsewhere"
-    band = next((f"GSD {lo}-{hi} m" for lo, hi in zip(GSD_BANDS_M, GSD_BANDS_M[1:]) if lo <= ctx.gsd_m < hi),
-                f"GSD {ctx.gsd_m:.2f} m")
+    band = next(
+        (f"GSD {lo}-{hi} m" for lo, hi in pairwise(GSD_BANDS_M) if lo <= ctx.gsd_m < hi),
+        f"GSD {ctx.gsd_m:.2f} m",
+    )
     if ctx.neighbour_colour_diff is None:
         neighbour = "no neighbour within 1.2 lengths"
     elif ctx.neighbour_colour_diff < 10:
@@ -86,8 +89,9 @@ def _groups(ctx: ContainerContext) -> list[str]:
     return ["all", place, band, neighbour]
 
 
-def breakdown(chips: Iterable[SynthChip], detect: Callable[[SynthChip], list[np.ndarray]],
-              iou: float = 0.5) -> dict[str, Tally]:
+def breakdown(
+    chips: Iterable[SynthChip], detect: Callable[[SynthChip], list[np.ndarray]], iou: float = 0.5
+) -> dict[str, Tally]:
     """Share of labelled containers found (a container detection at rotated IoU >= ``iou``, greedy one-to-one) per
     context group. ``detect`` returns a chip's container boxes at the operating threshold, best first."""
     tallies: dict[str, Tally] = {}
@@ -98,7 +102,7 @@ def breakdown(chips: Iterable[SynthChip], detect: Callable[[SynthChip], list[np.
             ious = [0.0 if used[j] else rotated_iou(det, c.corners) for j, c in enumerate(contexts)]
             if ious and max(ious) >= iou:
                 used[int(np.argmax(ious))] = True
-        for ctx, found in zip(contexts, used):
+        for ctx, found in zip(contexts, used, strict=True):
             for g in _groups(ctx):
                 t = tallies.setdefault(g, Tally())
                 t.total += 1
@@ -108,7 +112,7 @@ def breakdown(chips: Iterable[SynthChip], detect: Callable[[SynthChip], list[np.
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: print the found share of synthetic containers by context."""
-    from app.detector import load_detector
+    from app.detection.detector import load_detector
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=Path, default=Path("models/wagon-obb.pt"))
@@ -128,8 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     for group, t in sorted(table.items(), key=lambda kv: (kv[0] != "all", kv[0])):
         print(f"  {group:40s} {t.found:5d} / {t.total:5d}  {t.share()}")
     if a.json:
-        a.json.write_text(json.dumps({g: {"found": t.found, "total": t.total, "share": t.share()}
-                                      for g, t in table.items()}, indent=1))
+        a.json.write_text(
+            json.dumps(
+                {g: {"found": t.found, "total": t.total, "share": t.share()} for g, t in table.items()}, indent=1
+            )
+        )
 
 
 if __name__ == "__main__":

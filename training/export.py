@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from app.offline import configure_offline
+from app.core.offline import configure_offline
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,8 +31,9 @@ def export_onnx(weights: Path, imgsz: int = 640) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / weights.name  # Ultralytics writes the export beside its input
         shutil.copyfile(weights, copy)
-        produced = Path(YOLO(str(copy), task="obb").export(format="onnx", imgsz=imgsz, dynamic=False,
-                                                             simplify=True, batch=1))
+        produced = Path(
+            YOLO(str(copy), task="obb").export(format="onnx", imgsz=imgsz, dynamic=False, simplify=True, batch=1)
+        )
         target = weights.with_suffix(".onnx")
         shutil.copyfile(produced, target)
     return target
@@ -62,7 +63,8 @@ def record_export(metrics_file: Path, path: Path, weights: Path, fmt: str = "onn
     data.setdefault("exports", {})[path.relative_to(weights.parent).as_posix()] = {
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "from_weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-        "format": fmt, "input": "1x3x640x640 float32, RGB 0-1",
+        "format": fmt,
+        "input": "1x3x640x640 float32, RGB 0-1",
     }
     metrics_file.write_text(json.dumps(data, indent=2) + "\n")
 

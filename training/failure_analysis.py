@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from app.detector import load_detector
-from app.geometry import box_axes
-from training.evaluate import ROOT, _gsd, _matches, _rbox_corners
+from app.detection.detector import load_detector
+from app.detection.geometry import box_axes
+from training.evaluate import ROOT, label_corners, label_gsd, match_quality
 
 GREEN, RED, YELLOW, GREY = (0, 200, 0), (0, 0, 255), (0, 230, 255), (160, 160, 160)  # BGR
 
@@ -66,7 +66,7 @@ def draw_failures(stem: Path, weights: Path, out: Path, scale: int = 2) -> dict[
     meta = json.loads(stem.with_suffix(".json").read_text())
     rgb = np.asarray(Image.open(stem.with_suffix(".png")).convert("RGB"))
     detector = load_detector(weights)
-    dets = detector.detect(rgb, _gsd(meta["gsd_m_per_px"])).detections
+    dets = detector.detect(rgb, label_gsd(meta["gsd_m_per_px"])).detections
     canvas = cv2.resize(rgb[..., ::-1], None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
     tally: dict[str, dict[str, int]] = {}
 
@@ -75,8 +75,8 @@ def draw_failures(stem: Path, weights: Path, out: Path, scale: int = 2) -> dict[
         cv2.polylines(canvas, [pts], True, colour, 1, cv2.LINE_AA)
 
     for name in detector.class_names:
-        truth = [_rbox_corners(o) for o in meta["objects"] if o["class"] == name]
-        ignore = [_rbox_corners(o) for o in meta.get("uncertain", []) if o["class"] == name]
+        truth = [label_corners(o) for o in meta["objects"] if o["class"] == name]
+        ignore = [label_corners(o) for o in meta.get("uncertain", []) if o["class"] == name]
         loose = name == "container"
         thr = 0.3 if loose else 0.5
         used = [False] * len(truth)
@@ -85,25 +85,29 @@ def draw_failures(stem: Path, weights: Path, out: Path, scale: int = 2) -> dict[
             poly(ig, GREY)
         for d in (d for d in dets if d.class_name == name):
             q = np.asarray(d.obb)
-            scores = [(_matches(q, t, loose), j) for j, t in enumerate(truth) if not used[j]]
+            scores = [(match_quality(q, t, loose), j) for j, t in enumerate(truth) if not used[j]]
             best, j = max(scores, default=(0.0, -1))
             if best >= thr:
                 used[j] = True
                 hits += 1
                 poly(q, GREEN)
-            elif any(_matches(q, ig, True) >= 0.3 for ig in ignore):
+            elif any(match_quality(q, ig, True) >= 0.3 for ig in ignore):
                 continue
             else:
                 false_alarms += 1
                 beside += beside_a_label(q, truth)
                 one_over += one_width_over(q, truth)
                 poly(q, RED)
-        for t, u in zip(truth, used):
+        for t, u in zip(truth, used, strict=True):
             if not u:
                 poly(t, YELLOW)
-        tally[name] = {"hits": hits, "false_alarms": false_alarms, "false_alarms_beside_a_label": beside,
-                       "false_alarms_one_width_over": one_over,
-                       "misses": used.count(False)}
+        tally[name] = {
+            "hits": hits,
+            "false_alarms": false_alarms,
+            "false_alarms_beside_a_label": beside,
+            "false_alarms_one_width_over": one_over,
+            "misses": used.count(False),
+        }
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), canvas)
     return tally

@@ -1,7 +1,7 @@
 """Grow a trained three-level model (P3-P5) into the four-level one of ``yolo11n-p2-obb-wagon.yaml`` (P2-P5).
 
 Small objects are what the shipped model misses most: a container 2.4 m wide is 6 px at the working 0.4 m/px and
-covers about two stride-8 anchor points, which it shares with the flat wagon under it (models/MODEL_CARD.md,
+covers about two stride-8 anchor points, which it shares with the flat wagon under it (docs/lab/model-history.md,
 failure analysis). A stride-4 output gives it four times as many. Layers 0-22 of the two YAMLs are identical and
 carried over as they are; the head's P3-P5 levels move up one place; the new P2 level of the head starts as a copy
 of the trained P3 level (same channels), and only the P2 neck (layers 23-25) starts from scratch. The result is an
@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import cast
 
-from app.offline import configure_offline
+from app.core.offline import configure_offline
 
 ROOT = Path(__file__).resolve().parents[1]
 P2_YAML = ROOT / "training" / "yolo11n-p2-obb-wagon.yaml"
@@ -39,7 +40,8 @@ def grow(source: Path, out: Path, seed: int = 0) -> dict[str, int]:
     new = OBBModel(str(P2_YAML), ch=3, nc=len(old.names), verbose=False)
     new.names = dict(old.names)
     old_sd, new_sd = old.state_dict(), new.state_dict()
-    old_head, new_head = len(old.model) - 1, len(new.model) - 1
+    # the layers are an nn.Sequential (Ultralytics' parse_model); torch's Module.__getattr__ types them loosely
+    old_head, new_head = len(old.model) - 1, len(cast(torch.nn.Sequential, new.model)) - 1
     carried = copied = 0
     for key in new_sd:
         prefix, layer, rest = key.split(".", 2)
@@ -61,7 +63,7 @@ def grow(source: Path, out: Path, seed: int = 0) -> dict[str, int]:
                 copied += level_no == 0
                 carried += level_no > 0
     new.load_state_dict(new_sd)
-    new.args = getattr(old, "args", {})
+    new.args = getattr(old, "args", {})  # type: ignore[assignment]  # an attribute Ultralytics adds, undeclared
     grown = dict(ckpt)
     grown.update(model=new.half(), ema=None, updates=None, optimizer=None, epoch=-1, best_fitness=None)
     train_args = dict(grown.get("train_args") or {})

@@ -35,8 +35,8 @@ import yaml
 from PIL import Image
 from shapely.geometry import Polygon, box
 
-from app.geometry import resample, resample_scale, tile_origins
-from app.offline import CLASS_NAMES
+from app.core.offline import CLASS_NAMES
+from app.detection.geometry import resample, resample_scale, tile_origins
 
 RAILCAR, CONTAINER = 0, 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
@@ -45,16 +45,42 @@ XVIEW_GSD_M = 0.3
 #: xView ``type_id`` -> our class. The railway classes are 33 Railway Vehicle, 34 Passenger Car, 35 Cargo Car,
 #: 36 Flat Car, 37 Tank car, 38 Locomotive; 91 is Shipping Container. Not mapped on purpose: 89 Shipping container
 #: lot (a whole stack area, not one box), 55 Container Crane, 51 Container Ship, 17-29 road vehicles.
-XVIEW_CLASS_MAP: dict[int, int] = {33: RAILCAR, 34: RAILCAR, 35: RAILCAR, 36: RAILCAR, 37: RAILCAR, 38: RAILCAR,
-                                   91: CONTAINER}
+XVIEW_CLASS_MAP: dict[int, int] = {
+    33: RAILCAR,
+    34: RAILCAR,
+    35: RAILCAR,
+    36: RAILCAR,
+    37: RAILCAR,
+    38: RAILCAR,
+    91: CONTAINER,
+}
 
 #: Class names (lower case, spaces and hyphens as ``_``) of YOLO sources that mean one of ours.
 YOLO_SYNONYMS: dict[str, int] = {
-    **{n: RAILCAR for n in ("railcar", "railcars", "rail_car", "rail_cars", "wagon", "wagons", "train", "trains",
-                            "locomotive", "locomotives", "freight_car", "freight_cars", "freight_wagon",
-                            "railway_vehicle", "railway_wagon")},
-    **{n: CONTAINER for n in ("container", "containers", "shipping_container", "shipping_containers",
-                              "intermodal_container")},
+    **{
+        n: RAILCAR
+        for n in (
+            "railcar",
+            "railcars",
+            "rail_car",
+            "rail_cars",
+            "wagon",
+            "wagons",
+            "train",
+            "trains",
+            "locomotive",
+            "locomotives",
+            "freight_car",
+            "freight_cars",
+            "freight_wagon",
+            "railway_vehicle",
+            "railway_wagon",
+        )
+    },
+    **{
+        n: CONTAINER
+        for n in ("container", "containers", "shipping_container", "shipping_containers", "intermodal_container")
+    },
 }
 
 #: DOTA (v1.0 / v1.5 / v2.0) has neither a railcar nor a shipping-container category, so nothing is mapped unless
@@ -95,8 +121,9 @@ def _is_axis_aligned(corners: np.ndarray, tol: float = 1e-6) -> bool:
     return len(xs) <= 2 and len(ys) <= 2 and bool(np.ptp(corners[:, 0]) > tol)
 
 
-def clip_to_window(corners: np.ndarray, x0: float, y0: float, x1: float, y1: float,
-                   min_visible: float = 0.6) -> np.ndarray | None:
+def clip_to_window(
+    corners: np.ndarray, x0: float, y0: float, x1: float, y1: float, min_visible: float = 0.6
+) -> np.ndarray | None:
     """Corners of an object clipped to the window ``[x0, x1] x [y0, y1]``, in window pixels; None if too little shows.
 
     Axis-aligned boxes stay exact rectangles; a rotated box cut by the window becomes the minimum-area rectangle of
@@ -217,12 +244,18 @@ class DatasetWriter:
                 else:
                     cv2.imwrite(str(image_file), image[y0:y1, x0:x1], [cv2.IMWRITE_JPEG_QUALITY, opts.jpeg_quality])
                 (self.out / "labels" / split / f"{name}.txt").write_text("".join(f"{ln}\n" for ln in lines))
-                self.chips.append({
-                    "file": image_file.relative_to(self.out).as_posix(), "split": split, "source": self.source,
-                    "original": item.key, "window": [x0, y0, x1 - x0, y1 - y0], "scale": round(scale, 6),
-                    "gsd_m": (item.gsd_m / scale) if item.gsd_m else None,
-                    **{n: counts[n] for n in CLASS_NAMES},
-                })
+                self.chips.append(
+                    {
+                        "file": image_file.relative_to(self.out).as_posix(),
+                        "split": split,
+                        "source": self.source,
+                        "original": item.key,
+                        "window": [x0, y0, x1 - x0, y1 - y0],
+                        "scale": round(scale, 6),
+                        "gsd_m": (item.gsd_m / scale) if item.gsd_m else None,
+                        **{n: counts[n] for n in CLASS_NAMES},
+                    }
+                )
 
     def close(self) -> Path:
         """Merge this source's entries into ``manifest.json``, write ``data.yaml`` and return its path."""
@@ -244,9 +277,13 @@ class DatasetWriter:
             for n in CLASS_NAMES:
                 totals[s][n] += int(c[n])
         summary = {
-            "source": self.source, "kind": self.kind, "images_seen": self.images,
-            "images_written": {s: len(v) for s, v in originals.items()}, "totals": totals,
-            "dropped_categories": dict(sorted(self.dropped.items())), "unreadable": self.skipped,
+            "source": self.source,
+            "kind": self.kind,
+            "images_seen": self.images,
+            "images_written": {s: len(v) for s, v in originals.items()},
+            "totals": totals,
+            "dropped_categories": dict(sorted(self.dropped.items())),
+            "unreadable": self.skipped,
             "options": {k: getattr(self.opts, k) for k in ImportOptions.__dataclass_fields__},
         }
         manifest["sources"] = [s for s in manifest["sources"] if s["source"] != self.source] + [summary]
@@ -311,8 +348,13 @@ def _xview_items(geojson: Path, image_dir: Path, class_map: Mapping[int, int]) -
         yield _Image(key=image_id, path=path, objects=objects, gsd_m=XVIEW_GSD_M, dropped=dropped)
 
 
-def import_xview(geojson: Path, image_dir: Path, out: Path, class_map: Mapping[int, int] | None = None,
-                 opts: ImportOptions | None = None) -> Path:
+def import_xview(
+    geojson: Path,
+    image_dir: Path,
+    out: Path,
+    class_map: Mapping[int, int] | None = None,
+    opts: ImportOptions | None = None,
+) -> Path:
     """Import xView (one GeoJSON for all images, pixel boxes in ``properties.bounds_imcoords``); return data.yaml.
 
     Only images named by the GeoJSON's ``image_id`` and present in ``image_dir`` are read (xView's unlabelled
@@ -386,8 +428,14 @@ def _dota_dirs(root: Path) -> list[tuple[Path, Path]]:
 def _dota_items(root: Path, class_map: Mapping[str, int], skip_difficult: bool) -> Iterator[_Image]:
     for image_dir, label_dir in _dota_dirs(root):
         for label_file in sorted(label_dir.glob("*.txt")):
-            image = next((image_dir / f"{label_file.stem}{s}" for s in (".png", *IMAGE_SUFFIXES)
-                          if (image_dir / f"{label_file.stem}{s}").exists()), None)
+            image = next(
+                (
+                    image_dir / f"{label_file.stem}{s}"
+                    for s in (".png", *IMAGE_SUFFIXES)
+                    if (image_dir / f"{label_file.stem}{s}").exists()
+                ),
+                None,
+            )
             if image is None:
                 continue
             raw, gsd = read_dota_labels(label_file)
@@ -398,12 +446,18 @@ def _dota_items(root: Path, class_map: Mapping[str, int], skip_difficult: bool) 
                     dropped[category if cls is None else f"{category} (difficult)"] += 1
                     continue
                 objects.append((cls, corners))
-            yield _Image(key=image.relative_to(root).as_posix(), path=image, objects=objects, gsd_m=gsd,
-                         dropped=dropped)
+            yield _Image(
+                key=image.relative_to(root).as_posix(), path=image, objects=objects, gsd_m=gsd, dropped=dropped
+            )
 
 
-def import_dota(root: Path, out: Path, class_map: str | Mapping[str, str] | None = None,
-                skip_difficult: bool = False, opts: ImportOptions | None = None) -> Path:
+def import_dota(
+    root: Path,
+    out: Path,
+    class_map: str | Mapping[str, str] | None = None,
+    skip_difficult: bool = False,
+    opts: ImportOptions | None = None,
+) -> Path:
     """Import a DOTA-format folder (``images/*.png``, ``labelTxt/*.txt``, optionally in ``train/``/``val/``).
 
     Label lines are ``x1 y1 x2 y2 x3 y3 x4 y4 category difficult`` in pixels, after optional ``imagesource:`` and
@@ -456,13 +510,13 @@ def _label_path(image: Path) -> Path:
     """Ultralytics' rule: the last ``images`` folder in the path becomes ``labels``, the suffix ``.txt``."""
     parts = list(image.parts)
     i = len(parts) - 1 - parts[::-1].index("images")
-    return Path(*parts[:i], "labels", *parts[i + 1:]).with_suffix(".txt")
+    return Path(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
 
 
 def read_yolo_labels(path: Path, width: int, height: int) -> list[tuple[int, np.ndarray]]:
     """YOLO label lines -> [(class, corners in pixels)]: ``c cx cy w h`` (axis-aligned), ``c x1 y1 .. x4 y4`` (OBB)
     or a longer polygon (its minimum-area rectangle), all normalised to [0, 1]."""
-    out = []
+    out: list[tuple[int, np.ndarray]] = []
     if not path.exists():
         return out
     wh = np.array([width, height], float)
@@ -487,8 +541,9 @@ def read_yolo_labels(path: Path, width: int, height: int) -> list[tuple[int, np.
     return out
 
 
-def _yolo_items(root: Path, data_yaml: Path | None, class_map: Mapping[str, int],
-                gsd_m: float | None) -> Iterator[_Image]:
+def _yolo_items(
+    root: Path, data_yaml: Path | None, class_map: Mapping[str, int], gsd_m: float | None
+) -> Iterator[_Image]:
     names = _yolo_names(root, data_yaml)
     mapping = {i: class_map.get(_norm_name(n), YOLO_SYNONYMS.get(_norm_name(n))) for i, n in names.items()}
     for image_dir in _yolo_image_dirs(root, data_yaml):
@@ -511,8 +566,13 @@ def _yolo_items(root: Path, data_yaml: Path | None, class_map: Mapping[str, int]
             yield _Image(key=key, path=image, objects=objects, gsd_m=gsd_m, dropped=dropped)
 
 
-def import_yolo(root: Path, out: Path, class_map: str | Mapping[str, str] | None = None, gsd_m: float | None = None,
-                opts: ImportOptions | None = None) -> Path:
+def import_yolo(
+    root: Path,
+    out: Path,
+    class_map: str | Mapping[str, str] | None = None,
+    gsd_m: float | None = None,
+    opts: ImportOptions | None = None,
+) -> Path:
     """Import a YOLO or YOLO-OBB folder (``images/`` + ``labels/``, optionally with split subfolders) or data.yaml.
 
     Class names come from its ``data.yaml`` (``names:``) or ``classes.txt`` and are mapped by name
@@ -551,9 +611,15 @@ def parse_source(text: str) -> SourceSpec:
     return SourceSpec(kind, paths)
 
 
-def build_dataset(sources: Sequence[str], out: Path, val_share: float = 0.1,
-                  class_map: str | Mapping[str, str] | None = None, keep_negatives: bool = False,
-                  target_gsd_m: float | None = None, opts: ImportOptions | None = None) -> Path:
+def build_dataset(
+    sources: Sequence[str],
+    out: Path,
+    val_share: float = 0.1,
+    class_map: str | Mapping[str, str] | None = None,
+    keep_negatives: bool = False,
+    target_gsd_m: float | None = None,
+    opts: ImportOptions | None = None,
+) -> Path:
     """Import every source (see :func:`parse_source`) into one dataset under ``out``; return its data.yaml.
 
     ``class_map`` applies to DOTA sources and adds to the YOLO name synonyms. An earlier dataset in ``out`` is
@@ -566,8 +632,14 @@ def build_dataset(sources: Sequence[str], out: Path, val_share: float = 0.1,
             raise FileExistsError(f"{out} holds files that are not an imported dataset; choose an empty folder")
         shutil.rmtree(out)
     base = opts or ImportOptions()
-    opts = ImportOptions(**{**{k: getattr(base, k) for k in ImportOptions.__dataclass_fields__},
-                            "val_share": val_share, "keep_negatives": keep_negatives, "target_gsd_m": target_gsd_m})
+    opts = ImportOptions(
+        **{
+            **{k: getattr(base, k) for k in ImportOptions.__dataclass_fields__},
+            "val_share": val_share,
+            "keep_negatives": keep_negatives,
+            "target_gsd_m": target_gsd_m,
+        }
+    )
     data_yaml = _skeleton(out)
     for text in sources:
         spec = parse_source(text)

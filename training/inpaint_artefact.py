@@ -22,9 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.detector import Detector, load_detector
-from app.geometry import rotated_iou
-from training.evaluate import ROOT, ClassTally, Truth, _low_conf, _split, match_image
+from app.detection.detector import Detector, load_detector
+from app.detection.geometry import rotated_iou
+from training.evaluate import ROOT, ClassTally, Truth, low_conf_detector, match_image, of_class
 from training.failure_analysis import beside_a_label
 from training.synth import YARD_CAMO_CONFIG, SynthChip, generate_chip
 
@@ -49,7 +49,7 @@ def railcar_figures(detector: Detector, chips: list[SynthChip], stroke_px: int, 
     """Railcar mAP50, precision, recall and count error on ``chips`` with their railcar outlines inpainted (and
     downsampled x0.5 when ``half``); and the false alarms — detections at the operating threshold that overlap no
     label at rotated IoU >= 0.5 — with how many of them lie beside a label (:func:`beside_a_label`)."""
-    low = _low_conf(detector)
+    low = low_conf_detector(detector)
     conf = detector.class_conf["railcar"]
     tally = ClassTally()
     false_alarms = beside = 0
@@ -59,7 +59,7 @@ def railcar_figures(detector: Detector, chips: list[SynthChip], stroke_px: int, 
         if half:
             image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
             truths, gsd = [t / 2 for t in truths], gsd * 2
-        dets = _split(low.detect(image, gsd).detections, "railcar")
+        dets = of_class(low.detect(image, gsd).detections, "railcar")
         match_image(dets, Truth(truths), conf, loose=False, tally=tally)
         for d in dets:
             box = np.asarray(d.obb, np.float64)
@@ -67,9 +67,14 @@ def railcar_figures(detector: Detector, chips: list[SynthChip], stroke_px: int, 
                 false_alarms += 1
                 beside += beside_a_label(box, truths)
     s = tally.summary()
-    return {"map50": float(s["map50"] or 0.0), "precision": float(s["precision"] or 0.0),
-            "recall": float(s["recall"] or 0.0), "count_err_over_true": float(s["count_err_over_true"] or 0.0),
-            "false_alarms": false_alarms, "false_alarms_beside_a_label": beside}
+    return {
+        "map50": float(s["map50"] or 0.0),
+        "precision": float(s["precision"] or 0.0),
+        "recall": float(s["recall"] or 0.0),
+        "count_err_over_true": float(s["count_err_over_true"] or 0.0),
+        "false_alarms": false_alarms,
+        "false_alarms_beside_a_label": beside,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,9 +83,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weights", type=Path, default=ROOT / "models" / "wagon-obb.pt")
     ap.add_argument("--chips", type=int, default=30)
     ap.add_argument("--strokes", type=int, nargs="+", default=[0, 2, 3, 5, 7], help="outline widths (px at 0.255 m)")
-    ap.add_argument("--roof-ratio", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                    help="camouflaged roofs' brightness as a share of the ground's, with 60%% of wagons "
-                         "camouflaged (default: yard_camo's 0.85-1.12 on 40%%)")
+    ap.add_argument(
+        "--roof-ratio",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="camouflaged roofs' brightness as a share of the ground's, with 60%% of wagons "
+        "camouflaged (default: yard_camo's 0.85-1.12 on 40%%)",
+    )
     a = ap.parse_args(argv)
     cfg = replace(YARD_CAMO_CONFIG, gsd_range=(SWISS_GSD_M, SWISS_GSD_M), gsd_focus_probability=0.0)
     if a.roof_ratio:
@@ -90,10 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     for stroke in a.strokes:
         for half in (False, True):
             f = railcar_figures(detector, chips, stroke, half)
-            print(f"stroke {stroke} px, {'0.51' if half else '0.255'} m/px: railcar mAP50 {f['map50']:.3f}, "
-                  f"precision {f['precision']:.3f}, recall {f['recall']:.3f}, count error/true "
-                  f"{f['count_err_over_true']:.3f}, false alarms {f['false_alarms']} "
-                  f"({f['false_alarms_beside_a_label']} beside a label)", flush=True)
+            print(
+                f"stroke {stroke} px, {'0.51' if half else '0.255'} m/px: railcar mAP50 {f['map50']:.3f}, "
+                f"precision {f['precision']:.3f}, recall {f['recall']:.3f}, count error/true "
+                f"{f['count_err_over_true']:.3f}, false alarms {f['false_alarms']} "
+                f"({f['false_alarms_beside_a_label']} beside a label)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

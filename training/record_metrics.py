@@ -1,6 +1,6 @@
 """Append one model's evaluation to ``models/metrics.json`` (the history every committed model is judged by).
 
-    python -m training.record_metrics --eval eval.json --version 2026.11.27-1 --recipe "..." --command "..."
+python -m training.record_metrics --eval eval.json --version 2026.11.27-1 --recipe "..." --command "..."
 """
 
 from __future__ import annotations
@@ -14,8 +14,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def record(metrics_file: Path, weights: Path, evaluation: dict, version: str, recipe: str, command: str,
-           extra: dict | None = None) -> dict:
+def record(
+    metrics_file: Path,
+    weights: Path,
+    evaluation: dict,
+    version: str,
+    recipe: str,
+    command: str,
+    extra: dict | None = None,
+) -> dict:
     """Add (or replace) the entry for ``version`` and make it current; return the whole file's content."""
     data = json.loads(metrics_file.read_text()) if metrics_file.exists() else {"current": None, "history": []}
     entry = {

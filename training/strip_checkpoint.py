@@ -17,7 +17,7 @@ import argparse
 import os
 from pathlib import Path
 
-from app.offline import configure_offline
+from app.core.offline import configure_offline
 
 
 def strip_checkpoint(source: Path, destination: Path) -> Path:

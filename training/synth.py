@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.geometry import resample, resample_scale
+from app.detection.geometry import resample, resample_scale
 
 RAILCAR, CONTAINER = 0, 1
 #: changes when the same seed and config draw a different picture (figures on synthetic chips compare only within one)
@@ -39,6 +39,7 @@ RENDERER_VERSION = 2
 CLASS_NAMES = ("railcar", "container")
 
 Corners = np.ndarray  # (4, 2) float array of x, y in pixels
+Colour = tuple[float, float, float] | np.ndarray  # RGB, 0-255
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class SynthConfig:
     gsd_range: tuple[float, float] = (0.3, 0.8)
     # the service resamples to its working GSD (0.4 m/px) whenever the GSD is known, so chips may be drawn near it
     # (share gsd_focus_probability); the rest span gsd_range. Defaults reproduce the data of the shipped model; the
-    # fourth training stage (not shipped, see models/MODEL_CARD.md) used (0.34, 0.48) with probability 0.6
+    # fourth training stage (not shipped, see docs/lab/model-history.md) used (0.34, 0.48) with probability 0.6
     gsd_focus: tuple[float, float] = (0.34, 0.48)
     gsd_focus_probability: float = 0.0
     # when set, each chip is drawn at its own GSD on a canvas sized so that resampling it to this GSD gives size_px,
@@ -75,9 +76,17 @@ class SynthConfig:
     wagon_width_m: tuple[float, float] = (2.8, 3.2)
     loco_length_m: tuple[float, float] = (17.0, 23.0)
     coupling_gap_m: tuple[float, float] = (0.6, 1.8)
-    kind_weights: dict[str, float] = field(default_factory=lambda: {
-        "box": 0.22, "tank": 0.16, "hopper": 0.16, "gondola": 0.16, "flat": 0.08, "flat_containers": 0.12,
-        "locomotive": 0.10})
+    kind_weights: dict[str, float] = field(
+        default_factory=lambda: {
+            "box": 0.22,
+            "tank": 0.16,
+            "hopper": 0.16,
+            "gondola": 0.16,
+            "flat": 0.08,
+            "flat_containers": 0.12,
+            "locomotive": 0.10,
+        }
+    )
     # containers
     container_lengths_m: tuple[float, float] = (6.06, 12.19)
     container_width_m: float = 2.44
@@ -134,10 +143,11 @@ class SynthConfig:
     min_visible_fraction: float = 0.6
 
 
-#: The variant of the fourth training stage (models/MODEL_CARD.md): near-black shadows from a lower sun, light roofs,
+#: The variant of the fourth training stage (docs/lab/model-history.md): near-black shadows from a lower sun, light roofs,
 #: most chips near the working GSD. Evaluated and not shipped; kept to reproduce it (``--config stage4``).
-STAGE4_CONFIG = SynthConfig(gsd_focus_probability=0.6, sun_elevation_deg=(20.0, 70.0), shadow_factor=(0.04, 0.4),
-                            light_roof_probability=0.3)
+STAGE4_CONFIG = SynthConfig(
+    gsd_focus_probability=0.6, sun_elevation_deg=(20.0, 70.0), shadow_factor=(0.04, 0.4), light_roof_probability=0.3
+)
 
 #: The variant of the sixth training stage: the fourth stage's shadows and light roofs, plus container rows that
 #: read like trains (bays nearly touching, single-row lines), the confusion seen on kari_containers_2 (``--config
@@ -147,17 +157,29 @@ STAGE6_CONFIG = replace(STAGE4_CONFIG, lot_bay_gap_m=(0.2, 4.0), lot_rows=(1, 12
 #: The variant of the ninth training stage (``--config yard``): the sixth stage's knobs in wide marshalling yards as
 #: the real Swiss orthophotos show them — many close parallel tracks (6-20, 4.3-5.2 m apart) on ballast that is often
 #: light grey and fills the space between tracks, most tracks empty, short groups of wagons.
-YARD_CONFIG = replace(STAGE6_CONFIG, scene_weights=(0.7, 0.1, 0.12, 0.08), tracks_per_bundle=(6, 20),
-                      track_spacing_m=(4.3, 5.2), ballast_width_m=(3.6, 4.8), light_ballast_probability=0.6,
-                      bundle_occupancy=(0.1, 0.5), track_occupancy=(0.1, 0.7))
+YARD_CONFIG = replace(
+    STAGE6_CONFIG,
+    scene_weights=(0.7, 0.1, 0.12, 0.08),
+    tracks_per_bundle=(6, 20),
+    track_spacing_m=(4.3, 5.2),
+    ballast_width_m=(3.6, 4.8),
+    light_ballast_probability=0.6,
+    bundle_occupancy=(0.1, 0.5),
+    track_occupancy=(0.1, 0.7),
+)
 
 #: The variant of the tenth training stage (``--config yard_shadow``): the yard variant with the Swiss orthophotos'
 #: failure in mind (stage 9's boxes sat on the black band beside light wagons): most wagons light-roofed (beige, grey,
 #: white: 60%), near-black shadows (brightness left 0.03-0.25) from a sun at 35-65 degrees (a band about as wide as the
 #: wagon when the sun is across the track: with the azimuth uniform, for about a third of the wagons), and near-nadir
 #: views (off-nadir up to 8 degrees, as an orthophoto).
-YARD_SHADOW_CONFIG = replace(YARD_CONFIG, light_roof_probability=0.6, shadow_factor=(0.03, 0.25),
-                             sun_elevation_deg=(35.0, 65.0), off_nadir_deg=(0.0, 8.0))
+YARD_SHADOW_CONFIG = replace(
+    YARD_CONFIG,
+    light_roof_probability=0.6,
+    shadow_factor=(0.03, 0.25),
+    sun_elevation_deg=(35.0, 65.0),
+    off_nadir_deg=(0.0, 8.0),
+)
 
 #: The variant of the twelfth training stage (``--config yard_across``): the tenth stage's yard, most chips with
 #: the sun across the tracks and at 30-55 degrees, so most wagons have a black band about their width beside them.
@@ -169,11 +191,21 @@ YARD_ACROSS_CONFIG = replace(YARD_SHADOW_CONFIG, sun_across_track_probability=0.
 #: chips and at 42-62 degrees (a band 0.7-1.5 wagon widths, as the Swiss yard shows). It tested whether the crisp
 #: look of the real band was what the generator lacked (stage 13's boxes sat on the real yard's dark bands, 17 of 24
 #: false alarms, yet rarely on synthetic ones, 18 of 94): it was not (stage 14 did worse on the real images).
-YARD_ORTHO_CONFIG = replace(YARD_ACROSS_CONFIG, sun_across_track_probability=0.9, sun_elevation_deg=(42.0, 62.0),
-                            blur_sigma_px=(0.0, 0.5), fringe_probability=0.1,
-                            noise_sigma=(1.0, 4.0), heavy_noise_probability=0.0, noise_ground_probability=0.0,
-                            haze=(0.0, 0.1), contrast=(0.9, 1.3), brightness=(0.8, 1.15), jpeg_quality=(75, 95),
-                            cloud_shadow_probability=0.05)
+YARD_ORTHO_CONFIG = replace(
+    YARD_ACROSS_CONFIG,
+    sun_across_track_probability=0.9,
+    sun_elevation_deg=(42.0, 62.0),
+    blur_sigma_px=(0.0, 0.5),
+    fringe_probability=0.1,
+    noise_sigma=(1.0, 4.0),
+    heavy_noise_probability=0.0,
+    noise_ground_probability=0.0,
+    haze=(0.0, 0.1),
+    contrast=(0.9, 1.3),
+    brightness=(0.8, 1.15),
+    jpeg_quality=(75, 95),
+    cloud_shadow_probability=0.05,
+)
 
 #: The variant of the sixteenth training stage (``--config yard_measured``): the twelfth stage's yard with its roofs
 #: and shadow bands brought to what the labelled Swiss yard measures (mean brightness inside each of its 41 wagon
@@ -183,24 +215,45 @@ YARD_ORTHO_CONFIG = replace(YARD_ACROSS_CONFIG, sun_across_track_probability=0.9
 #: keeping 0.02-0.15 of the light, sun across the tracks in 90% of chips at 35-50 degrees (a band at least a wagon's
 #: width), haze up to 0.15, blur up to 0.7 px. Stage 16 on it (7 epochs) left the real figures and the band mistake
 #: where they were.
-YARD_MEASURED_CONFIG = replace(YARD_ACROSS_CONFIG, light_roof_probability=0.25, shadow_factor=(0.02, 0.15),
-                               sun_across_track_probability=0.9, sun_elevation_deg=(35.0, 50.0), haze=(0.0, 0.15),
-                               blur_sigma_px=(0.0, 0.7))
+YARD_MEASURED_CONFIG = replace(
+    YARD_ACROSS_CONFIG,
+    light_roof_probability=0.25,
+    shadow_factor=(0.02, 0.15),
+    sun_across_track_probability=0.9,
+    sun_elevation_deg=(35.0, 50.0),
+    haze=(0.0, 0.15),
+    blur_sigma_px=(0.0, 0.7),
+)
 
 #: The variant of the seventeenth training stage (``--config yard_camo``): the twelfth stage's yard where 40% of the
 #: wagons wear the colour of the ground one wagon width beside them (``ground_roof_ratio``: 0.85-1.12 of it), with
-#: near-black shadows from a sun across the tracks. Looked at closely, the real Swiss yard's lower train is such a train: grey wagons on grey concrete, each
-#: beside a black band with light coupling gaps — the band has the wagon's outline and more contrast than the
-#: wagon, and the model boxed the band (17 of 21 false alarms).
-YARD_CAMO_CONFIG = replace(YARD_ACROSS_CONFIG, ground_roof_probability=0.4, light_roof_probability=0.3,
-                           shadow_factor=(0.02, 0.2), sun_across_track_probability=0.9, sun_elevation_deg=(35.0, 55.0))
+#: near-black shadows from a sun across the tracks. Looked at closely, the real Swiss yard's lower train is such a
+#: train: grey wagons on grey concrete, each beside a black band with light coupling gaps — the band has the
+#: wagon's outline and more contrast than the wagon, and the model boxed the band (17 of 21 false alarms).
+YARD_CAMO_CONFIG = replace(
+    YARD_ACROSS_CONFIG,
+    ground_roof_probability=0.4,
+    light_roof_probability=0.3,
+    shadow_factor=(0.02, 0.2),
+    sun_across_track_probability=0.9,
+    sun_elevation_deg=(35.0, 55.0),
+)
 
 #: A variant first used in the seventeenth training stage (``--config intermodal``): the defaults with half the wagons
 #: flat wagons carrying containers. ``training.container_breakdown`` found version 4 missing 55% of the containers on
 #: flat wagons (77% of a single container centred on its wagon, which competes with the wagon for the same anchors)
 #: against 20% of those in lots.
-INTERMODAL_CONFIG = SynthConfig(kind_weights={"box": 0.1, "tank": 0.08, "hopper": 0.08, "gondola": 0.08, "flat": 0.06,
-                                              "flat_containers": 0.5, "locomotive": 0.1})
+INTERMODAL_CONFIG = SynthConfig(
+    kind_weights={
+        "box": 0.1,
+        "tank": 0.08,
+        "hopper": 0.08,
+        "gondola": 0.08,
+        "flat": 0.06,
+        "flat_containers": 0.5,
+        "locomotive": 0.1,
+    }
+)
 
 
 @dataclass
@@ -233,27 +286,76 @@ class SynthChip:
 # ---------------------------------------------------------------------------------------------------------------
 # palettes (RGB), read off real imagery: dull, desaturated roofs; rust browns dominate wagons
 WAGON_COLOURS = {
-    "box": [(120, 62, 45), (95, 70, 60), (70, 80, 95), (140, 140, 140), (150, 60, 50), (60, 90, 120),
-            (170, 165, 155), (90, 100, 80), (215, 212, 205), (200, 185, 165), (185, 150, 120), (225, 225, 222)],
+    "box": [
+        (120, 62, 45),
+        (95, 70, 60),
+        (70, 80, 95),
+        (140, 140, 140),
+        (150, 60, 50),
+        (60, 90, 120),
+        (170, 165, 155),
+        (90, 100, 80),
+        (215, 212, 205),
+        (200, 185, 165),
+        (185, 150, 120),
+        (225, 225, 222),
+    ],
     "tank": [(35, 35, 38), (200, 200, 200), (160, 160, 165), (60, 60, 62), (210, 205, 190), (120, 120, 125)],
     "hopper": [(130, 130, 130), (110, 95, 80), (160, 155, 145), (90, 85, 80), (140, 110, 70), (200, 195, 185)],
     "gondola": [(85, 60, 45), (70, 70, 70), (100, 80, 60), (60, 65, 75), (170, 150, 120)],
     "flat": [(95, 80, 65), (70, 65, 60), (110, 100, 85)],
-    "locomotive": [(170, 40, 35), (40, 70, 140), (210, 180, 40), (60, 110, 60), (200, 200, 200), (50, 50, 55),
-                   (200, 90, 30)],
+    "locomotive": [
+        (170, 40, 35),
+        (40, 70, 140),
+        (210, 180, 40),
+        (60, 110, 60),
+        (200, 200, 200),
+        (50, 50, 55),
+        (200, 90, 30),
+    ],
 }
 # light roofs (aluminium hoppers, white reefers, faded grey box cars): next to a black shadow they are what real
 # 0.25-0.5 m orthophotos of yards show most
 LIGHT_ROOFS = [(190, 190, 188), (205, 200, 190), (175, 172, 165), (215, 215, 212), (185, 178, 160), (160, 165, 168)]
-CONTAINER_COLOURS = [(175, 50, 40), (200, 80, 40), (40, 70, 130), (60, 110, 160), (220, 220, 215), (150, 150, 150),
-                     (45, 110, 75), (110, 70, 45), (200, 170, 50), (40, 130, 130), (90, 90, 95), (160, 40, 60),
-                     (230, 120, 40), (30, 30, 35)]
-GROUND_COLOURS = [(118, 112, 98), (95, 108, 70), (130, 122, 105), (85, 85, 82), (140, 135, 125), (105, 95, 75),
-                  (70, 85, 55), (150, 145, 135), (60, 62, 64)]
+CONTAINER_COLOURS = [
+    (175, 50, 40),
+    (200, 80, 40),
+    (40, 70, 130),
+    (60, 110, 160),
+    (220, 220, 215),
+    (150, 150, 150),
+    (45, 110, 75),
+    (110, 70, 45),
+    (200, 170, 50),
+    (40, 130, 130),
+    (90, 90, 95),
+    (160, 40, 60),
+    (230, 120, 40),
+    (30, 30, 35),
+]
+GROUND_COLOURS = [
+    (118, 112, 98),
+    (95, 108, 70),
+    (130, 122, 105),
+    (85, 85, 82),
+    (140, 135, 125),
+    (105, 95, 75),
+    (70, 85, 55),
+    (150, 145, 135),
+    (60, 62, 64),
+]
 BALLAST_COLOURS = [(120, 112, 104), (100, 92, 85), (135, 128, 120), (90, 80, 72), (145, 140, 130)]
 LIGHT_BALLAST_COLOURS = [(168, 166, 160), (182, 180, 174), (155, 154, 150), (192, 190, 184), (175, 170, 160)]
-ROOF_COLOURS = [(150, 150, 150), (110, 110, 115), (180, 175, 170), (90, 80, 75), (130, 70, 60), (200, 200, 200),
-                (70, 90, 110), (60, 60, 60)]
+ROOF_COLOURS = [
+    (150, 150, 150),
+    (110, 110, 115),
+    (180, 175, 170),
+    (90, 80, 75),
+    (130, 70, 60),
+    (200, 200, 200),
+    (70, 90, 110),
+    (60, 60, 60),
+]
 
 
 def _swept(footprint: np.ndarray, offset: np.ndarray) -> np.ndarray:
@@ -326,7 +428,7 @@ class _Canvas:
         self.shaded[y0:y1, x0:x1][inside] = False
         return self.coverage(roof, x0, y0, x1, y1), x0, y0, x1, y1
 
-    def poly(self, pts: np.ndarray, colour: tuple[float, float, float] | np.ndarray, alpha: float = 1.0) -> None:
+    def poly(self, pts: np.ndarray, colour: Colour, alpha: float = 1.0) -> None:
         """Fill a polygon (output pixel coords) with a colour, optionally blended."""
         p = np.round(np.asarray(pts, np.float64) * self.ss * 16).astype(np.int32).reshape(-1, 1, 2)
         col = tuple(float(c) for c in colour)
@@ -349,12 +451,14 @@ class _Canvas:
         x0, y0, x1, y1 = win
         self.img[y0:y1, x0:x1] *= (1 - self.coverage(pts, x0, y0, x1, y1) * (1 - factor))[..., None]
 
-    def line(self, a: np.ndarray, b: np.ndarray, width_px: float, colour: tuple[float, float, float],
-             alpha: float = 1.0) -> None:
+    def line(self, a: np.ndarray, b: np.ndarray, width_px: float, colour: Colour, alpha: float = 1.0) -> None:
         """A straight band from a to b of the given width (output pixels)."""
         a, b = np.asarray(a, float), np.asarray(b, float)
-        ok, pa, pb = cv2.clipLine((-8, -8, self.size + 16, self.size + 16),
-                                  (int(round(a[0])), int(round(a[1]))), (int(round(b[0])), int(round(b[1]))))
+        ok, pa, pb = cv2.clipLine(
+            (-8, -8, self.size + 16, self.size + 16),
+            (int(round(a[0])), int(round(a[1]))),
+            (int(round(b[0])), int(round(b[1]))),
+        )
         if not ok:
             return
         d = b - a
@@ -384,7 +488,7 @@ def _chance(rng: np.random.Generator, probability: float) -> bool:
     return probability > 0 and rng.random() < probability
 
 
-def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: float = 18) -> np.ndarray:
+def _jitter(rng: np.random.Generator, colour: Colour, amount: float = 18) -> np.ndarray:
     return np.clip(np.asarray(colour, np.float32) + rng.normal(0, amount, 3), 0, 255)
 
 
@@ -448,8 +552,11 @@ class _Scene:
         f_lo = np.array([c[2] for c in self.casters])
         f_hi = np.array([c[3] for c in self.casters])
         shift = off[None, :] * np.clip(heights - height_m, 0, None)[:, None]
-        near = ((heights > height_m) & (np.maximum(f_hi, f_hi + shift) >= lo).all(1)
-                & (np.minimum(f_lo, f_lo + shift) <= hi).all(1))
+        near = (
+            (heights > height_m)
+            & (np.maximum(f_hi, f_hi + shift) >= lo).all(1)
+            & (np.minimum(f_lo, f_lo + shift) <= hi).all(1)
+        )
         for k in np.flatnonzero(near):
             footprint, h, _, _ = self.casters[k]
             reach = _swept(footprint, off * (h - height_m))
@@ -460,7 +567,7 @@ class _Scene:
         ss, img = self.canvas.ss, self.canvas.img
         x, y = (np.clip(np.asarray(centre, float), 0, self.canvas.size - 1) * ss).astype(int)
         r = max(1, int(radius_px * ss))
-        return img[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].reshape(-1, 3).mean(0)
+        return img[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1].reshape(-1, 3).mean(0)
 
     def label(self, class_id: int, corners: Corners) -> None:
         self.objects.append(SynthObject(class_id, corners.copy()))
@@ -494,8 +601,9 @@ class _Scene:
     def ground(self) -> None:
         s = self.cfg.size_px * self.cfg.supersample
         base = _jitter(self.rng, GROUND_COLOURS[self.rng.integers(len(GROUND_COLOURS))], 12)
-        tex = (_smooth_noise(self.rng, s, 64, 1) * self.rng.uniform(6, 18)
-               + _smooth_noise(self.rng, s, 8, 1) * self.rng.uniform(2, 8))
+        tex = _smooth_noise(self.rng, s, 64, 1) * self.rng.uniform(6, 18) + _smooth_noise(
+            self.rng, s, 8, 1
+        ) * self.rng.uniform(2, 8)
         tint = _smooth_noise(self.rng, s, 128, 3) * self.rng.uniform(2, 10)
         self.canvas.img[:] = base + tex + tint
         if self.rng.random() < self.cfg.noise_ground_probability:
@@ -543,8 +651,15 @@ class _Scene:
             sunny = -v if np.dot(v, self.shadow_dir) > 0 else v
             ground_here = self.ground_colour_at(centre + sunny * W, radius_px=W / 2)
             kind = "box" if kind in ("gondola", "tank", "flat", "flat_containers") else kind  # a plain roof
-        height = {"box": 4.2, "tank": 4.0, "hopper": 3.8, "gondola": 2.8, "flat": 1.3, "flat_containers": 3.9,
-                  "locomotive": 4.3}[kind] * rng.uniform(0.9, 1.1)
+        height = {
+            "box": 4.2,
+            "tank": 4.0,
+            "hopper": 3.8,
+            "gondola": 2.8,
+            "flat": 1.3,
+            "flat_containers": 3.9,
+            "locomotive": 4.3,
+        }[kind] * rng.uniform(0.9, 1.1)
         self.shadow(body, height)
         palette = WAGON_COLOURS["flat" if kind == "flat_containers" else kind]
         col = _jitter(rng, palette[rng.integers(len(palette))], 14)
@@ -562,7 +677,7 @@ class _Scene:
             # cylinder: bands across the width from dark edge to bright crest
             self.canvas.poly(_rect(centre[0], centre[1], L * 0.97, W * 0.92, angle), col * 0.7)
             light = rng.uniform(1.1, 1.45)
-            for k, f in enumerate(np.linspace(-0.35, 0.35, 5)):
+            for f in np.linspace(-0.35, 0.35, 5):
                 shade = col * (light - abs(f) * 1.4)
                 c = centre + v * f * W
                 self.canvas.poly(_rect(c[0], c[1], L * 0.95, W * 0.2, angle), np.clip(shade, 0, 255))
@@ -570,11 +685,12 @@ class _Scene:
                 self.canvas.poly(_rect(centre[0], centre[1], W * 0.5, W * 0.4, angle), np.clip(col * 0.6, 0, 255))
         elif kind == "gondola":
             self.canvas.poly(body, col)
-            load = [(25, 25, 28), (90, 70, 55), (120, 110, 95), (60, 55, 50), col * 0.5][rng.integers(5)]
+            loads: list[Colour] = [(25, 25, 28), (90, 70, 55), (120, 110, 95), (60, 55, 50), col * 0.5]
+            load = loads[rng.integers(5)]
             self.canvas.poly(_rect(centre[0], centre[1], L - 0.8 * px, W - 0.6 * px, angle), _jitter(rng, load, 8))
         elif kind == "hopper":
             self.canvas.poly(body, col)
-            n = rng.integers(2, 5)
+            n = int(rng.integers(2, 5))
             for k in range(1, n):
                 c = centre + u * (k / n - 0.5) * L
                 self.canvas.line(c - v * W / 2, c + v * W / 2, max(0.6, 0.3 * px), col * 0.65)
@@ -602,7 +718,7 @@ class _Scene:
             self.canvas.poly(body, col)
             self.canvas.poly(_rect(centre[0], centre[1], L * 0.96, W * 0.18, angle), np.clip(col * 1.12, 0, 255))
             if rng.random() < 0.5:
-                n = rng.integers(4, 12)
+                n = int(rng.integers(4, 12))
                 for k in range(1, n):
                     c = centre + u * (k / n - 0.5) * L
                     self.canvas.line(c - v * W / 2, c + v * W / 2, max(0.3, 0.08 * px), col * 0.8, alpha=0.6)
@@ -640,8 +756,11 @@ class _Scene:
                 kind = row_kind if uniform_kind else kinds[rng.choice(len(kinds), p=p)]
                 if kind == "locomotive" and rng.random() < 0.7:
                     kind = "box"
-                length = (float(np.clip(row_len * rng.uniform(0.98, 1.02), *cfg.wagon_length_m)) if uniform_kind
-                          else rng.uniform(*cfg.wagon_length_m))
+                length = (
+                    float(np.clip(row_len * rng.uniform(0.98, 1.02), *cfg.wagon_length_m))
+                    if uniform_kind
+                    else rng.uniform(*cfg.wagon_length_m)
+                )
                 if kind == "locomotive":
                     length = rng.uniform(*cfg.loco_length_m)
             first = False
@@ -650,8 +769,9 @@ class _Scene:
             self.wagon(c, length, angle, kind)
             pos += L + rng.uniform(*cfg.coupling_gap_m) * self.px
 
-    def rail_bundle(self, centre: np.ndarray, angle: float, n_tracks: int, extent: float,
-                    occupied_share: float) -> None:
+    def rail_bundle(
+        self, centre: np.ndarray, angle: float, n_tracks: int, extent: float, occupied_share: float
+    ) -> None:
         rng, cfg = self.rng, self.cfg
         spacing = rng.uniform(*cfg.track_spacing_m) * self.px
         u = np.array([math.cos(angle), math.sin(angle)])
@@ -704,18 +824,27 @@ class _Scene:
             p1 = p0 + v * (width + spacing)
             off = self.shadow_dir * self.shadow_per_m * 9
             d = (p1 - p0) / max(np.linalg.norm(p1 - p0), 1e-6)
-            n = np.array([-d[1], d[0]]) * max(0.2, 0.15 * self.px)
-            self.canvas.darken(np.array([p0 + off + n, p1 + off + n, p1 + off - n, p0 + off - n]), 0.75)
+            side = np.array([-d[1], d[0]]) * max(0.2, 0.15 * self.px)  # half the mast's width, across it
+            self.canvas.darken(np.array([p0 + off + side, p1 + off + side, p1 + off - side, p0 + off - side]), 0.75)
             self.canvas.line(p0, p1, max(0.3, 0.2 * self.px), col)
 
     # -- containers ----------------------------------------------------------------------------------------------
-    def container(self, centre: np.ndarray, length_m: float, angle: float, shadow: bool = True,
-                  colour: np.ndarray | None = None, height_m: float = 2.6) -> Corners:
+    def container(
+        self,
+        centre: np.ndarray,
+        length_m: float,
+        angle: float,
+        shadow: bool = True,
+        colour: np.ndarray | None = None,
+        height_m: float = 2.6,
+    ) -> Corners:
         rng, px = self.rng, self.px
         body = _rect(centre[0], centre[1], length_m * px, self.cfg.container_width_m * px, angle)
         if shadow:
             self.shadow(body, height_m)
-        col = colour if colour is not None else _jitter(rng, CONTAINER_COLOURS[rng.integers(len(CONTAINER_COLOURS))], 14)
+        col = (
+            colour if colour is not None else _jitter(rng, CONTAINER_COLOURS[rng.integers(len(CONTAINER_COLOURS))], 14)
+        )
         self.canvas.poly(body, col)
         if rng.random() < 0.6:  # roof corrugation / end frames
             u = np.array([math.cos(angle), math.sin(angle)])
@@ -732,8 +861,8 @@ class _Scene:
         rng, cfg, px = self.rng, self.cfg, self.px
         u = np.array([math.cos(angle), math.sin(angle)])
         v = np.array([-u[1], u[0]])
-        rows = rng.integers(*cfg.lot_rows, endpoint=True)
-        cols = rng.integers(*cfg.lot_columns, endpoint=True)
+        rows = int(rng.integers(*cfg.lot_rows, endpoint=True))
+        cols = int(rng.integers(*cfg.lot_columns, endpoint=True))
         length = cfg.container_lengths_m[int(rng.random() < 0.55)]
         gap = rng.uniform(*cfg.container_gap_m)
         block_gap = rng.uniform(*cfg.lot_bay_gap_m)
@@ -742,12 +871,26 @@ class _Scene:
         pitch_l = (length + block_gap) * px
         # pavement under the lot
         pave = _jitter(rng, (115, 115, 112), 15)
-        self.canvas.poly(_rect(centre[0], centre[1], cols * pitch_l + 6 * px, rows * pitch_w * 1.0 + 6 * px, angle),
-                         pave, alpha=rng.uniform(0.5, 1.0))
+        self.canvas.poly(
+            _rect(centre[0], centre[1], cols * pitch_l + 6 * px, rows * pitch_w * 1.0 + 6 * px, angle),
+            pave,
+            alpha=rng.uniform(0.5, 1.0),
+        )
         self.deferred.append(lambda: self._fill_lot(centre, u, v, rows, cols, length, pitch_l, pitch_w, fill, angle))
 
-    def _fill_lot(self, centre: np.ndarray, u: np.ndarray, v: np.ndarray, rows: int, cols: int, length: float,
-                  pitch_l: float, pitch_w: float, fill: float, angle: float) -> None:
+    def _fill_lot(
+        self,
+        centre: np.ndarray,
+        u: np.ndarray,
+        v: np.ndarray,
+        rows: int,
+        cols: int,
+        length: float,
+        pitch_l: float,
+        pitch_w: float,
+        fill: float,
+        angle: float,
+    ) -> None:
         rng, cfg, px = self.rng, self.cfg, self.px
         same_colour_runs = rng.random() < 0.35
         run_col = None
@@ -813,8 +956,13 @@ class _Scene:
             return
         height = 3.5 if truck else 1.5
         self.shadow(body, height)
-        col = _jitter(rng, [(200, 200, 200), (40, 40, 45), (150, 30, 30), (40, 60, 120), (170, 170, 170),
-                            (220, 220, 210)][rng.integers(6)], 15)
+        col = _jitter(
+            rng,
+            [(200, 200, 200), (40, 40, 45), (150, 30, 30), (40, 60, 120), (170, 170, 170), (220, 220, 210)][
+                rng.integers(6)
+            ],
+            15,
+        )
         self.canvas.poly(body, col)
         if truck:
             u = np.array([math.cos(ang), math.sin(ang)])
@@ -844,7 +992,7 @@ class _Scene:
         rng, cfg = self.rng, self.cfg
         size = img.shape[0]
         if rng.random() < cfg.cloud_shadow_probability:
-            blob = _smooth_noise(rng, size, rng.integers(64, 256), 1)[..., 0]
+            blob = _smooth_noise(rng, size, int(rng.integers(64, 256)), 1)[..., 0]
             mask = np.clip((blob - rng.uniform(0.0, 0.8)) * 2, 0, 1)[..., None]
             img = img * (1 - mask * rng.uniform(0.2, 0.5))
         # colour: per-channel gain, saturation, brightness, contrast
@@ -874,7 +1022,9 @@ class _Scene:
         out = np.clip(img, 0, 255).astype(np.uint8)
         quality = int(rng.integers(*cfg.jpeg_quality, endpoint=True))
         ok, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-        return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        assert decoded is not None  # a JPEG that OpenCV has just encoded
+        return decoded[..., ::-1].copy()
 
 
 def _visible_label(corners: Corners, size: int, min_fraction: float) -> Corners | None:
@@ -922,8 +1072,9 @@ def generate_chip(seed: int, cfg: SynthConfig | None = None) -> SynthChip:
         for _ in range(rng.integers(1, 4)):
             sc.container_lot(rng.uniform(0.1 * size, 0.9 * size, 2), main_angle + rng.choice([0, math.pi / 2]))
         if scene == 1 and rng.random() < 0.5:
-            sc.rail_bundle(rng.uniform(0.2 * size, 0.8 * size, 2), main_angle, int(rng.integers(1, 5)), size,
-                           rng.uniform(0.3, 1.0))
+            sc.rail_bundle(
+                rng.uniform(0.2 * size, 0.8 * size, 2), main_angle, int(rng.integers(1, 5)), size, rng.uniform(0.3, 1.0)
+            )
     for draw in sc.deferred:
         draw()
     for _ in range(rng.integers(*cfg.buildings, endpoint=True)):
@@ -941,12 +1092,19 @@ def generate_chip(seed: int, cfg: SynthConfig | None = None) -> SynthChip:
         vis = _visible_label(o.corners, size, cfg.min_visible_fraction)
         if vis is not None:
             objects.append(SynthObject(o.class_id, vis))
-    return SynthChip(image=image, objects=objects, gsd_m=sc.gsd, seed=seed, track_angle_rad=float(main_angle),
-                     shadow_dir=(float(sc.shadow_dir[0]), float(sc.shadow_dir[1])))
+    return SynthChip(
+        image=image,
+        objects=objects,
+        gsd_m=sc.gsd,
+        seed=seed,
+        track_angle_rad=float(main_angle),
+        shadow_dir=(float(sc.shadow_dir[0]), float(sc.shadow_dir[1])),
+    )
 
 
 def _resampled_chip(seed: int, cfg: SynthConfig, target_gsd_m: float) -> SynthChip:
-    """The chip of ``seed`` drawn at its own GSD, resampled to ``target_gsd_m`` as ``app.detector`` resamples."""
+    """The chip of ``seed`` drawn at its own GSD, resampled to ``target_gsd_m`` as ``app.detection.detector``
+    resamples."""
     native_gsd = _draw_gsd(cfg, np.random.default_rng(seed))  # the same draw the scene makes first
     own = replace(cfg, resample_to_gsd_m=None)
     if resample_scale(native_gsd, target_gsd_m) == 1.0:
@@ -974,14 +1132,14 @@ def _write_one(args: tuple[int, Path, str, SynthConfig]) -> dict[str, object]:
     seed, root, split, cfg = args
     chip = generate_chip(seed, cfg)
     name = f"synth_{seed:07d}"
-    cv2.imwrite(str(root / "images" / split / f"{name}.jpg"), chip.image[..., ::-1],
-                [cv2.IMWRITE_JPEG_QUALITY, 95])
+    cv2.imwrite(str(root / "images" / split / f"{name}.jpg"), chip.image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
     (root / "labels" / split / f"{name}.txt").write_text("\n".join(obb_label_lines(chip)) + "\n")
     return {"name": name, "seed": seed, "gsd_m": chip.gsd_m, **chip.counts()}
 
 
-def write_dataset(root: Path, n_train: int, n_val: int, seed: int = 0, workers: int = 2,
-                  cfg: SynthConfig | None = None) -> Path:
+def write_dataset(
+    root: Path, n_train: int, n_val: int, seed: int = 0, workers: int = 2, cfg: SynthConfig | None = None
+) -> Path:
     """Write a YOLO-OBB dataset (images, labels, data.yaml, manifest.json) under ``root``; return data.yaml."""
     cfg = cfg or SynthConfig()
     root = Path(root)
@@ -999,16 +1157,24 @@ def write_dataset(root: Path, n_train: int, n_val: int, seed: int = 0, workers: 
     (root / "manifest.json").write_text(json.dumps({"config": asdict(cfg), "chips": manifest}, indent=1))
     data_yaml = root / "data.yaml"
     data_yaml.write_text(
-        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n  0: railcar\n  1: container\n")
+        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n  0: railcar\n  1: container\n"
+    )
     return data_yaml
 
 
 #: The generator settings the CLI's ``--config`` names.
-CONFIGS: dict[str, SynthConfig] = {"default": SynthConfig(), "stage4": STAGE4_CONFIG, "stage6": STAGE6_CONFIG,
-                                   "yard": YARD_CONFIG, "yard_shadow": YARD_SHADOW_CONFIG,
-                                   "yard_across": YARD_ACROSS_CONFIG, "yard_ortho": YARD_ORTHO_CONFIG,
-                                   "yard_measured": YARD_MEASURED_CONFIG, "yard_camo": YARD_CAMO_CONFIG,
-                                   "intermodal": INTERMODAL_CONFIG}
+CONFIGS: dict[str, SynthConfig] = {
+    "default": SynthConfig(),
+    "stage4": STAGE4_CONFIG,
+    "stage6": STAGE6_CONFIG,
+    "yard": YARD_CONFIG,
+    "yard_shadow": YARD_SHADOW_CONFIG,
+    "yard_across": YARD_ACROSS_CONFIG,
+    "yard_ortho": YARD_ORTHO_CONFIG,
+    "yard_measured": YARD_MEASURED_CONFIG,
+    "yard_camo": YARD_CAMO_CONFIG,
+    "intermodal": INTERMODAL_CONFIG,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1020,12 +1186,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--size", type=int, default=640)
-    ap.add_argument("--resample-to-gsd", type=float, default=None, metavar="M",
-                    help="draw each chip at its own GSD and resample it to M m/px as the service does (e.g. 0.4)")
-    ap.add_argument("--config", choices=tuple(CONFIGS), default="default",
-                    help="generator settings: the defaults (versions 2-3 data), or the fourth, sixth, ninth "
-                         "(yard), tenth (yard_shadow), twelfth (yard_across), fourteenth (yard_ortho), sixteenth "
-                         "(yard_measured) or seventeenth (yard_camo, intermodal) stage's variant")
+    ap.add_argument(
+        "--resample-to-gsd",
+        type=float,
+        default=None,
+        metavar="M",
+        help="draw each chip at its own GSD and resample it to M m/px as the service does (e.g. 0.4)",
+    )
+    ap.add_argument(
+        "--config",
+        choices=tuple(CONFIGS),
+        default="default",
+        help="generator settings: the defaults (versions 2-3 data), or the fourth, sixth, ninth "
+        "(yard), tenth (yard_shadow), twelfth (yard_across), fourteenth (yard_ortho), sixteenth "
+        "(yard_measured) or seventeenth (yard_camo, intermodal) stage's variant",
+    )
     a = ap.parse_args(argv)
     base = CONFIGS[a.config]
     cfg = replace(base, size_px=a.size)

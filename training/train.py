@@ -23,20 +23,28 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
-from app.offline import configure_offline
+from app.core.offline import configure_offline
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_YAML = ROOT / "training" / "yolo11n-obb-wagon.yaml"
 
 # Augmentation suited to overhead imagery: any rotation, both flips, moderate scale jitter (GSD already varies).
 OVERHEAD_AUGMENT: dict[str, float] = {
-    "degrees": 180.0, "flipud": 0.5, "fliplr": 0.5, "scale": 0.3, "translate": 0.1, "mosaic": 1.0,
-    "hsv_h": 0.02, "hsv_s": 0.5, "hsv_v": 0.4,
+    "degrees": 180.0,
+    "flipud": 0.5,
+    "fliplr": 0.5,
+    "scale": 0.3,
+    "translate": 0.1,
+    "mosaic": 1.0,
+    "hsv_h": 0.02,
+    "hsv_s": 0.5,
+    "hsv_v": 0.4,
 }
 
 
-def _restore_threads(threads: int):  # noqa: ANN202 - Ultralytics callback signature
+def _restore_threads(threads: int):
     import torch
 
     def callback(_trainer: object) -> None:
@@ -45,7 +53,7 @@ def _restore_threads(threads: int):  # noqa: ANN202 - Ultralytics callback signa
     return callback
 
 
-def _results_without_polars(self) -> dict[str, list[float]]:  # noqa: ANN001 - BaseTrainer method
+def _results_without_polars(self) -> dict[str, list[float]]:
     """``BaseTrainer.read_results_csv`` with the csv module (Ultralytics imports polars only for this)."""
     import csv
 
@@ -57,9 +65,22 @@ def _results_without_polars(self) -> dict[str, list[float]]:  # noqa: ANN001 - B
     return {k.strip(): [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
 
 
-def train_arguments(data: Path, epochs: int, imgsz: int, batch: int, device: str, project: Path, name: str,
-                    hours: float | None = None, workers: int = 8, cache: str | bool = False, lr0: float | None = None,
-                    patience: int = 100, seed: int = 0, fine_tune: bool = False) -> dict[str, object]:
+def train_arguments(
+    data: Path,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    device: str,
+    project: Path,
+    name: str,
+    hours: float | None = None,
+    workers: int = 8,
+    cache: str | bool = False,
+    lr0: float | None = None,
+    patience: int = 100,
+    seed: int = 0,
+    fine_tune: bool = False,
+) -> dict[str, object]:
     """Ultralytics ``train`` arguments for one run.
 
     With ``lr0`` the optimizer is AdamW, named: Ultralytics' default ``optimizer=auto`` ignores ``lr0`` and picks
@@ -69,9 +90,23 @@ def train_arguments(data: Path, epochs: int, imgsz: int, batch: int, device: str
     its first epoch; at AdamW 0.0005 with biases from 0 it fell to 0.774 and then rose to 0.790 (model card).
     """
     kwargs: dict[str, object] = dict(
-        data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=str(Path(project).resolve()), name=name,
-        exist_ok=True, plots=False, amp=False, workers=workers, cache=cache, patience=patience, seed=seed,
-        deterministic=False, verbose=True, **OVERHEAD_AUGMENT,
+        data=str(data),
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        project=str(Path(project).resolve()),
+        name=name,
+        exist_ok=True,
+        plots=False,
+        amp=False,
+        workers=workers,
+        cache=cache,
+        patience=patience,
+        seed=seed,
+        deterministic=False,
+        verbose=True,
+        **OVERHEAD_AUGMENT,
     )
     if hours:
         kwargs["time"] = hours
@@ -84,9 +119,22 @@ def train_arguments(data: Path, epochs: int, imgsz: int, batch: int, device: str
     return kwargs
 
 
-def train(data: Path, weights_from: Path | None, epochs: int, imgsz: int, batch: int, device: str | None,
-          project: Path, name: str, hours: float | None = None, workers: int = 8, cache: str | bool = False,
-          lr0: float | None = None, patience: int = 100, seed: int = 0) -> Path:
+def train(
+    data: Path,
+    weights_from: Path | None,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    device: str | None,
+    project: Path,
+    name: str,
+    hours: float | None = None,
+    workers: int = 8,
+    cache: str | bool = False,
+    lr0: float | None = None,
+    patience: int = 100,
+    seed: int = 0,
+) -> Path:
     """Run one training and return the path of the best checkpoint."""
     os.environ.setdefault("YOLO_VERBOSE", "True")
     configure_offline()
@@ -95,9 +143,9 @@ def train(data: Path, weights_from: Path | None, epochs: int, imgsz: int, batch:
     from ultralytics.engine.trainer import BaseTrainer
 
     try:
-        import polars  # noqa: F401
-    except ImportError:
-        BaseTrainer.read_results_csv = _results_without_polars  # type: ignore[method-assign]
+        import polars  # noqa: F401  # imported only to learn whether it is installed
+    except ImportError:  # Ultralytics reads results.csv with polars: read it with the csv module instead
+        BaseTrainer.read_results_csv = _results_without_polars  # type: ignore[method-assign]  # monkeypatch: no polars
 
     if device is None:
         device = "0" if torch.cuda.is_available() else "cpu"
@@ -106,11 +154,26 @@ def train(data: Path, weights_from: Path | None, epochs: int, imgsz: int, batch:
         threads = max(1, torch.get_num_threads(), len(os.sched_getaffinity(0)))
         for event in ("on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_epoch_start"):
             model.add_callback(event, _restore_threads(threads))
-    kwargs = train_arguments(data, epochs, imgsz, batch, device, project, name, hours, workers, cache, lr0, patience,
-                             seed, fine_tune=weights_from is not None)
+    kwargs = train_arguments(
+        data,
+        epochs,
+        imgsz,
+        batch,
+        device,
+        project,
+        name,
+        hours,
+        workers,
+        cache,
+        lr0,
+        patience,
+        seed,
+        fine_tune=weights_from is not None,
+    )
     model.train(**kwargs)
-    best = Path(model.trainer.best)
-    return best if best.exists() else Path(model.trainer.last)
+    trainer = cast(BaseTrainer, model.trainer)  # set by train() (Ultralytics declares it None until then)
+    best = Path(trainer.best)
+    return best if best.exists() else Path(trainer.last)
 
 
 def _fingerprint(path: Path) -> list[object]:
@@ -123,8 +186,14 @@ def _fingerprint(path: Path) -> list[object]:
     return [str(path), [[p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]]
 
 
-def prepare_data(data: Sequence[str | Path], cache_root: Path, class_map: str | None = None,
-                 keep_negatives: bool = False, val_share: float = 0.1, target_gsd_m: float | None = None) -> Path:
+def prepare_data(
+    data: Sequence[str | Path],
+    cache_root: Path,
+    class_map: str | None = None,
+    keep_negatives: bool = False,
+    val_share: float = 0.1,
+    target_gsd_m: float | None = None,
+) -> Path:
     """The data.yaml to train on: a single bare data.yaml as is; otherwise the sources imported into one dataset.
 
     The combined dataset lives in ``cache_root/<hash>`` and is reused while the sources, options and importer code
@@ -146,8 +215,14 @@ def prepare_data(data: Sequence[str | Path], cache_root: Path, class_map: str | 
     if done.exists():
         print(f"using cached dataset {out}")
         return out / "data.yaml"
-    data_yaml = importers.build_dataset([str(d) for d in data], out, val_share=val_share, class_map=class_map,
-                                        keep_negatives=keep_negatives, target_gsd_m=target_gsd_m)
+    data_yaml = importers.build_dataset(
+        [str(d) for d in data],
+        out,
+        val_share=val_share,
+        class_map=class_map,
+        keep_negatives=keep_negatives,
+        target_gsd_m=target_gsd_m,
+    )
     done.write_text(json.dumps({"data": [str(d) for d in data]}, indent=1))
     print(f"built dataset {out}")
     return data_yaml
@@ -156,17 +231,33 @@ def prepare_data(data: Sequence[str | Path], cache_root: Path, class_map: str | 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point (``wagon-detector train``)."""
     ap = argparse.ArgumentParser(prog="wagon-detector train", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", action="append", required=True,
-                    help="Ultralytics data.yaml of an OBB dataset, or a source to import (repeatable): "
-                         "xview:GEOJSON,IMAGES | dota:ROOT | yolo:ROOT_OR_YAML | data.yaml")
-    ap.add_argument("--class-map", default=None,
-                    help="category=railcar,... for DOTA sources and extra YOLO class names (default: none for DOTA)")
+    ap.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        help="Ultralytics data.yaml of an OBB dataset, or a source to import (repeatable): "
+        "xview:GEOJSON,IMAGES | dota:ROOT | yolo:ROOT_OR_YAML | data.yaml",
+    )
+    ap.add_argument(
+        "--class-map",
+        default=None,
+        help="category=railcar,... for DOTA sources and extra YOLO class names (default: none for DOTA)",
+    )
     ap.add_argument("--keep-negatives", action="store_true", help="keep imported chips with no railcar or container")
     ap.add_argument("--val-share", type=float, default=0.1, help="share of imported images held out for validation")
-    ap.add_argument("--target-gsd", type=float, default=None,
-                    help="resample imported images of known GSD to this many metres per pixel")
-    ap.add_argument("--from", dest="weights_from", type=Path, default=None,
-                    help="start from these weights (default: build from the YAML, random init)")
+    ap.add_argument(
+        "--target-gsd",
+        type=float,
+        default=None,
+        help="resample imported images of known GSD to this many metres per pixel",
+    )
+    ap.add_argument(
+        "--from",
+        dest="weights_from",
+        type=Path,
+        default=None,
+        help="start from these weights (default: build from the YAML, random init)",
+    )
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--hours", type=float, default=None, help="train for this wall time instead of --epochs")
     ap.add_argument("--imgsz", type=int, default=640)
@@ -180,8 +271,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None, help="copy the best checkpoint here")
     a = ap.parse_args(argv)
     data = prepare_data(a.data, a.project / "datasets", a.class_map, a.keep_negatives, a.val_share, a.target_gsd)
-    best = train(data, a.weights_from, a.epochs, a.imgsz, a.batch, a.device, a.project, a.name, a.hours,
-                 a.workers, a.cache, a.lr0)
+    best = train(
+        data,
+        a.weights_from,
+        a.epochs,
+        a.imgsz,
+        a.batch,
+        a.device,
+        a.project,
+        a.name,
+        a.hours,
+        a.workers,
+        a.cache,
+        a.lr0,
+    )
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(best, a.out)

@@ -1,5 +1,2 @@
-"""HTTP layer (FastAPI): thin routes over :mod:`app.service`."""
-
-from app.api.main import create_app
-
-__all__ = ["create_app"]
+"""The HTTP layer (FastAPI): the application factory (:func:`app.api.main.create_app`), authentication, errors,
+limits, observability, schemas and one module of routes per resource. The only package that imports FastAPI."""

@@ -1,6 +1,7 @@
-"""Who may call which route: every API route declares its :class:`~app.keys.Access` with :func:`allow` (a FastAPI
-dependency); the routes FastAPI adds itself (docs, OpenAPI) and the dashboard's static files are listed in
-:data:`PUBLIC_PATHS`. A route with neither fails the test suite (``tests/test_auth.py`` enumerates ``app.routes``).
+"""Who may call which route: every API route declares its :class:`~app.usecases.keys.Access` with :func:`allow` (a
+FastAPI dependency); the routes FastAPI adds itself (docs, OpenAPI) and the dashboard's static files are listed in
+:data:`PUBLIC_PATHS`. A route with neither fails the test suite (``tests/api/test_auth.py`` enumerates
+``app.routes``).
 
 :class:`AuthGate` runs the same check as the dependency before a request body is read, so an unauthenticated or
 unauthorised upload is refused without being received. Keys come as ``Authorization: Bearer <key>``; no or an
@@ -19,12 +20,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import keys
-from app.keys import Access, Principal
+from app.usecases import keys
+from app.usecases.keys import Access, Principal
 
 #: Paths served without a key that are not API routes (FastAPI's docs and schema, the dashboard's static files).
-PUBLIC_PATHS: frozenset[str] = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
-                                          "/dashboard/static"})
+PUBLIC_PATHS: frozenset[str] = frozenset(
+    {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/dashboard/static"}
+)
 _STATE_KEY = "wagon.principal"
 
 
@@ -75,7 +77,10 @@ def document_security(schema: dict[str, Any], routes: list[Any]) -> None:
     """Declare the Bearer scheme in an OpenAPI document and mark every non-public operation with it (the docs'
     "Authorize" button then sends the key), noting the role each one needs."""
     schema.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
-        "type": "http", "scheme": "bearer", "description": "An API key (`wd_...`): `Authorization: Bearer <key>`."}
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key (`wd_...`): `Authorization: Bearer <key>`.",
+    }
     for route in iter_routes(routes):
         rules = route_access(route) if is_api_route(route) else []
         if len(rules) != 1 or rules[0] is Access.PUBLIC:
@@ -85,9 +90,12 @@ def document_security(schema: dict[str, Any], routes: list[Any]) -> None:
             if operation is not None:
                 operation["security"] = [{"apiKey": []}]
                 operation["x-wagon-access"] = rules[0].value
-                operation.setdefault("responses", {}).update({
-                    "401": {"description": "No, an unknown or a revoked API key."},
-                    "403": {"description": "The key's role does not allow this."}})
+                operation.setdefault("responses", {}).update(
+                    {
+                        "401": {"description": "No, an unknown or a revoked API key."},
+                        "403": {"description": "The key's role does not allow this."},
+                    }
+                )
 
 
 def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
@@ -110,7 +118,7 @@ async def authenticate(request: Request) -> Principal:
     """The caller (cached on the request); 401 without a valid key. Everyone is admin when auth is off."""
     cached = request.scope.get(_STATE_KEY)
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     runtime = request.app.state.runtime
     if not runtime.settings.auth:
         principal = keys.ANONYMOUS
@@ -133,10 +141,11 @@ async def authorize(request: Request, access: Access) -> Principal:
     principal = await authenticate(request)
     facility = request.path_params.get("facility_id")
     if access is Access.JOB and principal.role == "uploader":
-        from app.jobs import facility_of_job
+        from app.usecases.jobs import facility_of_job
 
-        facility = await run_in_threadpool(facility_of_job, request.app.state.runtime.store,
-                                           str(request.path_params.get("job_id", "")))
+        facility = await run_in_threadpool(
+            facility_of_job, request.app.state.runtime.store, str(request.path_params.get("job_id", ""))
+        )
     if not principal.allows(access, facility):
         raise HTTPException(status_code=403, detail=_refusal(principal, access, facility))
     return principal
@@ -174,8 +183,11 @@ class AuthGate:
 
     def _match(self, scope: Scope) -> tuple[tuple[Any, Access] | None, dict[str, Any]]:
         if self._rules is None:  # routes are complete once the app serves
-            self._rules = [(r, rules[0]) for r in iter_routes(self.routes)
-                           if is_api_route(r) and len(rules := route_access(r)) == 1]
+            self._rules = [
+                (r, rules[0])
+                for r in iter_routes(self.routes)
+                if is_api_route(r) and len(rules := route_access(r)) == 1
+            ]
         for item in self._rules:
             match, child = item[0].matches(scope)
             if match is Match.FULL:

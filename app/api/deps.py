@@ -7,12 +7,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.fit_cache import Prefitter
-from app.inference_gate import InferenceGate
-from app.jobs import JobQueue
-from app.service import DetectorProtocol
-from app.settings import Settings
-from app.store import Store
+from app.core.backpressure import InferenceGate
+from app.core.settings import Settings
+from app.database import Store
+from app.scoring.fit_cache import Prefitter
+from app.usecases.images import DetectorProtocol
+from app.usecases.jobs import JobQueue
 
 
 @dataclass

@@ -21,21 +21,27 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.observability import mark_error
-from app.imaging import CorruptImageError, EmptyImageError, ImageError, ImageTooLargeError, UnsupportedImageError
-from app.inference_gate import OverloadedError
-from app.service import (
+from app.core.backpressure import OverloadedError
+from app.core.errors import (
     ConflictError,
     ImportValidationError,
     InvalidInputError,
     ModelUnavailableError,
     NotFoundError,
     ServiceError,
+)
+from app.detection.imaging import (
+    CorruptImageError,
+    EmptyImageError,
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
 )
 
 STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (

@@ -71,8 +71,10 @@ class BodySizeLimitMiddleware:
             # the app failed on the "disconnect" it was handed after the 413: expected, nothing to report
 
     def _message(self, size: int) -> str:
-        return (f"request body of {size / 1048576:.1f} MiB or more exceeds the upload limit of "
-                f"{self.max_bytes / 1048576:.1f} MiB (WAGON_MAX_UPLOAD_MB)")
+        return (
+            f"request body of {size / 1048576:.1f} MiB or more exceeds the upload limit of "
+            f"{self.max_bytes / 1048576:.1f} MiB (WAGON_MAX_UPLOAD_MB)"
+        )
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -85,12 +87,12 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def send_json_error(send: Send, status: int, detail: str, *, close: bool = False,
-                          headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_json_error(
+    send: Send, status: int, detail: str, *, close: bool = False, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     """Send a whole ``{"detail": ...}`` JSON answer."""
     body = json.dumps({"detail": detail}).encode()
-    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            *(headers or [])]
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
     if close:
         head.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": head})
@@ -127,8 +129,11 @@ class RequestTimeoutMiddleware:
             mark_error(scope, "timeout")
             log.warning("request %s %s exceeded %.1f s", scope.get("method"), scope.get("path"), self.timeout_s)
             if not started:
-                await send_json_error(send, 504, f"the request took longer than {self.timeout_s:g} s "
-                                      "(WAGON_REQUEST_TIMEOUT_S) and was abandoned")
+                await send_json_error(
+                    send,
+                    504,
+                    f"the request took longer than {self.timeout_s:g} s (WAGON_REQUEST_TIMEOUT_S) and was abandoned",
+                )
 
 
 def disarm_timeout(scope: Scope) -> None:

@@ -22,16 +22,16 @@ from app.api.observability import Metrics, RequestContextMiddleware, metrics_end
 from app.api.routes import alerts as alert_routes
 from app.api.routes import dashboard, facilities, health, images, jobs, keys, observations
 from app.api.routes.common import reject_unknown_params
-from app.api.web import ETagMiddleware
-from app.fit_cache import Prefitter
 from app.api.schemas import ImportIn, ValidationErrorOut
-from app.keys import AUTH_OFF_WARNING, bootstrap_admin
-from app.inference_gate import InferenceGate
-from app.logs import configure_logging
-from app.service import DetectorProtocol, load_configured_detector
-from app.settings import MIB, Settings, get_settings
-from app.jobs import JobQueue
-from app.store import Store
+from app.api.web import ETagMiddleware
+from app.core.backpressure import InferenceGate
+from app.core.logs import configure_logging
+from app.core.settings import MIB, Settings, get_settings
+from app.database import Store
+from app.scoring.fit_cache import Prefitter
+from app.usecases.images import DetectorProtocol, load_configured_detector
+from app.usecases.jobs import JobQueue
+from app.usecases.keys import AUTH_OFF_WARNING, bootstrap_admin
 
 log = logging.getLogger("app.api")
 
@@ -57,13 +57,15 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
         await anyio.to_thread.run_sync(queue.resume)
         if settings.jobs_worker:
             queue.start_worker()
-        gate = InferenceGate(settings.max_concurrent_inferences, settings.max_queued_inferences,
-                             on_pass=metrics.inference.observe)
+        gate = InferenceGate(
+            settings.max_concurrent_inferences, settings.max_queued_inferences, on_pass=metrics.inference.observe
+        )
         metrics.watch_gate(lambda: gate.waiting, lambda: gate.running)
         prefitter = Prefitter(store, busy=lambda: gate.running + gate.waiting > 0)  # fits fill idle time only
         prefitter.start()
-        app.state.runtime = Runtime(settings=settings, store=store, detector=model, inference_gate=gate, jobs=queue,
-                                    prefitter=prefitter)
+        app.state.runtime = Runtime(
+            settings=settings, store=store, detector=model, inference_gate=gate, jobs=queue, prefitter=prefitter
+        )
         log.info("wagon-detector %s ready (model: %s)", __version__, "none" if model is None else model.name)
         async with anyio.create_task_group() as tasks:
             if settings.webhook_url:
@@ -90,20 +92,25 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
     if settings.cors_origin_list:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
-                           allow_headers=["*"],
-                           expose_headers=["ETag", "X-Next-Cursor", "Location", "Retry-After", "X-Request-ID"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["ETag", "X-Next-Cursor", "Location", "Retry-After", "X-Request-ID"],
+        )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, templates=lambda: route_templates(app))
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", dashboard.static_files(), name="dashboard-static")
     # Prometheus scrapes with a reader key (``authorization: {credentials: <key>}`` in its scrape config).
-    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False,
-                      dependencies=[allow(Access.READ)])
+    app.add_api_route(
+        "/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False, dependencies=[allow(Access.READ)]
+    )
     for module in (facilities, observations, images, alert_routes, jobs, keys):
         app.include_router(module.router, prefix="/v1", dependencies=[Depends(reject_unknown_params)])
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to customise it
     return app
 
 
@@ -116,25 +123,35 @@ def _set_up_auth(store: Store, settings: Settings) -> None:
     configured = settings.admin_key_value
     new = bootstrap_admin(store, configured)
     if new is not None and configured is None:
-        print(f"\nwagon-detector: created the first admin key (id {new.record.id}). It is shown only now; "
-              f"store it safely:\n\n    {new.key}\n\nSend it as 'Authorization: Bearer <key>'; create other keys "
-              "with POST /v1/keys or `wagon-detector keys create`.\n", file=sys.stderr, flush=True)
+        print(
+            f"\nwagon-detector: created the first admin key (id {new.record.id}). It is shown only now; "
+            f"store it safely:\n\n    {new.key}\n\nSend it as 'Authorization: Bearer <key>'; create other keys "
+            "with POST /v1/keys or `wagon-detector keys create`.\n",
+            file=sys.stderr,
+            flush=True,
+        )
     elif new is not None:
         log.info("stored WAGON_ADMIN_KEY as the first admin key (id %s)", new.record.id)
 
 
 async def _deliver_alerts(store: Store, settings: Settings) -> None:
     """Background loop: POST due alert deliveries to the webhook (in a worker thread), every ``webhook_poll_s``."""
-    from app.alerts import deliver_due
+    from app.usecases.alerts import deliver_due
 
     assert settings.webhook_url
     while True:
         try:
-            await anyio.to_thread.run_sync(lambda: deliver_due(
-                store, settings.webhook_url or "", timeout_s=settings.webhook_timeout_s,
-                base_backoff_s=settings.webhook_backoff_s, max_backoff_s=settings.webhook_max_backoff_s,
-                max_attempts=settings.webhook_max_attempts))
-        except Exception:  # noqa: BLE001 - the loop must survive a bad round (it is retried next round)
+            await anyio.to_thread.run_sync(
+                lambda: deliver_due(
+                    store,
+                    settings.webhook_url or "",
+                    timeout_s=settings.webhook_timeout_s,
+                    base_backoff_s=settings.webhook_backoff_s,
+                    max_backoff_s=settings.webhook_max_backoff_s,
+                    max_attempts=settings.webhook_max_attempts,
+                )
+            )
+        except Exception:
             log.exception("alert delivery round failed")
         await anyio.sleep(settings.webhook_poll_s)
 
@@ -145,8 +162,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     # 422 answers are {"detail": "...", "errors": [...]} (app.api.errors), not FastAPI's default shape.
-    schema = json.loads(json.dumps(schema).replace('"#/components/schemas/HTTPValidationError"',
-                                                    '"#/components/schemas/ValidationErrorOut"'))
+    schema = json.loads(
+        json.dumps(schema).replace(
+            '"#/components/schemas/HTTPValidationError"', '"#/components/schemas/ValidationErrorOut"'
+        )
+    )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for model in (ImportIn, ValidationErrorOut):
         model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")

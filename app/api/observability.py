@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.logs import request_id_from, request_id_var
+from app.core.logs import request_id_from, request_id_var
 
 access_log = logging.getLogger("app.access")
 
@@ -49,21 +49,34 @@ class Metrics:
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.registry)
         self.requests = Histogram(
-            "wagon_http_request_duration_seconds", "HTTP request latency by route template, method and status.",
-            ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=self.registry)
+            "wagon_http_request_duration_seconds",
+            "HTTP request latency by route template, method and status.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.inference = Histogram(
-            "wagon_inference_duration_seconds", "Time of one image analysis in its worker thread (decode and "
-            "detection, queue wait excluded).", buckets=LATENCY_BUCKETS, registry=self.registry)
+            "wagon_inference_duration_seconds",
+            "Time of one image analysis in its worker thread (decode and detection, queue wait excluded).",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.detections = Counter(
-            "wagon_detections", "Detections in analysed uploads, by class.", ["class_name"],
-            registry=self.registry)
+            "wagon_detections", "Detections in analysed uploads, by class.", ["class_name"], registry=self.registry
+        )
         self.errors = Counter(
-            "wagon_errors", "Requests answered with an error, by kind (exception class, `validation`, "
-            "`timeout`, `body_too_large`, `unhandled` or `http_<status>`).", ["kind"], registry=self.registry)
+            "wagon_errors",
+            "Requests answered with an error, by kind (exception class, `validation`, "
+            "`timeout`, `body_too_large`, `unhandled` or `http_<status>`).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
-            "wagon_inference_queue_depth", "Uploads waiting for an inference slot.", registry=self.registry)
+            "wagon_inference_queue_depth", "Uploads waiting for an inference slot.", registry=self.registry
+        )
         self.inferences_running = Gauge(
-            "wagon_inferences_running", "Inference passes running now.", registry=self.registry)
+            "wagon_inferences_running", "Inference passes running now.", registry=self.registry
+        )
 
     def watch_gate(self, waiting: Callable[[], int], running: Callable[[], int]) -> None:
         """Read the queue depth and running passes from the inference gate at scrape time."""
@@ -148,8 +161,16 @@ class RequestContextMiddleware:
             access_log.exception("unhandled error")
             if not started:  # a JSON answer with the id to quote; the server still sees (and logs) the error
                 body = json.dumps({"detail": f"internal error; quote request id {request_id}"}).encode()
-                await send_with_id({"type": "http.response.start", "status": 500, "headers": [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send_with_id(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send_with_id({"type": "http.response.body", "body": body})
             status = 500
             raise
@@ -165,10 +186,22 @@ class RequestContextMiddleware:
         self.metrics.requests.labels(route=route, method=method, status=str(status)).observe(elapsed)
         if status >= 400:
             self.metrics.errors.labels(kind=str(scope.get(ERROR_KIND_KEY) or f"http_{status}")).inc()
-        access_log.info("%s %s %d %.1f ms", method, scope.get("path", ""), status, elapsed * 1000.0, extra={
-            "method": method, "path": scope.get("path", ""), "route": route, "status": status,
-            "duration_ms": round(elapsed * 1000.0, 1), "request_id": request_id,
-            "client": _client(scope)})
+        access_log.info(
+            "%s %s %d %.1f ms",
+            method,
+            scope.get("path", ""),
+            status,
+            elapsed * 1000.0,
+            extra={
+                "method": method,
+                "path": scope.get("path", ""),
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000.0, 1),
+                "request_id": request_id,
+                "client": _client(scope),
+            },
+        )
 
 
 def _client(scope: Scope) -> str | None:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from app.service import FACILITY_ID_PATTERN, NO_CONTROL_PATTERN
+from app.core.validation import FACILITY_ID_PATTERN, NO_CONTROL_PATTERN
 
 Point = tuple[float, float]
 
@@ -37,15 +37,22 @@ class FacilityCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=FACILITY_ID_PATTERN, description="Lowercase slug, e.g. `tumangang`.",
-                    examples=["tumangang"])
+    id: str = Field(
+        pattern=FACILITY_ID_PATTERN, description="Lowercase slug, e.g. `tumangang`.", examples=["tumangang"]
+    )
     name: str = Field(min_length=1, max_length=200, pattern=NO_CONTROL_PATTERN, examples=["Tumangang rail yard"])
     kind: Literal["rail", "port", "mixed"]
     footprint: dict[str, Any] | None = Field(
-        default=None, description="GeoJSON Polygon in WGS84 (lon, lat): counts of georeferenced images are of "
+        default=None,
+        description="GeoJSON Polygon in WGS84 (lon, lat): counts of georeferenced images are of "
         "detections centred inside it, and only the part of the scene covering it (plus a margin) is read.",
-        examples=[{"type": "Polygon", "coordinates": [[[130.45, 42.43], [130.46, 42.43], [130.46, 42.42],
-                                                       [130.45, 42.42], [130.45, 42.43]]]}])
+        examples=[
+            {
+                "type": "Polygon",
+                "coordinates": [[[130.45, 42.43], [130.46, 42.43], [130.46, 42.42], [130.45, 42.42], [130.45, 42.43]]],
+            }
+        ],
+    )
 
 
 class FacilityPatch(BaseModel):
@@ -74,7 +81,8 @@ class AnomalyOut(BaseModel):
     score: float | None = Field(
         description="Surge score: -log10 of the mid-p upper-tail probability under the facility's model "
         "(>= 2 about 1 % of the time when nothing is happening). Null only with no earlier observation and no "
-        "other facility of the same kind to pool a prior from. See docs/anomaly.md.")
+        "other facility of the same kind to pool a prior from. See docs/anomaly.md."
+    )
     expected: float | None = Field(description="Predicted count at this time (fitted mean; seasonal/trend when used).")
     history_size: int
     history_max: int | None
@@ -84,13 +92,17 @@ class AnomalyOut(BaseModel):
     drop_score: float | None = Field(default=None, description="Drop score: -log10 of the mid-p lower tail.")
     model: str | None = Field(default=None, description="How the prediction was made (GLM terms or cold start).")
     count_sd: float | None = Field(
-        default=None, description="Uncertainty (sd) of a detector count, integrated into the scores; null: exact.")
+        default=None, description="Uncertainty (sd) of a detector count, integrated into the scores; null: exact."
+    )
     highest_in_days: float | None = Field(
-        default=None, description="The count is the highest in this many days (since an equal or higher count).")
+        default=None, description="The count is the highest in this many days (since an equal or higher count)."
+    )
     lowest_in_days: float | None = Field(
-        default=None, description="The count is the lowest in this many days (since an equal or lower count).")
+        default=None, description="The count is the lowest in this many days (since an equal or lower count)."
+    )
     expected_lo: float | None = Field(
-        default=None, description="5 % quantile of the predicted count (with `expected_hi`: the 90 % band).")
+        default=None, description="5 % quantile of the predicted count (with `expected_hi`: the 90 % band)."
+    )
     expected_hi: float | None = Field(default=None, description="95 % quantile of the predicted count.")
 
 
@@ -104,7 +116,8 @@ class DetectionOut(BaseModel):
     obb: list[Point] = Field(min_length=4, max_length=4, description="Four corner points [x, y].")
     bbox: tuple[float, float, float, float] = Field(description="Axis-aligned box [x1, y1, x2, y2].")
     obb_lonlat: list[Point] | None = Field(
-        default=None, description="The four corners as WGS84 [lon, lat] (georeferenced images only).")
+        default=None, description="The four corners as WGS84 [lon, lat] (georeferenced images only)."
+    )
 
 
 class ModelOut(BaseModel):
@@ -124,8 +137,10 @@ class ImageOut(BaseModel):
     sha256: str
     crs: str | None = Field(default=None, description="CRS of a georeferenced image (EPSG code or WKT).")
     gsd_source: Literal["request", "geotransform", "estimated"] | None = Field(
-        default=None, description="Where gsd_m came from: the request, the image's geotransform, or estimated from "
-        "the sizes of the objects a first detector pass found (WAGON_ESTIMATE_GSD).")
+        default=None,
+        description="Where gsd_m came from: the request, the image's geotransform, or estimated from "
+        "the sizes of the objects a first detector pass found (WAGON_ESTIMATE_GSD).",
+    )
     window: list[int] | None = Field(default=None, description="Region read [col, row, width, height].")
     bands: str | None = Field(default=None, description="How the RGB bands were chosen.")
 
@@ -152,8 +167,10 @@ class ObservationOut(BaseModel):
     image: ImageOut | None
     model: ModelOut | None
     coverage: CoverageOut | None = Field(default=None, description="Footprint coverage (footprint applied only).")
-    exposure: float | None = Field(default=None, description="Covered share of the footprint, for the anomaly "
-                                   "score; null when no footprint applied.")
+    exposure: float | None = Field(
+        default=None,
+        description="Covered share of the footprint, for the anomaly score; null when no footprint applied.",
+    )
 
 
 class ObservationPageOut(BaseModel):
@@ -242,8 +259,11 @@ class ImportOut(BaseModel):
 
     imported: int = Field(description="Observations stored by this import.")
     observations: list[ObservationOut]
-    duplicates: int = Field(default=0, description="Rows not stored because the facility already had an "
-                            "observation with the same captured_at, source and counts (or an earlier row did).")
+    duplicates: int = Field(
+        default=0,
+        description="Rows not stored because the facility already had an "
+        "observation with the same captured_at, source and counts (or an earlier row did).",
+    )
 
 
 class HealthOut(BaseModel):
@@ -254,5 +274,6 @@ class HealthOut(BaseModel):
     model: ModelOut | None
     version: str
     auth: Literal["enabled", "disabled"] = Field(
-        description="`disabled`: WAGON_AUTH is off and anyone who can reach the service may do anything.")
+        description="`disabled`: WAGON_AUTH is off and anyone who can reach the service may do anything."
+    )
     warnings: list[str] = Field(default_factory=list, description="Configuration an operator should fix.")

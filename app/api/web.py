@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from fastapi import HTTPException, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.store import MAX_DB_INT
+from app.database import MAX_DB_INT
 
 T = TypeVar("T")
 
@@ -69,8 +69,13 @@ class ETagMiddleware:
             if size > ETAG_MAX_BYTES:  # too big to hash in memory: send what we have as it is
                 passthrough = True
                 await send(start)
-                await send({"type": "http.response.body", "body": b"".join(chunks),
-                            "more_body": message.get("more_body", False)})
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"".join(chunks),
+                        "more_body": message.get("more_body", False),
+                    }
+                )
                 return
             if message.get("more_body", False):
                 return
@@ -131,8 +136,9 @@ def cursor_key(cursor: str | None, *types: type) -> list[Any] | None:
     if not cursor:
         return None
     key = decode_cursor(cursor)
-    if len(key) != len(types) or not all(isinstance(v, t) and not isinstance(v, bool) and _storable(v)
-                                         for v, t in zip(key, types)):
+    if len(key) != len(types) or not all(
+        isinstance(v, t) and not isinstance(v, bool) and _storable(v) for v, t in zip(key, types, strict=True)
+    ):
         raise HTTPException(status_code=422, detail="cursor is not valid for this list (pass next_cursor as it is)")
     return key
 
@@ -155,16 +161,20 @@ def paginate(items: Sequence[T], limit: int, key: Callable[[T], Sequence[Any]]) 
 # ------------------------------------------------------------------------------------------------- CSV
 
 
-def csv_response(header: Sequence[str], rows: Iterable[Sequence[Any]], filename: str,
-                 headers: dict[str, str] | None = None) -> Response:
+def csv_response(
+    header: Sequence[str], rows: Iterable[Sequence[Any]], filename: str, headers: dict[str, str] | None = None
+) -> Response:
     """A ``text/csv`` response (RFC 4180, CRLF line ends; empty cell = null)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
     for row in rows:
         writer.writerow(["" if v is None else _cell(v) for v in row])
-    return Response(buf.getvalue(), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"', **(headers or {})})
+    return Response(
+        buf.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', **(headers or {})},
+    )
 
 
 def _cell(value: Any) -> str:
@@ -194,7 +204,26 @@ def observation_csv_row(obs: dict[str, Any], classes: Sequence[str]) -> list[Any
     return row
 
 
-ANOMALY_CSV_FIELDS = ("facility_id", "facility_name", "observation_id", "captured_at", "source", "class",
-                      "direction", "count", "threshold", "score", "drop_score", "expected", "count_sd",
-                      "history_size", "history_max", "exceeds_history_max", "history_span_days", "highest_in_days",
-                      "lowest_in_days", "reason", "model")
+ANOMALY_CSV_FIELDS = (
+    "facility_id",
+    "facility_name",
+    "observation_id",
+    "captured_at",
+    "source",
+    "class",
+    "direction",
+    "count",
+    "threshold",
+    "score",
+    "drop_score",
+    "expected",
+    "count_sd",
+    "history_size",
+    "history_max",
+    "exceeds_history_max",
+    "history_span_days",
+    "highest_in_days",
+    "lowest_in_days",
+    "reason",
+    "model",
+)

@@ -10,8 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from app.api.schemas import ErrorOut
-from app.service import FACILITY_ID_PATTERN, NO_CONTROL_PATTERN
-from app.store import MAX_DB_INT
+from app.core.validation import FACILITY_ID_PATTERN, NO_CONTROL_PATTERN
+from app.database import MAX_DB_INT
 
 #: Default and largest page size of list endpoints.
 DEFAULT_PAGE = 1000
@@ -61,12 +61,16 @@ async def reject_unknown_params(request: Request) -> None:
     if not isinstance(route, APIRoute):
         return
     declared = _declared(route)
-    errors = [{"type": "extra_forbidden", "loc": ("query", name), "msg": "unknown query parameter", "input": None}
-              for name in sorted(set(request.query_params) - declared.query)]
+    errors = [
+        {"type": "extra_forbidden", "loc": ("query", name), "msg": "unknown query parameter", "input": None}
+        for name in sorted(set(request.query_params) - declared.query)
+    ]
     content_type = request.headers.get("content-type", "")
     if declared.form and content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         form = await request.form()  # already parsed (and cached) by FastAPI for the route's own fields
-        errors += [{"type": "extra_forbidden", "loc": ("form", name), "msg": "unknown form field", "input": None}
-                   for name in sorted(set(form.keys()) - declared.form)]
+        errors += [
+            {"type": "extra_forbidden", "loc": ("form", name), "msg": "unknown form field", "input": None}
+            for name in sorted(set(form.keys()) - declared.form)
+        ]
     if errors:
         raise RequestValidationError(errors)

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api.auth import allow
-from app.keys import Access
+from app.usecases.keys import Access
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -20,8 +20,11 @@ router = APIRouter(tags=["dashboard"], include_in_schema=False)
 @router.get("/dashboard", dependencies=[allow(Access.PUBLIC)])
 def dashboard() -> FileResponse:
     """The dashboard page (`?facility=ID` opens a facility; `?api_key=KEY` signs in once)."""
-    return FileResponse(STATIC_DIR / "dashboard.html", media_type="text/html",
-                        headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"})
+    return FileResponse(
+        STATIC_DIR / "dashboard.html",
+        media_type="text/html",
+        headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"},
+    )
 
 
 def static_files() -> StaticFiles:

@@ -9,13 +9,14 @@ from app import __version__
 from app.api.auth import allow
 from app.api.deps import RuntimeDep
 from app.api.schemas import HealthOut, ModelOut
-from app.keys import AUTH_OFF_WARNING, Access
+from app.usecases.keys import AUTH_OFF_WARNING, Access
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=HealthOut, responses={503: {"model": HealthOut}},
-            dependencies=[allow(Access.PUBLIC)])
+@router.get(
+    "/healthz", response_model=HealthOut, responses={503: {"model": HealthOut}}, dependencies=[allow(Access.PUBLIC)]
+)
 async def healthz(runtime: RuntimeDep, response: Response) -> HealthOut:
     """``ok`` (200) when the database answers and a model is loaded (or none is wanted); else ``degraded`` (503).
     Also says whether API keys are required (`auth`), with a warning when they are not."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import RuntimeDep
 from app.api.auth import allow
+from app.api.deps import RuntimeDep
 from app.api.routes.common import TextId, errors
 from app.api.schemas import JobOut
-from app.keys import Access
-from app.service import NotFoundError
+from app.core.errors import NotFoundError
+from app.usecases.keys import Access
 
 router = APIRouter(tags=["jobs"])
 

@@ -9,12 +9,12 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from app import keys
 from app.api.auth import allow
 from app.api.deps import StoreDep
 from app.api.routes.common import TextId, errors
-from app.keys import Access
-from app.service import NO_CONTROL_PATTERN
+from app.core.validation import NO_CONTROL_PATTERN
+from app.usecases import keys
+from app.usecases.keys import Access
 
 router = APIRouter(tags=["keys"], dependencies=[allow(Access.ADMIN)])
 
@@ -25,12 +25,20 @@ class KeyCreateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["admin", "reader", "uploader"]
-    facilities: list[str] = Field(default_factory=list, max_length=1000,
-                                  description="Facility ids (uploader keys only, at least one).",
-                                  examples=[["tumangang"]])
-    name: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_CONTROL_PATTERN,
-                             description="Who holds the key.",
-                             examples=["vendor A uploads"])
+    facilities: list[str] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Facility ids (uploader keys only, at least one).",
+        examples=[["tumangang"]],
+    )
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=NO_CONTROL_PATTERN,
+        description="Who holds the key.",
+        examples=["vendor A uploads"],
+    )
 
 
 class KeyOut(BaseModel):

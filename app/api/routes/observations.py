@@ -11,14 +11,15 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app import scenes, service
-from app.api.deps import SettingsDep, StoreDep, request_prefit
-from app.api.limits import disarm_timeout
 from app.api import web
 from app.api.auth import allow
-from app.keys import Access, Principal
+from app.api.deps import SettingsDep, StoreDep, request_prefit
+from app.api.limits import disarm_timeout
 from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, ObservationId, errors
 from app.api.schemas import ImportOut, ObservationDetailOut, ObservationOut, ObservationPageOut
+from app.core import offline, validation
+from app.usecases import facilities, imports, observations, scenes
+from app.usecases.keys import Access, Principal
 
 router = APIRouter(tags=["observations"])
 
@@ -40,8 +41,10 @@ _IMPORT_BODY = {
     "/facilities/{facility_id}/observations",
     status_code=201,
     response_model=ImportOut,
-    responses={200: {"model": ImportOut, "description": "A repeated `Idempotency-Key`: the original result."},
-               **errors(404, 409, 413, 415, 422)},
+    responses={
+        200: {"model": ImportOut, "description": "A repeated `Idempotency-Key`: the original result."},
+        **errors(404, 409, 413, 415, 422),
+    },
     openapi_extra=_IMPORT_BODY,
 )
 async def import_observations(
@@ -49,10 +52,17 @@ async def import_observations(
     request: Request,
     store: StoreDep,
     principal: Annotated[Principal, allow(Access.UPLOAD)],
-    idempotency_key: Annotated[str | None, Header(
-        alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
-        description="Any unique string (e.g. a UUID) per import: a retry with the same key and body (by the same "
-        "API key, to the same facility) returns the original result instead of importing again.")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Any unique string (e.g. a UUID) per import: a retry with the same key and body (by the same "
+            "API key, to the same facility) returns the original result instead of importing again.",
+        ),
+    ] = None,
 ) -> ImportOut | JSONResponse:
     """Import historical counts without images, as JSON or CSV (``Content-Type: text/csv``, header
     ``captured_at,railcar,container``; an empty cell is unknown). All rows are validated first; if any is bad
@@ -62,7 +72,7 @@ async def import_observations(
     (`duplicates`); one with the same time and source but other counts is refused with 409 (nothing is imported).
     A repeated `Idempotency-Key` with the same body answers 200 with the original result (header
     `Idempotent-Replayed: true`); with another body, 422."""
-    await run_in_threadpool(service.get_facility, store, facility_id)
+    await run_in_threadpool(facilities.get_facility, store, facility_id)
     media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     body = await request.body()
     try:
@@ -70,32 +80,41 @@ async def import_observations(
     except UnicodeDecodeError:
         raise HTTPException(status_code=422, detail="body is not UTF-8 text") from None
     if media_type in ("text/csv", "application/csv"):
-        rows = await run_in_threadpool(service.parse_csv_import, text)
+        rows = await run_in_threadpool(imports.parse_csv_import, text)
     elif media_type == "application/json" or media_type.endswith("+json"):
         try:
             payload = json.loads(text)
         except json.JSONDecodeError as exc:
             raise HTTPException(status_code=422, detail=f"body is not valid JSON: {exc}") from None
-        rows = await run_in_threadpool(service.parse_json_import, payload)
+        rows = await run_in_threadpool(imports.parse_json_import, payload)
     else:
-        raise HTTPException(status_code=415, detail=f"unsupported content type {media_type!r}; "
-                            "send application/json or text/csv")
+        raise HTTPException(
+            status_code=415, detail=f"unsupported content type {media_type!r}; send application/json or text/csv"
+        )
     disarm_timeout(request.scope)  # storing: the request finishes, so a 504 never hides a stored import
     idempotency = None if idempotency_key is None else (principal.scope, idempotency_key)
     digest = hashlib.sha256(media_type.encode() + b"\n" + body).hexdigest()
-    result = await run_in_threadpool(service.import_counts, store, facility_id, rows, idempotency, digest)
-    out = ImportOut(imported=len(result.observations), duplicates=result.duplicates,
-                    observations=[ObservationOut.model_validate(r.to_dict()) for r in result.observations])
+    result = await run_in_threadpool(imports.import_counts, store, facility_id, rows, idempotency, digest)
+    out = ImportOut(
+        imported=len(result.observations),
+        duplicates=result.duplicates,
+        observations=[ObservationOut.model_validate(r.to_dict()) for r in result.observations],
+    )
     if result.replayed:
         return JSONResponse(out.model_dump(mode="json"), status_code=200, headers={"Idempotent-Replayed": "true"})
     request_prefit(request, facility_id)  # the next upload's anomaly fits, in the background
     return out
 
 
-@router.get("/facilities/{facility_id}/observations", response_model=ObservationPageOut,
-            responses={200: {"content": {"text/csv": {}}, "description": "A page of observations (JSON, or CSV "
-                                                                          "with `format=csv`)."}, **errors(404, 422)},
-            dependencies=[allow(Access.READ)])
+@router.get(
+    "/facilities/{facility_id}/observations",
+    response_model=ObservationPageOut,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "A page of observations (JSON, or CSV with `format=csv`)."},
+        **errors(404, 422),
+    },
+    dependencies=[allow(Access.READ)],
+)
 def list_observations(
     facility_id: FacilityId,
     store: StoreDep,
@@ -104,56 +123,77 @@ def list_observations(
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Most observations in the page.")] = DEFAULT_PAGE,
     order: Annotated[Literal["asc", "desc"], Query(description="`asc`: oldest first; `desc`: newest first.")] = "asc",
-    format: Annotated[Literal["json", "csv"], Query(description="`csv`: one row per observation; the next "
-                                                    "page's cursor is in the `X-Next-Cursor` header.")] = "json",
+    format: Annotated[
+        Literal["json", "csv"],
+        Query(description="`csv`: one row per observation; the next page's cursor is in the `X-Next-Cursor` header."),
+    ] = "json",
 ) -> ObservationPageOut | Response:
     """A facility's time series with counts and per-class anomaly scores, a page at a time: the page's
     `observations` and `next_cursor` (null on the last page; pass it as `cursor` to continue)."""
-    lo = service.parse_timestamp(start, "start") if start else None  # empty parameter = not given
-    hi = service.parse_timestamp(end, "end") if end else None
-    records = service.list_observations(store, facility_id, lo, hi)
+    lo = validation.parse_timestamp(start, "start") if start else None  # empty parameter = not given
+    hi = validation.parse_timestamp(end, "end") if end else None
+    records = observations.list_observations(store, facility_id, lo, hi)
     if order == "desc":
         records = records[::-1]
     after = web.cursor_key(cursor, str, int)
     if after is not None:
-        key = (service.parse_timestamp(after[0], "cursor"), after[1])
+        key = (validation.parse_timestamp(after[0], "cursor"), after[1])
         if order == "asc":
             records = [r for r in records if (r.captured_at, r.id) > key]
         else:
             records = [r for r in records if (r.captured_at, r.id) < key]
-    page, next_cursor = web.paginate(records, limit, lambda r: [service.iso(r.captured_at), r.id])
+    page, next_cursor = web.paginate(records, limit, lambda r: [validation.iso(r.captured_at), r.id])
     dicts = [r.to_dict() for r in page]
     if format == "csv":
-        classes = list(service.CLASS_NAMES)
-        return web.csv_response(web.observation_csv_header(classes),
-                                (web.observation_csv_row(d, classes) for d in dicts),
-                                f"{facility_id}-observations.csv",
-                                headers={"X-Next-Cursor": next_cursor} if next_cursor else None)
+        classes = list(offline.CLASS_NAMES)
+        return web.csv_response(
+            web.observation_csv_header(classes),
+            (web.observation_csv_row(d, classes) for d in dicts),
+            f"{facility_id}-observations.csv",
+            headers={"X-Next-Cursor": next_cursor} if next_cursor else None,
+        )
     return ObservationPageOut(observations=[ObservationOut.model_validate(d) for d in dicts], next_cursor=next_cursor)
 
 
-@router.get("/observations/{observation_id}", response_model=ObservationDetailOut, responses=errors(404, 422),
-            dependencies=[allow(Access.READ)])
+@router.get(
+    "/observations/{observation_id}",
+    response_model=ObservationDetailOut,
+    responses=errors(404, 422),
+    dependencies=[allow(Access.READ)],
+)
 def get_observation(observation_id: ObservationId, store: StoreDep) -> ObservationDetailOut:
     """One observation with its detections."""
-    rec = service.get_observation(store, observation_id)
+    rec = observations.get_observation(store, observation_id)
     return ObservationDetailOut.model_validate(rec.to_dict(with_detections=True))
 
 
-@router.get("/observations/{observation_id}/detections.geojson", responses={
-    200: {"content": {"application/geo+json": {}}, "description": "GeoJSON FeatureCollection (WGS84)."},
-    **errors(404)}, dependencies=[allow(Access.READ)])
+@router.get(
+    "/observations/{observation_id}/detections.geojson",
+    responses={
+        200: {"content": {"application/geo+json": {}}, "description": "GeoJSON FeatureCollection (WGS84)."},
+        **errors(404),
+    },
+    dependencies=[allow(Access.READ)],
+)
 def get_detections_geojson(observation_id: ObservationId, store: StoreDep) -> Response:
     """The observation's detections as a GeoJSON FeatureCollection in WGS84 (one Polygon per oriented box, with
     `class`, `confidence` and `captured_at`); opens as it is in QGIS. 404 when the image was not georeferenced."""
     collection = scenes.observation_geojson(store, observation_id)
-    return Response(json.dumps(collection), media_type="application/geo+json",
-                    headers={"Content-Disposition": f'inline; filename="observation-{observation_id}.geojson"'})
+    return Response(
+        json.dumps(collection),
+        media_type="application/geo+json",
+        headers={"Content-Disposition": f'inline; filename="observation-{observation_id}.geojson"'},
+    )
 
 
-@router.get("/observations/{observation_id}/overlay.png", responses={
-    200: {"content": {"image/png": {}}, "description": "The image with oriented boxes and a legend."},
-    **errors(404)}, dependencies=[allow(Access.READ)])
+@router.get(
+    "/observations/{observation_id}/overlay.png",
+    responses={
+        200: {"content": {"image/png": {}}, "description": "The image with oriented boxes and a legend."},
+        **errors(404),
+    },
+    dependencies=[allow(Access.READ)],
+)
 def get_overlay(observation_id: ObservationId, store: StoreDep, settings: SettingsDep) -> Response:
     """The observation's image (the region read, downscaled to at most `WAGON_OVERLAY_MAX_PX` a side) with its
     oriented boxes drawn per class, the facility footprint, and the counts in a legend. 404 without an archived

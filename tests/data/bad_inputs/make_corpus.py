@@ -2,7 +2,7 @@
 
     python tests/data/bad_inputs/make_corpus.py
 
-What each file is and what the service must answer is in ``tests/test_hostile_input.py`` (and the README).
+What each file is and what the service must answer is in ``tests/api/test_hostile_input.py`` (and docs/api.md).
 Deterministic: the same Pillow/zlib give the same bytes.
 """
 
@@ -37,16 +37,27 @@ def huge_png_header(width: int = 100_000, height: int = 100_000) -> bytes:
     """A PNG whose header claims ``width x height`` RGB pixels, with almost no data (a decompression bomb's
     header)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def huge_tiff_header(width: int = 100_000, height: int = 100_000) -> bytes:
     """A little-endian baseline TIFF whose one strip claims ``width x height`` 8-bit grey pixels, 64 bytes of
     data."""
     entries = [  # tag, type (3 SHORT, 4 LONG), count, value
-        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-        (273, 4, 1, 0), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, width * height & 0xFFFFFFFF),
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 0),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
+        (279, 4, 1, width * height & 0xFFFFFFFF),
     ]
     ifd_size = 2 + 12 * len(entries) + 4
     data_offset = 8 + ifd_size

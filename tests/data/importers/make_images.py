@@ -30,8 +30,9 @@ def make_images(root: Path) -> None:
     """Write every fixture image under ``root``."""
     for i, (rel, (w, h)) in enumerate(IMAGES.items()):
         y, x = np.mgrid[0:h, 0:w]
-        img = np.stack([(x * 255 // w + 17 * i) % 256, (y * 255 // h + 29 * i) % 256,
-                        np.full_like(x, (40 * i) % 256)], axis=2).astype(np.uint8)
+        img = np.stack(
+            [(x * 255 // w + 17 * i) % 256, (y * 255 // h + 29 * i) % 256, np.full_like(x, (40 * i) % 256)], axis=2
+        ).astype(np.uint8)
         path = Path(root) / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(path), img)

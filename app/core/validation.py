@@ -1,0 +1,65 @@
+"""Checks and formats of plain values shared by every layer: ids, free text, timestamps."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from app.core.errors import InvalidInputError
+
+FACILITY_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+#: Text without control characters (names, sources, ids in paths): PostgreSQL refuses NUL in text, and no name
+#: needs a control character.
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+
+
+def iso(value: datetime) -> str:
+    """RFC 3339 in UTC (``...Z``), the API's one time format."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_timestamp(value: str, name: str = "captured_at") -> datetime:
+    """Parse an ISO 8601 datetime that carries a timezone; return it in UTC.
+
+    The rule, everywhere a time is read (form fields, query parameters, JSON and CSV imports): a timezone is
+    required (``Z`` or ``+hh:mm``); a naive time is refused rather than guessed. Raises :class:`InvalidInputError`
+    for malformed or naive values and for times that do not exist in UTC (year 1 with a positive offset).
+    """
+    text = (value or "").strip()
+    if not text:
+        raise InvalidInputError(f"{name} is required (ISO 8601 with timezone, e.g. 2024-05-01T10:30:00Z)")
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(
+            f"{name} {value!r} is not an ISO 8601 datetime (expected e.g. 2024-05-01T10:30:00Z)"
+        ) from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise InvalidInputError(
+            f"{name} {value!r} has no timezone; add one, e.g. 'Z' or '+00:00' (2024-05-01T10:30:00Z)"
+        )
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInputError(f"{name} {value!r} is out of range in UTC") from None
+
+
+def check_text(value: str, name: str) -> str:
+    """Return ``value`` unless it holds a control character (NUL, tab, newline, ...): :class:`InvalidInputError`."""
+    if not re.fullmatch(NO_CONTROL_PATTERN, value):
+        raise InvalidInputError(f"{name} must not contain control characters (such as NUL or a line break)")
+    return value
+
+
+def validate_facility_id(facility_id: str) -> str:
+    """Return the id if it is a lowercase slug, else raise :class:`InvalidInputError`."""
+    if not isinstance(facility_id, str) or not re.fullmatch(FACILITY_ID_PATTERN, facility_id):
+        raise InvalidInputError(f"facility id {facility_id!r} must be a lowercase slug matching {FACILITY_ID_PATTERN}")
+    return facility_id
+
+
+def require_aware(value: datetime) -> datetime:
+    """``value`` in UTC; :class:`InvalidInputError` when it carries no timezone."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInputError("captured_at must include a timezone")
+    return value.astimezone(UTC)

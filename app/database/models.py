@@ -1,0 +1,268 @@
+"""The database schema as SQLAlchemy 2 ORM tables (all datetimes stored as UTC).
+
+Tables: ``facilities``; ``observations`` (one per uploaded image or imported row, with image and model metadata
+when there was an image); ``observation_counts`` (one row per observation and *known* class count, with the stored
+anomaly score; a class absent here is unknown, not zero); ``detections`` (oriented boxes of uploaded images);
+``api_keys`` and ``api_key_facilities`` (hashed API keys, their roles and the facilities an uploader may upload to);
+``alert_thresholds`` and ``alert_deliveries``; ``jobs``; ``import_requests`` (imports sent with an
+``Idempotency-Key``: what they stored, to answer a repeat). The schema is made and changed by the Alembic migrations
+in ``app/database/migrations`` (:mod:`app.database.migrate`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+#: Largest value of an ``Integer`` column (ids, counts): 32-bit on PostgreSQL. Larger numbers from requests are
+#: refused before they reach the database (which would fail on PostgreSQL, not on SQLite).
+MAX_DB_INT = 2**31 - 1
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetimes stored as naive UTC; naive input is refused."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    """Current time, aware, UTC."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of all tables."""
+
+
+#: Facility ids sort bytewise on PostgreSQL too, whatever the database's locale: paging by id orders as on SQLite.
+FACILITY_ID = String(64).with_variant(String(64, collation="C"), "postgresql")
+
+
+class Facility(Base):
+    """A rail yard, port or mixed site whose counts form one history."""
+
+    __tablename__ = "facilities"
+
+    id: Mapped[str] = mapped_column(FACILITY_ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: GeoJSON Polygon in WGS84: counts of georeferenced images are of detections centred inside it.
+    footprint: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class Observation(Base):
+    """One point in a facility's history: an analysed image or an imported count.
+
+    Two unique indexes keep an upload from being counted twice: the same image bytes at the same facility and time
+    (``uq_observations_image``), and the same ``Idempotency-Key`` from the same API key at the same facility
+    (``uq_observations_idempotency``). Imported rows have neither (NULLs never collide).
+    """
+
+    __tablename__ = "observations"
+    __table_args__ = (
+        Index("ix_observations_facility_time", "facility_id", "captured_at"),
+        Index("uq_observations_image", "facility_id", "captured_at", "image_sha256", unique=True),
+        Index("uq_observations_idempotency", "facility_id", "idempotency_scope", "idempotency_key", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"))
+    captured_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    image_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    image_width: Mapped[int | None] = mapped_column(Integer, default=None)
+    image_height: Mapped[int | None] = mapped_column(Integer, default=None)
+    image_format: Mapped[str | None] = mapped_column(String(8), default=None)
+    gsd_m: Mapped[float | None] = mapped_column(Float, default=None)
+    model_name: Mapped[str | None] = mapped_column(String(100), default=None)
+    model_version: Mapped[str | None] = mapped_column(String(100), default=None)
+    #: Georeferencing of the image and the region read ({crs, transform, window, gsd_source, bands}).
+    geo: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    #: Share of the facility footprint the image covered ({share, nodata_cut, edge_cut, in_scene_share}).
+    coverage: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    #: Covered share of the footprint, for the anomaly score (None: whole image counted, no footprint applied).
+    exposure: Mapped[float | None] = mapped_column(Float, default=None)
+    #: ``Idempotency-Key`` header of the upload, and whose it was (the API key id; ``-`` with authentication off).
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    idempotency_scope: Mapped[str | None] = mapped_column(String(32), default=None)
+
+    counts: Mapped[list[ObservationCount]] = relationship(
+        back_populates="observation", cascade="all, delete-orphan", order_by="ObservationCount.class_name"
+    )
+    detections: Mapped[list[DetectionRow]] = relationship(
+        back_populates="observation", cascade="all, delete-orphan", order_by="DetectionRow.id"
+    )
+
+
+class ObservationCount(Base):
+    """Known count of one class in one observation, with its stored anomaly score."""
+
+    __tablename__ = "observation_counts"
+    __table_args__ = (Index("ix_counts_class", "class_name", "observation_id"),)
+
+    observation_id: Mapped[int] = mapped_column(ForeignKey("observations.id", ondelete="CASCADE"), primary_key=True)
+    class_name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float | None] = mapped_column(Float, default=None)
+    expected: Mapped[float | None] = mapped_column(Float, default=None)
+    history_size: Mapped[int] = mapped_column(Integer, default=0)
+    history_max: Mapped[int | None] = mapped_column(Integer, default=None)
+    exceeds_history_max: Mapped[bool] = mapped_column(Boolean, default=False)
+    history_span_days: Mapped[float | None] = mapped_column(Float, default=None)
+    reason: Mapped[str] = mapped_column(String(200), default="not scored yet")
+    # anomaly v2 (columns added later; older databases get them from the baseline migration)
+    drop_score: Mapped[float | None] = mapped_column(Float, default=None)
+    model: Mapped[str | None] = mapped_column(String(200), default=None)
+    count_sd: Mapped[float | None] = mapped_column(Float, default=None)  # detector count uncertainty; None = exact
+    highest_in_days: Mapped[float | None] = mapped_column(Float, default=None)
+    lowest_in_days: Mapped[float | None] = mapped_column(Float, default=None)
+    expected_lo: Mapped[float | None] = mapped_column(Float, default=None)  # 90 % predictive band
+    expected_hi: Mapped[float | None] = mapped_column(Float, default=None)
+
+    observation: Mapped[Observation] = relationship(back_populates="counts")
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is stored; ``id`` is a short public handle (part of the key, shown in lists)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))  # admin, reader, uploader
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    facilities: Mapped[list[ApiKeyFacility]] = relationship(
+        cascade="all, delete-orphan", order_by="ApiKeyFacility.facility_id", lazy="selectin"
+    )
+
+
+class ApiKeyFacility(Base):
+    """A facility an uploader key may upload to."""
+
+    __tablename__ = "api_key_facilities"
+
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"), primary_key=True)
+
+
+class AlertThreshold(Base):
+    """A facility's alert thresholds: a count whose score (or drop score) reaches one is an alert."""
+
+    __tablename__ = "alert_thresholds"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"), primary_key=True)
+    score: Mapped[float | None] = mapped_column(Float, default=None)  # None: surges never alert
+    drop_score: Mapped[float | None] = mapped_column(Float, default=None)  # None: drops never alert
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AlertDelivery(Base):
+    """One webhook delivery of one alert (outbox): pending until the receiver answers 2xx; never deleted."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (
+        UniqueConstraint("observation_id", "class_name", "direction", name="uq_delivery_alert"),
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"), index=True)
+    observation_id: Mapped[int] = mapped_column(ForeignKey("observations.id", ondelete="CASCADE"))
+    class_name: Mapped[str] = mapped_column(String(32))
+    direction: Mapped[str] = mapped_column(String(8))  # "surge" or "drop"
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(8), default="pending")  # pending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class DetectionRow(Base):
+    """One oriented detection of an uploaded image (pixel coordinates)."""
+
+    __tablename__ = "detections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    observation_id: Mapped[int] = mapped_column(ForeignKey("observations.id", ondelete="CASCADE"), index=True)
+    class_name: Mapped[str] = mapped_column(String(32))
+    confidence: Mapped[float] = mapped_column(Float)
+    obb: Mapped[list[list[float]]] = mapped_column(JSON)
+    obb_lonlat: Mapped[list[list[float]] | None] = mapped_column(JSON, default=None)
+
+    observation: Mapped[Observation] = relationship(back_populates="detections")
+
+
+class Job(Base):
+    """An image upload analysed in the background (large scenes): its inputs, progress and result."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"), index=True)
+    captured_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    gsd_m: Mapped[float | None] = mapped_column(Float, default=None)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued, running, done, failed
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(String(2000), default=None)
+    error_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    observation_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    timing_ms: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The upload's ``Idempotency-Key`` and its scope, given to the observation the job stores.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    idempotency_scope: Mapped[str | None] = mapped_column(String(32), default=None)
+    #: Lease of the worker running the job: who claimed it, and until when (renewed while it works; a job whose
+    #: lease has expired is taken to be abandoned by a dead worker and may be claimed again).
+    claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class ImportRequest(Base):
+    """An import sent with an ``Idempotency-Key`` (per API key and facility): the SHA-256 of its body and what it
+    stored, written in the import's transaction, so that a repeat is answered with the original result."""
+
+    __tablename__ = "import_requests"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"), primary_key=True)
+    idempotency_scope: Mapped[str] = mapped_column(String(32), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    observation_ids: Mapped[list[int]] = mapped_column(JSON)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

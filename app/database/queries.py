@@ -1,0 +1,279 @@
+"""The queries the use cases need, each in one function taking the caller's session."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Float,
+    cast,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.orm import Session
+
+from app.database.models import (
+    AlertThreshold,
+    DetectionRow,
+    Facility,
+    Observation,
+    ObservationCount,
+)
+
+# ---------------------------------------------------------------------------------------------------- queries
+
+
+def get_facility(session: Session, facility_id: str) -> Facility | None:
+    """The facility with this id, or ``None``."""
+    return session.get(Facility, facility_id)
+
+
+def lock_facility(session: Session, facility_id: str) -> Facility | None:
+    """The facility, locked until the transaction ends against other writers of its history (``None``: unknown).
+
+    Rescoring reads a facility's whole history and then writes scores, so two writers of one facility must not
+    interleave. PostgreSQL (read committed) takes a row lock (``FOR NO KEY UPDATE``: inserts of rows that merely
+    refer to the facility are not blocked) and every later statement sees what the previous holder committed;
+    SQLite needs nothing more, as its write transactions already begin with ``BEGIN IMMEDIATE``.
+    """
+    return session.scalars(
+        select(Facility)
+        .where(Facility.id == facility_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+
+
+def list_facilities(session: Session, after: str | None = None, limit: int | None = None) -> list[tuple[Facility, int]]:
+    """Facilities ordered by id (those whose id sorts after ``after``; at most ``limit``), each with its number of
+    observations."""
+    n_obs = (
+        select(Observation.facility_id, func.count(Observation.id).label("n"))
+        .group_by(Observation.facility_id)
+        .subquery()
+    )
+    stmt = (
+        select(Facility, func.coalesce(n_obs.c.n, 0))
+        .outerjoin(n_obs, n_obs.c.facility_id == Facility.id)
+        .order_by(Facility.id)
+    )
+    if after is not None:
+        stmt = stmt.where(Facility.id > after)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    rows = session.execute(stmt).all()
+    return [(f, int(n)) for f, n in rows]
+
+
+def count_observations(session: Session, facility_id: str | None = None) -> int:
+    """Number of observations (of one facility, or in total)."""
+    stmt = select(func.count(Observation.id))
+    if facility_id is not None:
+        stmt = stmt.where(Observation.facility_id == facility_id)
+    return int(session.scalar(stmt) or 0)
+
+
+def get_observation(session: Session, observation_id: int) -> Observation | None:
+    """One observation (counts and detections load lazily), or ``None``."""
+    return session.get(Observation, observation_id)
+
+
+def list_observations(
+    session: Session, facility_id: str, start: datetime | None = None, end: datetime | None = None
+) -> Sequence[Observation]:
+    """A facility's observations with ``start <= captured_at <= end``, oldest first, counts loaded."""
+    from sqlalchemy.orm import selectinload
+
+    stmt = (
+        select(Observation)
+        .where(Observation.facility_id == facility_id)
+        .options(selectinload(Observation.counts))
+        .order_by(Observation.captured_at, Observation.id)
+    )
+    if start is not None:
+        stmt = stmt.where(Observation.captured_at >= start)
+    if end is not None:
+        stmt = stmt.where(Observation.captured_at <= end)
+    return session.scalars(stmt).all()
+
+
+def find_image_observation(
+    session: Session, facility_id: str, captured_at: datetime, image_sha256: str
+) -> Observation | None:
+    """The observation of these image bytes at this facility and time, or ``None``."""
+    return session.scalars(
+        select(Observation).where(
+            Observation.facility_id == facility_id,
+            Observation.captured_at == captured_at,
+            Observation.image_sha256 == image_sha256,
+        )
+    ).first()
+
+
+def find_idempotent_observation(session: Session, facility_id: str, scope: str, key: str) -> Observation | None:
+    """The observation stored by the upload with this ``Idempotency-Key`` (of this API key, at this facility)."""
+    return session.scalars(
+        select(Observation).where(
+            Observation.facility_id == facility_id,
+            Observation.idempotency_scope == scope,
+            Observation.idempotency_key == key,
+        )
+    ).first()
+
+
+def observation_counts(session: Session, facility_id: str) -> list[tuple[int, datetime, str, dict[str, int]]]:
+    """``(observation_id, captured_at, source, {class: count})`` of every observation of a facility (known counts
+    only), oldest first."""
+    rows = session.execute(
+        select(
+            Observation.id,
+            Observation.captured_at,
+            Observation.source,
+            ObservationCount.class_name,
+            ObservationCount.count,
+        )
+        .outerjoin(ObservationCount, ObservationCount.observation_id == Observation.id)
+        .where(Observation.facility_id == facility_id)
+        .order_by(Observation.captured_at, Observation.id)
+    ).all()
+    out: dict[int, tuple[int, datetime, str, dict[str, int]]] = {}
+    for oid, at, source, cls, n in rows:
+        entry = out.setdefault(int(oid), (int(oid), at, source, {}))
+        if cls is not None:
+            entry[3][cls] = int(n)
+    return list(out.values())
+
+
+def count_histories(
+    session: Session, facility_id: str, classes: Sequence[str]
+) -> dict[str, list[tuple[int, datetime, int, float | None]]]:
+    """``class -> [(observation_id, captured_at, count, count_sd), ...]``, oldest first (by captured_at, then id),
+    of every known count of the given classes at a facility (one query; a class without counts is absent)."""
+    rows = session.execute(
+        select(
+            ObservationCount.class_name,
+            Observation.id,
+            Observation.captured_at,
+            ObservationCount.count,
+            ObservationCount.count_sd,
+        )
+        .join(ObservationCount, ObservationCount.observation_id == Observation.id)
+        .where(Observation.facility_id == facility_id, ObservationCount.class_name.in_(list(classes)))
+        .order_by(Observation.captured_at, Observation.id)
+    ).all()
+    out: dict[str, list[tuple[int, datetime, int, float | None]]] = {}
+    for cls, i, t, c, sd in rows:
+        out.setdefault(cls, []).append((int(i), t, int(c), None if sd is None else float(sd)))
+    return out
+
+
+def insert_detections(session: Session, observation_id: int, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert an observation's detection rows (dicts of ``class_name, confidence, obb, obb_lonlat``) with one
+    executemany, in order (ids ascend in the given order), without creating ORM objects."""
+    if rows:
+        session.execute(insert(DetectionRow), [{"observation_id": observation_id, **r} for r in rows])
+
+
+def count_rows(session: Session, class_name: str, observation_ids: Sequence[int]) -> list[ObservationCount]:
+    """The stored counts of one class for the given observations (queried in chunks)."""
+    out: list[ObservationCount] = []
+    ids = list(observation_ids)
+    for i in range(0, len(ids), 500):
+        out.extend(
+            session.scalars(
+                select(ObservationCount).where(
+                    ObservationCount.class_name == class_name, ObservationCount.observation_id.in_(ids[i : i + 500])
+                )
+            ).all()
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------ anomalies, alerts
+
+
+def pooled_count_stats(
+    session: Session, kind: str, class_name: str, exclude_facility: str
+) -> list[tuple[int, float, float]]:
+    """``(n, mean, sample variance)`` of the counts of a class at every other facility of a kind."""
+    rows = session.execute(
+        select(
+            Observation.facility_id,
+            func.count(),
+            func.sum(cast(ObservationCount.count, Float)),
+            func.sum(cast(ObservationCount.count, Float) * cast(ObservationCount.count, Float)),
+        )
+        .join(ObservationCount, ObservationCount.observation_id == Observation.id)
+        .join(Facility, Facility.id == Observation.facility_id)
+        .where(
+            Facility.kind == kind,
+            ObservationCount.class_name == class_name,
+            Observation.facility_id != exclude_facility,
+        )
+        .group_by(Observation.facility_id)
+    ).all()
+    out = []
+    for _fid, n, s1, s2 in rows:
+        n, s1, s2 = int(n), float(s1 or 0), float(s2 or 0)
+        if n >= 2:
+            mean = s1 / n
+            out.append((n, mean, max((s2 - n * mean * mean) / (n - 1), 0.0)))
+    return out
+
+
+def get_thresholds(session: Session, facility_id: str) -> AlertThreshold | None:
+    """A facility's alert thresholds, or ``None`` when none are set."""
+    return session.get(AlertThreshold, facility_id)
+
+
+def all_thresholds(session: Session) -> dict[str, AlertThreshold]:
+    """Every facility's thresholds, by facility id."""
+    return {t.facility_id: t for t in session.scalars(select(AlertThreshold)).all()}
+
+
+def anomalous_counts(
+    session: Session,
+    facility_id: str | None,
+    since: datetime | None,
+    min_score: float | None,
+    min_drop_score: float | None,
+    limit: int,
+    start: tuple[datetime, int, str] | None = None,
+    include_start: bool = True,
+) -> list[tuple[ObservationCount, Observation]]:
+    """Counts whose score >= ``min_score`` or drop score >= ``min_drop_score``, newest first (by captured_at,
+    observation id, then class name); with ``start`` (captured_at, observation id, class), only the counts from
+    that one on in this order (``include_start`` false: after it)."""
+    from sqlalchemy import and_, or_
+
+    conds = []
+    if min_score is not None:
+        conds.append(ObservationCount.score >= min_score)
+    if min_drop_score is not None:
+        conds.append(ObservationCount.drop_score >= min_drop_score)
+    if not conds:
+        return []
+    stmt = (
+        select(ObservationCount, Observation)
+        .join(Observation, ObservationCount.observation_id == Observation.id)
+        .where(or_(*conds))
+        .order_by(Observation.captured_at.desc(), Observation.id.desc(), ObservationCount.class_name)
+        .limit(limit)
+    )
+    if facility_id is not None:
+        stmt = stmt.where(Observation.facility_id == facility_id)
+    if since is not None:
+        stmt = stmt.where(Observation.captured_at >= since)
+    if start is not None:
+        at, obs_id, cls = start
+        same = ObservationCount.class_name >= cls if include_start else ObservationCount.class_name > cls
+        stmt = stmt.where(
+            or_(
+                Observation.captured_at < at,
+                and_(Observation.captured_at == at, or_(Observation.id < obs_id, and_(Observation.id == obs_id, same))),
+            )
+        )
+    return [(c, o) for c, o in session.execute(stmt).all()]

@@ -1,0 +1,232 @@
+"""A facility's observations: the records users see, reading them, and rescoring a history after a write."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app import database as db
+from app.core.errors import InvalidInputError, NotFoundError
+from app.core.offline import CLASS_NAMES
+from app.core.validation import iso
+from app.detection.results import Detection, quad
+from app.scoring import fit_cache
+from app.scoring.anomaly import MIN_HISTORY, AnomalyScore, pooled_prior, score_series
+from app.usecases.facilities import require_facility
+
+SOURCE_IMAGE = "image"
+SOURCE_IMPORT = "import"
+
+#: ``(scope, key)`` of an ``Idempotency-Key`` header: the scope is the API key's id (``-`` with auth off).
+Idempotency = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class ObservationRecord:
+    """One observation as shown to users. Unknown classes have ``None`` count and anomaly."""
+
+    id: int
+    facility_id: str
+    captured_at: datetime
+    source: str
+    counts: dict[str, int | None]
+    anomaly: dict[str, AnomalyScore | None]
+    image: dict[str, Any] | None
+    model: dict[str, str] | None
+    detections: list[Detection] | None = field(default=None)
+    coverage: dict[str, Any] | None = None
+    exposure: float | None = None
+
+    @property
+    def has_image(self) -> bool:
+        """Whether the observation came from an analysed image."""
+        return self.image is not None
+
+    def to_dict(self, with_detections: bool = False) -> dict[str, Any]:
+        """JSON-ready form."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "facility_id": self.facility_id,
+            "captured_at": iso(self.captured_at),
+            "source": self.source,
+            "has_image": self.has_image,
+            "counts": dict(self.counts),
+            "anomaly": {k: (None if v is None else v.to_dict()) for k, v in self.anomaly.items()},
+            "image": self.image,
+            "model": self.model,
+            "coverage": self.coverage,
+            "exposure": self.exposure,
+        }
+        if with_detections:
+            out["detections"] = [d.to_dict() for d in (self.detections or [])]
+        return out
+
+
+#: Fields of an anomaly score that are stored on its count row.
+STORED_SCORE_FIELDS: tuple[str, ...] = (
+    "score",
+    "expected",
+    "history_size",
+    "history_max",
+    "exceeds_history_max",
+    "history_span_days",
+    "reason",
+    "drop_score",
+    "model",
+    "highest_in_days",
+    "lowest_in_days",
+    "expected_lo",
+    "expected_hi",
+)
+
+
+def rescore(
+    session: Session, facility_id: str, since: datetime, classes: Iterable[str], new: Iterable[db.ObservationCount] = ()
+) -> int:
+    """Recompute and store the anomaly scores of every count at or after ``since`` for the given classes.
+
+    Runs inside the caller's transaction (after a flush, so new rows are visible). The history of all classes is
+    read with one query, each point is fitted once (score, drop score and band come from the same fit), and only
+    the points at or after ``since`` are fitted (an upload newer than everything stored fits just itself, or takes
+    the fit prepared in the background: :mod:`app.scoring.fit_cache`; the scores are the same either way). ``new``:
+    count rows already in the session (the new observation's), updated without being read again. Returns rows
+    updated.
+    """
+    classes = list(classes)
+    histories = db.count_histories(session, facility_id, classes)
+    known = {(row.observation_id, row.class_name): row for row in new}
+    updated = 0
+    kind: str | None = None
+    for cls in classes:
+        history = histories.get(cls)
+        if not history:
+            continue
+        prior = None
+        if sum(1 for h in history if h[1] < since) < MIN_HISTORY:  # some rescored point is a cold start
+            if kind is None:
+                facility = db.get_facility(session, facility_id)
+                kind = facility.kind if facility is not None else ""
+            prior = pooled_prior(db.pooled_count_stats(session, kind, cls, facility_id), kind)
+        scores = score_series(
+            [h[1] for h in history],
+            [h[2] for h in history],
+            since=since,
+            prior=prior,
+            count_sd=[h[3] for h in history],
+            fit=fit_cache.CACHE.fitter(facility_id, cls),
+        )
+        changed = {oid: s for (oid, *_), s in zip(history, scores, strict=True) if s is not None}
+        rows = [known[(oid, cls)] for oid in changed if (oid, cls) in known]
+        rows += db.count_rows(session, cls, [oid for oid in changed if (oid, cls) not in known])
+        for row in rows:
+            s = changed[row.observation_id]
+            for name in STORED_SCORE_FIELDS:
+                setattr(row, name, getattr(s, name))
+            updated += 1
+    session.flush()
+    return updated
+
+
+def list_observations(
+    store: db.Store, facility_id: str, start: datetime | None = None, end: datetime | None = None
+) -> list[ObservationRecord]:
+    """A facility's time series (``start <= captured_at <= end``), oldest first, with stored scores."""
+    if start is not None and end is not None and start > end:
+        raise InvalidInputError("start must not be after end")
+    with store.session() as session:
+        require_facility(session, facility_id)
+        return [observation_record(o) for o in db.list_observations(session, facility_id, start, end)]
+
+
+def get_observation(store: db.Store, observation_id: int) -> ObservationRecord:
+    """One observation with its detections; :class:`NotFoundError` if unknown."""
+    with store.session() as session:
+        obs = db.get_observation(session, observation_id)
+        if obs is None:
+            raise NotFoundError(f"observation {observation_id} not found")
+        return observation_record(obs, with_detections=True)
+
+
+def detection_row(d: Detection) -> dict[str, Any]:
+    """The stored columns of a detection (plain floats, corners as lists)."""
+    return {
+        "class_name": d.class_name,
+        "confidence": float(d.confidence),
+        "obb": [[float(x), float(y)] for x, y in d.obb],
+        "obb_lonlat": None if d.obb_lonlat is None else [[float(x), float(y)] for x, y in d.obb_lonlat],
+    }
+
+
+def stored_detection(row: Any) -> Detection:
+    """A stored detection row (a :class:`db.DetectionRow` or its :func:`detection_row` dict) as a Detection."""
+    get: Callable[[str], Any] = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    obb, lonlat = get("obb"), get("obb_lonlat")
+    return Detection(
+        class_name=get("class_name"),
+        confidence=get("confidence"),
+        obb=quad(obb),
+        obb_lonlat=None if lonlat is None else quad(lonlat),
+    )
+
+
+def observation_record(obs: db.Observation, with_detections: bool = False) -> ObservationRecord:
+    by_class = {c.class_name: c for c in obs.counts}
+    classes = list(CLASS_NAMES) + sorted(set(by_class) - set(CLASS_NAMES))
+    counts: dict[str, int | None] = {}
+    anomaly: dict[str, AnomalyScore | None] = {}
+    for cls in classes:
+        row = by_class.get(cls)
+        counts[cls] = None if row is None else row.count
+        anomaly[cls] = (
+            None
+            if row is None
+            else AnomalyScore(
+                score=row.score,
+                expected=row.expected,
+                history_size=row.history_size,
+                history_max=row.history_max,
+                exceeds_history_max=bool(row.exceeds_history_max),
+                history_span_days=row.history_span_days,
+                reason=row.reason,
+                drop_score=row.drop_score,
+                model=row.model,
+                count_sd=row.count_sd,
+                highest_in_days=row.highest_in_days,
+                lowest_in_days=row.lowest_in_days,
+                expected_lo=row.expected_lo,
+                expected_hi=row.expected_hi,
+            )
+        )
+    image = None
+    model = None
+    if obs.image_sha256 is not None:
+        image = {
+            "width": obs.image_width,
+            "height": obs.image_height,
+            "format": obs.image_format,
+            "gsd_m": obs.gsd_m,
+            "sha256": obs.image_sha256,
+        }
+        if obs.geo:
+            image.update({k: obs.geo.get(k) for k in ("crs", "gsd_source", "window", "bands")})
+        model = {"name": obs.model_name or "", "version": obs.model_version or ""}
+    detections = None
+    if with_detections:
+        detections = [stored_detection(d) for d in obs.detections]
+    return ObservationRecord(
+        id=obs.id,
+        facility_id=obs.facility_id,
+        captured_at=obs.captured_at,
+        source=obs.source,
+        counts=counts,
+        anomaly=anomaly,
+        image=image,
+        model=model,
+        detections=detections,
+        coverage=obs.coverage,
+        exposure=obs.exposure,
+    )
