@@ -303,7 +303,7 @@ def _upload(client: object, url: str, data: bytes, k: int, gsd: float | None = N
 
 def bench_serving(repeats: int = 20) -> None:
     """One chip through HTTP (multipart, uvicorn on loopback) vs (a) a bare in-process Ultralytics predict of the
-    .pt weights (what issue 7 names) and (b) a bare in-process detect through the service's own runtime (the
+    .pt weights (the speed target's yardstick) and (b) a bare in-process detect through the service's own runtime (the
     serving overhead alone). Bare runs are interleaved with the HTTP uploads so load affects both alike. Like for
     like, the server runs one network pass per tile (``WAGON_TTA=off``), as the Ultralytics predict does, and does
     not estimate the chip's GSD (``WAGON_ESTIMATE_GSD=false``: the uploads, like the bare passes, give none); what
