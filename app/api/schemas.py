@@ -136,10 +136,11 @@ class ImageOut(BaseModel):
     gsd_m: float | None
     sha256: str
     crs: str | None = Field(default=None, description="CRS of a georeferenced image (EPSG code or WKT).")
-    gsd_source: Literal["request", "geotransform", "estimated"] | None = Field(
+    gsd_source: Literal["request", "geotransform", "facility", "estimated"] | None = Field(
         default=None,
-        description="Where gsd_m came from: the request, the image's geotransform, or estimated from "
-        "the sizes of the objects a first detector pass found (WAGON_ESTIMATE_GSD).",
+        description="Where gsd_m came from: the request, the image's geotransform, the GSD the facility's recent "
+        "uploads were given (when they agree), or estimated from the sizes of the objects a first detector pass "
+        "found (WAGON_ESTIMATE_GSD).",
     )
     window: list[int] | None = Field(default=None, description="Region read [col, row, width, height].")
     bands: str | None = Field(default=None, description="How the RGB bands were chosen.")

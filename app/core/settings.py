@@ -132,9 +132,9 @@ class Settings(BaseSettings):
     )
     estimate_gsd: bool = Field(
         default=True,
-        description="When an image comes with no GSD (no gsd_m, no geotransform), estimate it from a first detector "
-        "pass (the sizes of the containers and railcars found) and resample to the working GSD; off runs such an "
-        "image at its own scale.",
+        description="When an image comes with no GSD (no gsd_m, no geotransform, and no agreeing GSD given to the "
+        "facility's recent uploads), estimate it from a first detector pass (the sizes of the containers and "
+        "railcars found) and resample to the working GSD; off runs such an image at its own scale.",
     )
     gdal_cache_mb: int = Field(default=256, ge=16, description="GDAL block cache while a scene is read, MiB.")
     footprint_margin_m: float = Field(

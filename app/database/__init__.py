@@ -45,10 +45,9 @@ from app.database.queries import (
     lock_facility,
     observation_counts,
     pooled_count_stats,
+    recent_image_gsds,
 )
-from app.database.store import (
-    Store,
-)
+from app.database.store import Store
 
 __all__ = [
     "AlertDelivery",
@@ -84,5 +83,6 @@ __all__ = [
     "make_engine",
     "observation_counts",
     "pooled_count_stats",
+    "recent_image_gsds",
     "utcnow",
 ]

@@ -277,3 +277,18 @@ def anomalous_counts(
             )
         )
     return [(c, o) for c, o in session.execute(stmt).all()]
+
+
+def recent_image_gsds(session: Session, facility_id: str, limit: int) -> list[tuple[float, dict[str, Any] | None]]:
+    """``(gsd_m, geo)`` of the facility's newest ``limit`` image observations that have a GSD, newest upload first."""
+    rows = session.execute(
+        select(Observation.gsd_m, Observation.geo)
+        .where(
+            Observation.facility_id == facility_id,
+            Observation.image_sha256.is_not(None),
+            Observation.gsd_m.is_not(None),
+        )
+        .order_by(Observation.id.desc())
+        .limit(limit)
+    ).all()
+    return [(float(gsd), geo) for gsd, geo in rows]

@@ -343,15 +343,20 @@ def detect_scene(
     margin_m: float = 50.0,
     progress: Progress | None = None,
     estimate: bool = False,
+    facility_gsd_m: float | None = None,
 ) -> SceneDetections:
-    """Detect over a whole scene or its footprint region, window by window (CPU-bound). With ``estimate``, a scene
-    whose GSD neither the request nor a geotransform gives gets one estimated from a first pass over its central
-    window (:func:`estimate_scene_gsd`)."""
+    """Detect over a whole scene or its footprint region, window by window (CPU-bound).
+
+    The GSD comes from the request (``gsd_m``), else the scene's geotransform, else the facility's earlier uploads
+    (``facility_gsd_m``); with none of them and ``estimate``, from a first pass over the scene's central window
+    (:func:`estimate_scene_gsd`)."""
     t0 = time.perf_counter()
     if gsd_m is not None:
         gsd, source = gsd_m, "request"
     elif scene.native_gsd_m is not None:
         gsd, source = scene.native_gsd_m, "geotransform"
+    elif facility_gsd_m is not None:
+        gsd, source = facility_gsd_m, "facility"
     else:
         gsd, source = None, None
     region = plan_region(scene, footprint, margin_m)

@@ -244,7 +244,7 @@ class JobQueue:
         idempotency: Idempotency | None,
     ) -> None:
         """Analyse and store a job this worker holds; record its outcome and release the lease."""
-        from app.usecases.scenes import analyse_with_settings, archive_path, facility_footprint
+        from app.usecases.scenes import analyse_with_settings, archive_path, facility_footprint, facility_gsd
 
         last = [0.0]
 
@@ -265,6 +265,7 @@ class JobQueue:
                 footprint=footprint,
                 sha256=sha,
                 progress=progress,
+                facility_gsd_m=None if gsd is not None else facility_gsd(self.store, facility_id),
             )
             t1 = time.perf_counter()
             record, _created = record_upload(

@@ -65,10 +65,12 @@ def analyse_source(
     sha256: str | None = None,
     progress: Progress | None = None,
     estimate_gsd: bool = False,
+    facility_gsd_m: float | None = None,
 ) -> Analysis:
     """Open an image (bytes or file), detect over it window by window and return the :class:`Analysis`.
 
-    ``gsd_m`` overrides the geotransform's GSD; with neither, ``estimate_gsd`` estimates one from a first pass.
+    ``gsd_m`` overrides the geotransform's GSD; with neither, ``facility_gsd_m`` (:func:`facility_gsd`) is used,
+    and without that ``estimate_gsd`` estimates one from a first pass.
     With a ``footprint`` and a georeferenced image only the window covering the footprint (plus ``margin_m``) is
     read and only detections centred inside it are counted. The image is checked before the model's presence, so
     bad input is reported as such on a service without a model. CPU-bound: call it from a worker thread.
@@ -96,6 +98,7 @@ def analyse_source(
                 margin_m=margin_m,
                 progress=progress,
                 estimate=estimate_gsd,
+                facility_gsd_m=facility_gsd_m,
             )
         except RegionError as exc:
             raise InvalidInputError(str(exc)) from None
@@ -147,6 +150,7 @@ def analyse_with_settings(
     footprint: dict[str, Any] | None = None,
     sha256: str | None = None,
     progress: Progress | None = None,
+    facility_gsd_m: float | None = None,
 ) -> Analysis:
     """:func:`analyse_source` with the limits and options of ``settings``."""
     return analyse_source(
@@ -162,7 +166,35 @@ def analyse_with_settings(
         sha256=sha256,
         progress=progress,
         estimate_gsd=settings.estimate_gsd,
+        facility_gsd_m=facility_gsd_m,
     )
+
+
+#: How many of a facility's newest uploads with a given GSD (request or geotransform) decide its GSD.
+FACILITY_GSD_UPLOADS = 5
+#: Their GSDs must all lie within this share of their median for the facility to have one GSD.
+FACILITY_GSD_TOLERANCE = 0.05
+#: Where a stored observation's GSD came from when it was given rather than estimated or borrowed.
+GIVEN_GSD_SOURCES = ("request", "geotransform")
+
+
+def facility_gsd(store: db.Store, facility_id: str) -> float | None:
+    """The GSD (m/px) that the facility's recent uploads were given, for an upload that gives none.
+
+    The median GSD of the facility's newest :data:`FACILITY_GSD_UPLOADS` uploads whose GSD came with them (the
+    request's ``gsd_m`` or a geotransform), when every one lies within :data:`FACILITY_GSD_TOLERANCE` of it: one
+    vendor's product at one facility keeps its scale. ``None`` when there is no such upload or they disagree (then
+    the GSD is estimated, as for a new facility); estimated or borrowed GSDs never count."""
+    with store.session() as session:
+        rows = db.recent_image_gsds(session, facility_id, limit=4 * FACILITY_GSD_UPLOADS)
+    given = [gsd for gsd, geo in rows if geo is None or geo.get("gsd_source") in GIVEN_GSD_SOURCES]
+    given = given[:FACILITY_GSD_UPLOADS]
+    if not given:
+        return None
+    median = float(np.median(given))
+    if any(abs(g - median) > FACILITY_GSD_TOLERANCE * median for g in given):
+        return None
+    return median
 
 
 def facility_footprint(store: db.Store, facility_id: str) -> dict[str, Any] | None:
@@ -439,4 +471,5 @@ __all__ = [
     "reprocess_facility",
     "replace_analysis",
     "facility_footprint",
+    "facility_gsd",
 ]

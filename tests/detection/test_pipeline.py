@@ -177,6 +177,14 @@ def test_the_service_setting_switches_the_estimate() -> None:
     assert off.gsd_m is None and off.geo is None
     given = analyse_with_settings(BlobDetector(), buf.getvalue(), Settings(), gsd_m=0.5)
     assert given.gsd_m == 0.5 and given.geo is not None and given.geo["gsd_source"] == "request"
+    # the facility's GSD saves the estimating pass (one network pass instead of two) and loses to the request's
+    det = BlobDetector()
+    borrowed = analyse_with_settings(det, buf.getvalue(), Settings(), facility_gsd_m=0.45)
+    assert borrowed.gsd_m == 0.45 and borrowed.geo is not None and borrowed.geo["gsd_source"] == "facility"
+    assert det.calls == 1
+    assert (
+        analyse_with_settings(BlobDetector(), buf.getvalue(), Settings(), gsd_m=0.5, facility_gsd_m=0.45).gsd_m == 0.5
+    )
 
 
 def test_a_first_pass_that_calls_for_no_resampling_is_the_counted_one() -> None:

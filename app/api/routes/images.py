@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -92,12 +93,21 @@ async def upload_image(
     if jobs is not None and size > settings.async_upload_mb * MIB and sniff_format(head) is not None:
         if runtime.detector is None and settings.jobs_worker:
             raise ModelUnavailableError("no detector is loaded in this service (WAGON_LOAD_MODEL is false)")
-        job_id = await run_in_threadpool(jobs.submit, facility_id, when, gsd_m, sha, idempotency)
+        job_id = await run_in_threadpool(
+            jobs.submit, facility_id, when, gsd_m, sha, idempotency
+        )  # the facility GSD is looked up when it runs
         body = JobAcceptedOut(job_id=job_id, status="queued", status_url=f"/v1/jobs/{job_id}", image_sha256=sha)
         return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
+    facility_gsd_m = None if gsd_m is not None else await run_in_threadpool(scenes.facility_gsd, store, facility_id)
     try:
         analysis = await runtime.inference_gate.run(
-            scenes.analyse_with_settings, runtime.detector, path, settings, gsd_m, footprint, sha
+            partial(scenes.analyse_with_settings, facility_gsd_m=facility_gsd_m),
+            runtime.detector,
+            path,
+            settings,
+            gsd_m,
+            footprint,
+            sha,
         )
     except ImageError:
         path.unlink(missing_ok=True)  # not an image: nothing worth keeping (no observation can share its digest)
