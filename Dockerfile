@@ -25,6 +25,8 @@ RUN useradd --system --uid 10001 --create-home --home-dir /home/wagon --shell /u
 
 # The installed `app` package lives in site-packages, so the weights get an absolute path.
 ENV WAGON_DATABASE_URL=sqlite:////data/wagon.db \
+    WAGON_ARCHIVE_DIR=/data/originals \
+    WAGON_JOBS_SQLITE_PATH=/data/jobs.db \
     WAGON_MODEL_PATH=/opt/wagon-detector/models/wagon-obb.pt \
     WAGON_ULTRALYTICS_DIR=/tmp/ultralytics \
     YOLO_OFFLINE=1
