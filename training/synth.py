@@ -143,8 +143,8 @@ class SynthConfig:
     min_visible_fraction: float = 0.6
 
 
-#: The variant of the fourth training stage (docs/lab/model-history.md): near-black shadows from a lower sun, light roofs,
-#: most chips near the working GSD. Evaluated and not shipped; kept to reproduce it (``--config stage4``).
+#: The variant of the fourth training stage (docs/lab/model-history.md): near-black shadows from a lower sun, light
+#: roofs, most chips near the working GSD. Evaluated and not shipped; kept to reproduce it (``--config stage4``).
 STAGE4_CONFIG = SynthConfig(
     gsd_focus_probability=0.6, sun_elevation_deg=(20.0, 70.0), shadow_factor=(0.04, 0.4), light_roof_probability=0.3
 )
