@@ -21,6 +21,7 @@ import numpy as np
 
 from app.core.offline import CLASS_NAMES, configure_offline
 from app.detection.augment import FLIPS, augment_tiles, merge_raw
+from app.detection.calibration import calibrate_scores, parse_calibration
 from app.detection.geometry import greedy_rotated_nms, resample, resample_scale, tile_core, tile_origins
 from app.detection.railcar_trains import rescore_lone_railcars
 from app.detection.results import Detection, DetectionResult, quad
@@ -46,6 +47,9 @@ class ModelInfo:
     # version 11)
     lone_railcar_factor: float = 1.0
     lone_railcar_floor: float = 0.3
+    # per class {"temperature": T, "bias": b} mapping the REPORTED confidences (app.detection.calibration), fitted
+    # for the sidecar's TTA mode; thresholds stay on the raw scale. None: confidences reported as the network gives
+    confidence_calibration: dict[str, dict[str, float]] | None = None
 
 
 def read_model_info(weights: Path) -> ModelInfo:
@@ -131,6 +135,11 @@ class Detector:
         if self._context:
             self._keep_by_id[self._railcar] = min(self._keep_by_id[self._railcar], self.info.lone_railcar_floor)
         self.conf = float(self._keep_by_id.min())
+        # applied last, to the boxes that count (counts never change); not with an explicit ``conf`` (the evaluator's
+        # low-threshold twin compares raw scores with the raw thresholds) nor in the mode it was not fitted for
+        self.calibration = (
+            parse_calibration(self.info.confidence_calibration) if conf is None and self.tta == self.info.tta else {}
+        )
         self.threads = threads or torch.get_num_threads()
         self._engine: Engine
         if self.runtime == "torch":
@@ -173,6 +182,8 @@ class Detector:
             )
             keep = scores >= self._conf_by_id[classes]  # the operating thresholds, after the train context
             corners, scores, classes = corners[keep], scores[keep], classes[keep]
+        if self.calibration:  # the reported confidences, once the raw ones have decided what counts
+            scores = calibrate_scores(scores, classes, CLASS_NAMES, self.calibration)
         if scale != 1.0:
             corners = corners / scale
         detections = [
