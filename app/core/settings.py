@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         default="auto",
         description="Test-time augmentation: `on` runs every tile also mirrored three ways and joins the views' "
         "boxes (four network passes: better counts and boxes, about four times the inference time), `off` runs "
-        "it once, `auto` does what the model's sidecar JSON says (the shipped model: on; see models/MODEL_CARD.md).",
+        "it once, `auto` does what the model's sidecar JSON says (the shipped model: one pass; models/MODEL_CARD.md).",
     )
     max_concurrent_inferences: int = Field(
         default=1,
