@@ -103,6 +103,17 @@ class SynthConfig:
     cars: tuple[int, int] = (0, 25)
     storage_tanks: tuple[int, int] = (0, 8)
     roads: tuple[int, int] = (0, 3)
+    # hard negatives (railcar look-alikes seen as false alarms on the real port, kari_port), drawn after everything
+    # else and never over a labelled object, so a chip's labels are those of the same seed without them. Expected
+    # number per chip; (0, 0) and 0 draw nothing (the random draws of every earlier config are unchanged):
+    # lanes of parked semi-trailers and empty container chassis, nose to tail or side by side (12-16 m x 2.5 m, the
+    # size of a wagon, in rows like a train), on asphalt beside container stacks
+    trailer_rows: tuple[int, int] = (0, 0)
+    # flat roofs carrying lines of skylights or rooftop units (8-20 m x 2-3.5 m, 0.5-3 m apart)
+    roof_strip_buildings: tuple[int, int] = (0, 0)
+    # share of chips with a quay: dark water along one side, a moored ship whose deck edge carries a line of narrow
+    # hatch-cover or cargo strips
+    ship_probability: float = 0.0
     # chips whose ground is per-pixel colour noise or speckle (teaches the model that noise is not containers)
     noise_ground_probability: float = 0.06
     # sun and shadows
@@ -253,6 +264,19 @@ INTERMODAL_CONFIG = SynthConfig(
         "flat_containers": 0.5,
         "locomotive": 0.1,
     }
+)
+
+#: A hard-negative variant (``--config hard_negatives``, from the failure analysis of the real port, kari_port): the
+#: defaults weighted to ports, with the real port's railcar look-alikes drawn unlabelled — lanes of parked
+#: semi-trailers and container chassis (1-4 per chip), flat roofs with lines of skylights (0-3) and, in 35% of chips,
+#: a quay with a moored ship whose deck edge carries a line of narrow strips. Mix it with the yard variants (the
+#: Swiss yard's shadow-band mistake is theirs to teach).
+HARD_NEGATIVES_CONFIG = replace(
+    SynthConfig(),
+    scene_weights=(0.35, 0.35, 0.2, 0.1),
+    trailer_rows=(1, 4),
+    roof_strip_buildings=(0, 3),
+    ship_probability=0.35,
 )
 
 
@@ -528,6 +552,7 @@ class _Scene:
         self.deferred: list = []  # object drawing that must wait until every ground surface is down
         # every shadow cast so far: (footprint, height m, footprint min, footprint max)
         self.casters: list[tuple[np.ndarray, float, np.ndarray, np.ndarray]] = []
+        self.ballast: list[Corners] = []  # outline of every track's ballast bed (hard negatives keep off the rails)
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def shadow(self, corners: Corners, height_m: float) -> None:
@@ -625,6 +650,8 @@ class _Scene:
         cfg = self.cfg
         bw = self.rng.uniform(*cfg.ballast_width_m) * self.px
         self.canvas.line(a, b, bw, ballast)
+        mid, seg = (a + b) / 2, b - a
+        self.ballast.append(_rect(mid[0], mid[1], float(np.linalg.norm(seg)), bw, math.atan2(seg[1], seg[0])))
         d = (b - a) / max(np.linalg.norm(b - a), 1e-6)
         perp = np.array([-d[1], d[0]])
         g = cfg.track_gauge_m * self.px / 2
@@ -987,6 +1014,155 @@ class _Scene:
         self.roof(circle, h)
         self.occupied.append(square)
 
+    # -- hard negatives (unlabelled railcar look-alikes) ---------------------------------------------------------------
+    def _clear(self, corners: Corners) -> bool:
+        """Whether an unlabelled look-alike may go here: over no solid object and off every track's ballast (a
+        trailer on a track would teach the model that a wagon is not a railcar)."""
+        if self.overlaps(corners, 1.0):
+            return False
+        poly = corners.astype(np.float32)
+        return not any(cv2.intersectConvexConvex(poly, b.astype(np.float32))[0] > 0.5 for b in self.ballast)
+
+    def _strip(
+        self, c: np.ndarray, length_px: float, width_px: float, angle: float, colour: Colour, height_m: float
+    ) -> bool:
+        """One unlabelled box-shaped object (shadow, body, roof), if :meth:`_clear` allows it there."""
+        body = _rect(c[0], c[1], length_px, width_px, angle)
+        if not self._clear(body):
+            return False
+        self.shadow(body, height_m)
+        self.canvas.poly(body, colour)
+        self.roof(body, height_m)
+        self.occupied.append(body)
+        return True
+
+    def trailer_row(self) -> None:
+        """A lane of parked semi-trailers or container chassis: nose to tail (like coupled wagons) or side by side."""
+        rng, px = self.rng, self.px
+        n = int(rng.integers(3, 13))
+        side_by_side = rng.random() < 0.4
+        length, width = rng.uniform(12.0, 16.2), rng.uniform(2.45, 2.6)
+        step = (width + rng.uniform(0.8, 2.5)) if side_by_side else (length + rng.uniform(1.0, 4.0))
+        for _ in range(6):  # a lane (asphalt) clear of every solid object and track
+            c0 = rng.uniform(0, self.cfg.size_px, 2)
+            ang = rng.uniform(0, math.pi)
+            lane = _rect(
+                c0[0],
+                c0[1],
+                (length + 8) * px if side_by_side else (n * step + 8) * px,
+                (n * step + 6) * px if side_by_side else (width + 6) * px,
+                ang,
+            )
+            if self._clear(lane):
+                break
+        else:
+            return
+        u = np.array([math.cos(ang), math.sin(ang)])
+        v = np.array([-u[1], u[0]])
+        self.canvas.poly(lane, _jitter(rng, (80, 80, 82), 12), alpha=rng.uniform(0.4, 0.9))
+        base = _jitter(
+            rng,
+            [(215, 215, 210), (175, 175, 175), (120, 120, 125), (60, 60, 62), (150, 40, 35), (40, 70, 130)][
+                rng.integers(6)
+            ],
+            10,
+        )
+        for i in range(n):
+            if rng.random() < 0.15:  # an empty bay
+                continue
+            c = c0 + (v if side_by_side else u) * (i - (n - 1) / 2) * step * px
+            chassis = rng.random() < 0.35
+            col = np.array((45, 45, 48), float) if chassis else (base if rng.random() < 0.6 else _jitter(rng, base, 40))
+            if self._strip(c, length * px, width * px, ang, col, 1.4 if chassis else 4.0) and chassis:
+                for k in (-0.35, 0.0, 0.35):  # cross members of an empty chassis: a ladder, not a roof
+                    m = c + u * k * length * px
+                    self.canvas.poly(_rect(m[0], m[1], 0.4 * px, width * px, ang), (90, 90, 92))
+            if not chassis and rng.random() < 0.5:  # its tractor
+                cab = c + u * (length / 2 + 3.3) * px * (1 if rng.random() < 0.5 else -1)
+                self._strip(cab, 6.0 * px, 2.5 * px, ang, _jitter(rng, (170, 170, 175), 50), 3.6)
+
+    def roof_strip_building(self) -> None:
+        """A flat-roofed building with lines of skylights or rooftop units along its length."""
+        rng, px = self.rng, self.px
+        c = rng.uniform(0, self.cfg.size_px, 2)
+        L, W = rng.uniform(50, 220), rng.uniform(20, 80)
+        ang = rng.uniform(0, math.pi)
+        height = rng.uniform(5, 15)
+        if not self._strip(
+            c, L * px, W * px, ang, _jitter(rng, ROOF_COLOURS[rng.integers(len(ROOF_COLOURS))], 15), height
+        ):
+            return
+        u = np.array([math.cos(ang), math.sin(ang)])
+        v = np.array([-u[1], u[0]])
+        sl, sw, gap = rng.uniform(8, 20), rng.uniform(2.0, 3.5), rng.uniform(0.5, 3.0)
+        n = int((L - 6) // (sl + gap))
+        lines = int(rng.integers(1, max(2, min(5, int(W // 8)) + 1)))
+        col = _jitter(rng, [(215, 220, 225), (60, 65, 75), (150, 150, 150)][rng.integers(3)], 12)
+        for j in range(lines):
+            off = (j - (lines - 1) / 2) * W / (lines + 0.5)
+            for i in range(n):
+                m = c + u * (i - (n - 1) / 2) * (sl + gap) * px + v * off * px
+                self.canvas.poly(_rect(m[0], m[1], sl * px, sw * px, ang), col)
+
+    def quay_ship(self) -> None:
+        """Dark water along one side of the chip, a quay edge, and a moored ship with strips along its deck edge."""
+        rng, px, size = self.rng, self.px, self.cfg.size_px
+        ang = rng.choice([0.0, math.pi / 2]) + rng.uniform(-0.3, 0.3)
+        u = np.array([math.cos(ang), math.sin(ang)])
+        v = np.array([-u[1], u[0]])
+        # the water lies beyond every labelled object and track (it may cover unlabelled distractors)
+        centre = np.array([size / 2, size / 2])
+        reach = max(
+            [float(np.max((o.corners - centre) @ v)) for o in self.objects]
+            + [float(np.max((b - centre) @ v)) for b in self.ballast],
+            default=-size,
+        )
+        start = max(reach + 3 * px, rng.uniform(-0.05, 0.35) * size)
+        if start > 0.5 * size - 30 * px:  # less than 30 m of water would show: no quay in this chip
+            return
+        edge = centre + v * start  # quay edge through this point
+        far = edge + v * size
+        water = np.array([edge - u * 2 * size, edge + u * 2 * size, far + u * 2 * size, far - u * 2 * size])
+        self.canvas.poly(water, _jitter(rng, (22, 30, 38), 8))
+        self.occupied.append(water.astype(np.float64))  # no trailer or building on the water
+        self.canvas.line(edge - u * 2 * size, edge + u * 2 * size, 1.5 * px, (165, 165, 160))
+        L, B = rng.uniform(120, 300), rng.uniform(22, 45)
+        hc = edge + v * (B / 2 + rng.uniform(1, 4)) * px + u * rng.uniform(-0.3, 0.3) * size
+        hull = _rect(hc[0], hc[1], L * px, B * px, ang)
+        self.shadow(hull, 8.0)
+        self.canvas.poly(
+            hull, _jitter(rng, [(40, 60, 50), (120, 40, 35), (50, 55, 70), (150, 150, 150)][rng.integers(4)], 10)
+        )
+        stern = hc + u * L / 2 * px
+        bow = np.array([stern + v * B / 2 * px, hc + u * (L / 2 + 0.8 * B) * px, stern - v * B / 2 * px])
+        self.canvas.poly(bow, _jitter(rng, (60, 60, 60), 20))
+        self.roof(hull, 8.0)
+        self.occupied.append(hull)
+        hatch_w, n = B * rng.uniform(0.55, 0.75), int(L // 22)
+        for i in range(n):  # hatch covers: wide, light
+            m = hc + u * (i - (n - 1) / 2) * 20 * px
+            self.canvas.poly(
+                _rect(m[0], m[1], rng.uniform(12, 17) * px, hatch_w * px, ang), _jitter(rng, (200, 200, 195), 15)
+            )
+        side = -1 if rng.random() < 0.5 else 1
+        sl, gap = rng.uniform(10, 18), rng.uniform(0.6, 3.0)
+        col = _jitter(rng, [(200, 60, 50), (210, 210, 205), (70, 70, 75)][rng.integers(3)], 12)
+        for i in range(int(L * 0.85 // (sl + gap))):  # narrow strips along the deck edge: the look of coupled wagons
+            m = hc + u * (i * (sl + gap) - L * 0.4) * px + v * side * (B / 2 - 2.0) * px
+            self.canvas.poly(_rect(m[0], m[1], sl * px, rng.uniform(2.5, 3.3) * px, ang), col)
+
+    def hard_negatives(self) -> None:
+        """Every hard negative the config asks for (nothing and no random draw when its knobs are off)."""
+        cfg, rng = self.cfg, self.rng
+        if _chance(rng, cfg.ship_probability):
+            self.quay_ship()
+        if cfg.trailer_rows[1] > 0:
+            for _ in range(rng.integers(*cfg.trailer_rows, endpoint=True)):
+                self.trailer_row()
+        if cfg.roof_strip_buildings[1] > 0:
+            for _ in range(rng.integers(*cfg.roof_strip_buildings, endpoint=True)):
+                self.roof_strip_building()
+
     # -- sensor ----------------------------------------------------------------------------------------------------
     def sensor(self, img: np.ndarray) -> np.ndarray:
         rng, cfg = self.rng, self.cfg
@@ -1086,6 +1262,7 @@ def generate_chip(seed: int, cfg: SynthConfig | None = None) -> SynthChip:
         sc.vehicle(truck=True)
     for _ in range(rng.integers(*cfg.cars, endpoint=True)):
         sc.vehicle(truck=False)
+    sc.hard_negatives()
     image = sc.sensor(sc.canvas.result())
     objects = []
     for o in sc.objects:
@@ -1174,6 +1351,7 @@ CONFIGS: dict[str, SynthConfig] = {
     "yard_measured": YARD_MEASURED_CONFIG,
     "yard_camo": YARD_CAMO_CONFIG,
     "intermodal": INTERMODAL_CONFIG,
+    "hard_negatives": HARD_NEGATIVES_CONFIG,
 }
 
 

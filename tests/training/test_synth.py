@@ -331,3 +331,20 @@ def test_overlapping_shadows_on_the_ground_darken_once() -> None:
     img = scene.canvas.img
     assert np.allclose(img[64, 56:64], 100.0)  # 200 * 0.5, not 200 * 0.25
     assert np.allclose(img[64, 38:43], 50.0)  # the lower roof lies in the taller one's shadow (reach 20 px)
+
+
+def test_hard_negatives_add_unlabelled_look_alikes_and_leave_every_label_and_other_config_alone() -> None:
+    from dataclasses import replace
+
+    from training.synth import CONFIGS
+
+    hn = replace(CONFIGS["hard_negatives"], size_px=320)
+    off = replace(hn, trailer_rows=(0, 0), roof_strip_buildings=(0, 0), ship_probability=0.0)
+    changed = 0
+    for seed in range(6):
+        a, b = generate_chip(seed, hn), generate_chip(seed, off)
+        assert [o.class_id for o in a.objects] == [o.class_id for o in b.objects]
+        assert all(np.array_equal(x.corners, y.corners) for x, y in zip(a.objects, b.objects, strict=True))
+        changed += not np.array_equal(a.image, b.image)
+    assert changed >= 5
+    assert SynthConfig().trailer_rows == (0, 0) and SynthConfig().ship_probability == 0.0  # off unless asked for
