@@ -18,7 +18,7 @@ synthetic tuning chips only (seeds 5,000,000+, where the thresholds were tuned; 
 never a real image), and the ECE before and after is reported on the held-out chips and on the real images. The
 temperature-only fit is reported beside it; the shipped candidate is the temperature-and-bias fit.
 
-A class's correction qualifies for the sidecar (the issue's rule) when it lowers that class's ECE on the real
+A class's correction qualifies for the sidecar when it lowers that class's ECE on the real
 images and does not make held-out synthetic clearly worse (ECE up by more than ``SYNTHETIC_SLACK``); ``--write``
 puts the qualifying classes into the sidecar's ``confidence_calibration`` (and removes the key when none
 qualifies).
@@ -274,7 +274,7 @@ def _r(v: float | None) -> float | None:
 
 
 def qualifies(heldout: dict[str, Any], real: dict[str, Any], slack: float = SYNTHETIC_SLACK) -> bool:
-    """The issue's rule for one class: real-eval ECE lower after the correction, held-out synthetic not clearly
+    """The shipping rule for one class: real-eval ECE lower after the correction, held-out synthetic not clearly
     worse (ECE up by at most ``slack``)."""
     rb, ra = real["before"]["ece"], real["after"]["ece"]
     hb, ha = heldout["before"]["ece"], heldout["after"]["ece"]
