@@ -93,8 +93,8 @@ def rescore(
     read with one query, each point is fitted once (score, drop score and band come from the same fit), and only
     the points at or after ``since`` are fitted (an upload newer than everything stored fits just itself, or takes
     the fit prepared in the background: :mod:`app.scoring.fit_cache`; the scores are the same either way). ``new``:
-    count rows already in the session (the new observation's), updated without being read again. Returns rows
-    updated.
+    count rows the caller's session already holds (the new observation's), updated without being read again.
+    Returns rows updated.
     """
     classes = list(classes)
     histories = db.count_histories(session, facility_id, classes)
