@@ -152,6 +152,7 @@ async def _deliver_alerts(store: Store, settings: Settings) -> None:
                 )
             )
         except Exception:
+            # the loop must survive a bad round (it is retried next round)
             log.exception("alert delivery round failed")
         await anyio.sleep(settings.webhook_poll_s)
 

@@ -53,6 +53,7 @@ class Store:
                 conn.execute(text("SELECT 1"))
             return True
         except Exception:
+            # a health check reports, never raises
             return False
 
     def dispose(self) -> None:

@@ -262,6 +262,7 @@ def _identify_any(data: bytes) -> str | None:
             with _OPEN(io.BytesIO(data)) as other:
                 return str(other.format)
     except Exception:
+        # any failure means "not an image Pillow knows"
         return None
 
 

@@ -180,6 +180,7 @@ def _georef_of(ds: Any) -> Georef | None:
         try:
             units = float(crs.linear_units_factor[1])
         except Exception:
+            # unknown units: assume metres
             units = 1.0
     return Georef(crs=name, transform=(t.a, t.b, t.c, t.d, t.e, t.f), geographic=bool(crs.is_geographic), units_m=units)
 

@@ -228,6 +228,7 @@ class Prefitter:
             try:
                 prefit_facility(self.store, facility_id, self.cache)
             except Exception:
+                # a failed prefit only means that the next upload fits itself
                 log.exception("background anomaly fit of facility %s failed", facility_id)
             finally:
                 with self._cond:

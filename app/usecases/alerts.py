@@ -251,6 +251,7 @@ def http_post(url: str, body: bytes, timeout_s: float) -> int:
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            # the URL comes from the settings, not from a request
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -298,6 +299,7 @@ def deliver_due(
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
         except Exception as exc:
+            # any transport failure means "try again later"
             error = f"{type(exc).__name__}: {exc}"[:500]
         attempts += 1
         values: dict[str, Any] = {"attempts": attempts, "last_error": error}

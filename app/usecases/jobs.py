@@ -204,6 +204,7 @@ class JobQueue:
                     log.warning("job %s: lease lost (another worker claimed it)", job_id)
                     return
             except Exception:
+                # a database hiccup: try again at the next beat
                 log.exception("job %s: lease renewal failed", job_id)
 
     # ---------------------------------------------------------------------------------------------- run
@@ -277,6 +278,7 @@ class JobQueue:
             self._update(job_id, status="failed", error=str(exc)[:2000], error_status=_status_of(exc), lease_until=None)
             return
         except Exception as exc:
+            # report, never lose a job silently
             log.exception("job %s failed", job_id)
             self._update(
                 job_id, status="failed", error=f"internal error: {exc}"[:2000], error_status=500, lease_until=None

@@ -257,6 +257,7 @@ def _touch_later(store: db.Store, key_id: str, now: datetime, stale_before: date
     try:
         _touch(store, key_id, now, stale_before)
     except Exception:
+        # a missed last-use time must not fail anything
         log.warning("could not record the use of key %s", key_id, exc_info=True)
     finally:
         with _touch_lock:

@@ -26,6 +26,7 @@ depends_on: str | Sequence[str] | None = None
 FACILITY_ID = sa.String(64).with_variant(sa.String(64, collation="C"), "postgresql")
 
 
+# upper case: these read like the constants they stand for (a fresh ForeignKey per column)
 def FACILITY_FK() -> sa.ForeignKey:
     return sa.ForeignKey("facilities.id", ondelete="CASCADE")
 
