@@ -84,7 +84,7 @@ def test_train_and_evaluate_delegate(command: str, module: str, monkeypatch: pyt
         seen.append(list(argv))
         return 3
 
-    fake.main = fake_main  # type: ignore[attr-defined]
+    fake.main = fake_main
     monkeypatch.setitem(sys.modules, module, fake)
     assert cli.main([command, "--epochs", "2", "--help"]) == 3
     assert seen == [["--epochs", "2", "--help"]]

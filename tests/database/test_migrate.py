@@ -129,7 +129,7 @@ def test_database_of_an_old_release_is_upgraded(tmp_path: Path, schema_file: str
         series = observations.list_observations(store, "old")
         assert [o.counts["railcar"] for o in series] == [10 + i % 3 for i in range(12)]
         assert series[0].captured_at == datetime(2021, 1, 1, tzinfo=UTC)
-        assert observations.get_observation(store, 12).detections[0].obb_lonlat is None  # type: ignore[index]
+        assert observations.get_observation(store, 12).detections[0].obb_lonlat is None
         # the upgraded database works as a new one: a later import rescores with the new columns filled
         rows = imports.parse_json_import(
             {"observations": [{"captured_at": "2022-01-01T00:00:00Z", "counts": {"railcar": 40}}]}

@@ -195,10 +195,10 @@ def test_import_of_old_counts_rescores_later_observations(store: Store, yard: st
     recent = imports.import_observations(
         store, yard, imports.parse_json_import({"observations": _rows(5, T0 + timedelta(days=1000))})
     )
-    assert recent[0].anomaly["railcar"].score is None  # type: ignore[union-attr]
+    assert recent[0].anomaly["railcar"].score is None
     # v2: 1-4 earlier points are a cold start (weak prior, said so), no longer null
-    assert all(r.anomaly["railcar"].reason.startswith("cold start") for r in recent[1:])  # type: ignore[union-attr]
-    assert recent[-1].anomaly["railcar"].history_size == 4  # type: ignore[union-attr]
+    assert all(r.anomaly["railcar"].reason.startswith("cold start") for r in recent[1:])
+    assert recent[-1].anomaly["railcar"].history_size == 4
 
     imports.import_observations(store, yard, imports.parse_json_import({"observations": _rows(20, T0)}))
     series = observations.list_observations(store, yard)
@@ -212,8 +212,8 @@ def test_import_of_old_counts_rescores_later_observations(store: Store, yard: st
         assert a.score is not None
         assert a.history_span_days == pytest.approx(1000 + 7 * i)
     # and the imported old ones are scored against what precedes them only
-    assert series[0].anomaly["railcar"].history_size == 0  # type: ignore[union-attr]
-    assert series[19].anomaly["railcar"].history_size == 19  # type: ignore[union-attr]
+    assert series[0].anomaly["railcar"].history_size == 0
+    assert series[19].anomaly["railcar"].history_size == 19
 
 
 def test_import_of_other_class_does_not_change_railcar_scores(store: Store, yard: str) -> None:
@@ -277,9 +277,9 @@ def test_record_analysis_stores_detections_and_scores(store: Store, yard: str) -
     assert rec.captured_at == when.astimezone(UTC)
     assert rec.has_image and rec.image is not None and rec.image["width"] == 64
     assert rec.model == {"name": "m", "version": "1"}
-    assert rec.anomaly["railcar"].exceeds_history_max  # type: ignore[union-attr]
-    assert rec.anomaly["railcar"].score > 3  # type: ignore[union-attr,operator]
-    assert rec.anomaly["container"].history_size == 0  # type: ignore[union-attr]
+    assert rec.anomaly["railcar"].exceeds_history_max
+    assert rec.anomaly["railcar"].score > 3
+    assert rec.anomaly["container"].history_size == 0
     again = observations.get_observation(store, rec.id)
     assert again.detections is not None and len(again.detections) == 42
     assert again.detections[0].obb == ((0.0, 0.0), (8.0, 0.0), (8.0, 3.0), (0.0, 3.0))
@@ -301,7 +301,7 @@ def test_bulk_detection_insert_stores_what_orm_objects_stored(store: Store, yard
             float(np.float32(0.8765)),
             tuple((float(np.float32(x + 0.1)), y) for x, y in ((10.0, 0.0), (18.0, 0.0), (18.0, 3.0), (10.0, 3.0))),
             lonlat,
-        ),  # type: ignore[arg-type]
+        ),
         Detection("container", 1.0 / 3.0, ((0.0, 20.0), (6.0, 20.0), (6.0, 22.0), (0.0, 22.0))),
         Detection("railcar", 0.5, ((1e-9, 2.0), (3.0, 2.0), (3.0, 5.0), (1e-9, 5.0))),
     ]
@@ -361,7 +361,7 @@ def test_image_observation_is_history_for_later_imports(store: Store, yard: str)
     )
     series = observations.list_observations(store, yard)
     assert series[0].id == first.id
-    assert series[-1].anomaly["railcar"].history_size == 10  # type: ignore[union-attr]
+    assert series[-1].anomaly["railcar"].history_size == 10
     # the container count of 0 from the image is a known zero and is history for containers
     assert series[0].counts["container"] == 0
 
@@ -399,7 +399,7 @@ def test_pooled_prior_from_the_largest_counts(store: Store) -> None:
             }
         ),
     )
-    assert recs[-1].anomaly["railcar"].reason.startswith("cold start")  # type: ignore[union-attr]
+    assert recs[-1].anomaly["railcar"].reason.startswith("cold start")
 
 
 def test_facility_ids_sort_bytewise_in_a_postgresql_database_with_a_natural_language_locale() -> None:

@@ -23,7 +23,7 @@ def _box(class_name: str, long_px: float, short_px: float, angle_deg: float = 30
     u, v = np.array([math.cos(a), math.sin(a)]) * long_px / 2, np.array([-math.sin(a), math.cos(a)]) * short_px / 2
     c = np.array([at, at])
     q = [c + u + v, c - u + v, c - u - v, c + u - v]
-    return Detection(class_name, 0.9, tuple((float(x), float(y)) for x, y in q))  # type: ignore[arg-type]
+    return Detection(class_name, 0.9, tuple((float(x), float(y)) for x, y in q))
 
 
 def _scene_at(gsd: float, containers: int = 6, railcars: int = 4) -> list[Detection]:

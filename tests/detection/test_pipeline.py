@@ -17,7 +17,7 @@ CENTRES = ((100.0, 80.0), (250.0, 200.0), (330.0, 60.0))
 
 
 def _footprint(gs: object, x0: float, y0: float, x1: float, y1: float) -> dict:
-    ring = gs.pixel_to_lonlat(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]))  # type: ignore[attr-defined]
+    ring = gs.pixel_to_lonlat(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]))
     return {"type": "Polygon", "coordinates": [ring.tolist()]}
 
 
@@ -140,7 +140,7 @@ def test_a_plain_image_gets_an_estimated_gsd_from_its_objects(tmp_path: Path) ->
     buf = BytesIO()
     Image.fromarray(blob_scene(centres=centres)).save(buf, format="PNG")
     det = BlobDetector()
-    det.info = SimpleNamespace(working_gsd_m=0.4)  # type: ignore[attr-defined]  # so the estimate calls for resampling
+    det.info = SimpleNamespace(working_gsd_m=0.4)  # so the estimate calls for resampling
     with open_scene(buf.getvalue()) as scene:
         out = detect_scene(det, scene, estimate=True)
     assert out.gsd_source == "estimated" and det.calls == 2  # the first pass, then the counted one
@@ -194,7 +194,7 @@ def test_a_first_pass_that_calls_for_no_resampling_is_the_counted_one() -> None:
     assert out.gsd_m is None and out.gsd_source is None and few.calls == 1 and len(out.detections) == len(CENTRES)
     many = tuple((float(x), float(y)) for x in range(40, 400, 60) for y in (60.0, 160.0))
     near = BlobDetector()
-    near.info = SimpleNamespace(working_gsd_m=0.88)  # type: ignore[attr-defined]  # what the blobs imply, within 2%
+    near.info = SimpleNamespace(working_gsd_m=0.88)  # what the blobs imply, within 2%
     with open_scene(_png(blob_scene(centres=many))) as scene:
         out = detect_scene(near, scene, estimate=True)
     assert out.gsd_source == "estimated" and near.calls == 1 and len(out.detections) == len(many)

@@ -74,7 +74,7 @@ def test_band_order_from_colour_interpretation_bgrn(tmp_path: Path) -> None:
     gs = make_geotiff(tmp_path / "b.tif", rgb, 0.5, bands="BGRN", describe=True)
     with open_scene(gs.path) as scene:
         assert scene.bands == "RGB from colour interpretation"
-        assert scene.rgb_bands == (3, 2, 1)  # type: ignore[attr-defined]
+        assert scene.rgb_bands == (3, 2, 1)
         scene.prepare()
         out, valid = scene.read((0, 0, 32, 24))
         assert valid.all()

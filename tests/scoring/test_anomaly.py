@@ -68,7 +68,7 @@ def test_short_history_is_a_cold_start_with_a_wide_predictive(size: int) -> None
     assert s.history_span_days == pytest.approx(100.0)
     assert s.expected == pytest.approx(10.0, rel=0.35)
     # never a confident score from a few points: a modest excess is unremarkable
-    assert score_count(15, [10] * size, times, T0 + timedelta(days=100)).score < 1.5  # type: ignore[operator]
+    assert score_count(15, [10] * size, times, T0 + timedelta(days=100)).score < 1.5
 
 
 def test_exactly_min_history_is_scored() -> None:
@@ -216,7 +216,7 @@ def test_yearly_season_is_modelled_on_irregular_times() -> None:
     at_peak = score_count(62, counts, times, peak)
     at_trough = score_count(62, counts, times, trough)
     assert "yearly season" in (at_peak.model or "")
-    assert at_peak.expected is not None and at_peak.expected > 50 and at_peak.score < 1.5  # type: ignore[operator]
+    assert at_peak.expected is not None and at_peak.expected > 50 and at_peak.score < 1.5
     assert at_trough.score is not None and at_trough.score > 5
 
 

@@ -109,7 +109,7 @@ def make_geotiff(
         path=path,
         crs=crs_name,
         transform=tuple(transform)[:6],
-        offset=(left, top),  # type: ignore[arg-type]
+        offset=(left, top),
         gsd_m=gsd_m,
     )
 
@@ -155,7 +155,7 @@ class BlobDetector:
             pts = np.stack([xs, ys], axis=1).astype(np.float32) + 0.5
             rect = cv2.minAreaRect(pts)
             quad = cv2.boxPoints(rect)
-            dets.append(Detection("railcar", 0.9, tuple((float(x), float(y)) for x, y in quad)))  # type: ignore[arg-type]
+            dets.append(Detection("railcar", 0.9, tuple((float(x), float(y)) for x, y in quad)))
         return DetectionResult(detections=dets, width=image.shape[1], height=image.shape[0], gsd_m=gsd_m, timing_ms=0.0)
 
 

@@ -26,7 +26,7 @@ class _SizedDetector:
         assert gsd_m is None  # calibration measures the first pass, at the image's own scale
         dets = [Detection("container", 0.9, _box(6.06 / self.gsd, 2.6 / self.gsd)) for _ in range(4)]
         dets += [Detection("railcar", 0.9, _box(15.0 / self.gsd, 3.0 / self.gsd)) for _ in range(3)]
-        return DetectionResult(dets, 64, 64, None, 0.0)  # type: ignore[arg-type]
+        return DetectionResult(dets, 64, 64, None, 0.0)
 
 
 def test_median_sizes_in_metres_and_the_estimates_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,7 +41,7 @@ def _load_make_images() -> Callable[[Path], None]:
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.make_images  # type: ignore[no-any-return]
+    return module.make_images
 
 
 @pytest.fixture
@@ -111,9 +111,9 @@ def test_xview_maps_classes_and_tiles_with_clipping(fx: Path, tmp_path: Path) ->
     # railcar A (60-100 x 10-25) fits chips x0=0 and 50; railcar C (85-125 x 40-48) fits chip 50 and shows 62.5%
     # in chip 100 (kept, clipped) but 37.5% in chip 0 (dropped); the container sits in the lower row at x 130-142
     assert by_window == {(0, 0): (1, 0), (50, 0): (2, 0), (100, 0): (1, 0), (50, 50): (0, 1), (100, 50): (0, 1)}
-    clipped = _labels(out, _chip(m, "104.tif", 100, 0))[0]  # type: ignore[arg-type]
+    clipped = _labels(out, _chip(m, "104.tif", 100, 0))[0]
     np.testing.assert_allclose(clipped, [0, 0, 0.40, 0.25, 0.40, 0.25, 0.48, 0, 0.48], atol=1e-6)
-    full = _labels(out, _chip(m, "104.tif", 50, 0))  # type: ignore[arg-type]
+    full = _labels(out, _chip(m, "104.tif", 50, 0))
     np.testing.assert_allclose(full[0], [0, 0.10, 0.10, 0.50, 0.10, 0.50, 0.25, 0.10, 0.25], atol=1e-6)
     for c in m["chips"]:  # xView boxes stay axis-aligned rectangles
         for row in _labels(out, c):
@@ -185,7 +185,7 @@ def test_dota_class_map_and_rotated_clipping(fx: Path, tmp_path: Path) -> None:
     _check_dataset(out)
     m = _manifest(out)
     assert {c["original"]: c["gsd_m"] for c in m["chips"]} == {"images/P0001.png": 0.5, "images/P0002.png": None}
-    rows = _labels(out, _chip(m, "images/P0001.png", 0, 0))  # type: ignore[arg-type]
+    rows = _labels(out, _chip(m, "images/P0001.png", 0, 0))
     assert rows[:, 0].tolist() == [0, 0]
     # the first vehicle lies wholly inside: its rotated corners come through unchanged
     np.testing.assert_allclose(
@@ -197,7 +197,7 @@ def test_dota_class_map_and_rotated_clipping(fx: Path, tmp_path: Path) -> None:
     assert rows[1, 1::2].max() == pytest.approx(1.0)
     assert 0.6 * original.area <= clipped.area < original.area
     assert clipped.intersection(original).area / clipped.area > 0.9
-    assert _chip(m, "images/P0001.png", 172, 72)["railcar"] == 1  # type: ignore[index]  # the difficult one
+    assert _chip(m, "images/P0001.png", 172, 72)["railcar"] == 1  # the difficult one
     assert _chip(m, "images/P0001.png", 172, 0) is None  # only the unmapped ship there
     assert m["sources"][0]["dropped_categories"] == {"ship": 1, "small-vehicle": 1, "storage-tank": 1}
 
