@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--role",
         required=True,
-        choices=("admin", "reader", "uploader"),
-        help="admin: everything; reader: reads everything; uploader: uploads to its facilities",
+        choices=("admin", "reader", "uploader", "analyst"),
+        help="admin: everything; reader: reads everything; uploader: uploads to its facilities; "
+        "analyst: reads everything and reviews observations",
     )
     create.add_argument(
         "--facility",

@@ -21,8 +21,8 @@ from PIL import Image
 
 from app.core.offline import CLASS_NAMES
 from app.detection.detector import Detector, load_detector
-from app.detection.geometry import rotated_iou
 from app.detection.gsd_estimate import GsdEstimate, detect_estimating_gsd
+from app.detection.matching import match_quality
 from app.detection.results import Detection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,15 +117,6 @@ def low_conf_detector(detector: Detector) -> Detector:
             tta=detector.tta,
         )
     return _LOW[key]
-
-
-def match_quality(det: np.ndarray, truth: np.ndarray, loose: bool) -> float:
-    """Match quality between a detection and a truth box (IoU, or 1 for a loose centre-inside match)."""
-    iou = rotated_iou(det, truth)
-    if loose and iou < 0.3:
-        inside = cv2.pointPolygonTest(truth.astype(np.float32), tuple(map(float, det.mean(0))), False) >= 0
-        return 1.0 if inside else iou
-    return iou
 
 
 def match_image(dets: list[Detection], truth: Truth, op_conf: float, loose: bool, tally: ClassTally) -> dict:

@@ -20,7 +20,7 @@ from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimitMiddleware, RequestTimeoutMiddleware
 from app.api.observability import Metrics, RequestContextMiddleware, metrics_endpoint, route_templates
 from app.api.routes import alerts as alert_routes
-from app.api.routes import dashboard, facilities, health, images, jobs, keys, observations
+from app.api.routes import dashboard, facilities, health, images, jobs, keys, observations, reviews
 from app.api.routes.common import reject_unknown_params
 from app.api.schemas import ImportIn, ValidationErrorOut
 from app.api.web import ETagMiddleware
@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
     app.add_api_route(
         "/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False, dependencies=[allow(Access.READ)]
     )
-    for module in (facilities, observations, images, alert_routes, jobs, keys):
+    for module in (facilities, observations, reviews, images, alert_routes, jobs, keys):
         app.include_router(module.router, prefix="/v1", dependencies=[Depends(reject_unknown_params)])
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to customise it
     return app

@@ -64,6 +64,17 @@ class FacilityPatch(BaseModel):
     footprint: dict[str, Any] | None = Field(default=None, description="GeoJSON Polygon in WGS84, or null.")
 
 
+class ClassCalibrationOut(BaseModel):
+    """What a facility's reviews taught about the detector there, for one class (docs/reviews.md)."""
+
+    reviews: int = Field(description="Reviews in force that calibrate this class.")
+    threshold: float = Field(description="Operating threshold in force at this facility (shrunk towards the model's).")
+    fitted_threshold: float | None = Field(description="The facility's own best threshold, before shrinking.")
+    count_bias: float = Field(description="Relative count error left at the threshold ((detected - true) / true).")
+    count_rel_sd: float = Field(description="Its spread: replaces the assumed count error in the anomaly scores.")
+    updated_at: datetime
+
+
 class FacilityOut(BaseModel):
     """A facility."""
 
@@ -73,6 +84,11 @@ class FacilityOut(BaseModel):
     created_at: datetime
     observation_count: int
     footprint: dict[str, Any] | None = None
+    calibration: dict[str, ClassCalibrationOut] | None = Field(
+        default=None,
+        description="Per class, the calibration learnt from the facility's reviews (one facility only; a class "
+        "never reviewed is absent and counted at the model's threshold).",
+    )
 
 
 class AnomalyOut(BaseModel):
@@ -118,6 +134,11 @@ class DetectionOut(BaseModel):
     obb_lonlat: list[Point] | None = Field(
         default=None, description="The four corners as WGS84 [lon, lat] (georeferenced images only)."
     )
+    score: float | None = Field(
+        default=None,
+        description="The score the counting threshold compares (the network's; `confidence` may be calibrated "
+        "from it). Null for detections stored before candidates were kept.",
+    )
 
 
 class ModelOut(BaseModel):
@@ -155,6 +176,36 @@ class CoverageOut(BaseModel):
     edge_cut: bool = Field(description="Whether the image edge cut the footprint.")
 
 
+class ReviewObjectOut(BaseModel):
+    """A true object an analyst marked."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_name: str = Field(alias="class", serialization_alias="class")
+    obb: list[Point] = Field(min_length=4, max_length=4)
+
+
+class ReviewOut(BaseModel):
+    """An analyst's review of an observation."""
+
+    id: int
+    status: Literal["current", "replaced", "withdrawn"]
+    reviewed_at: datetime
+    reviewer: str = Field(description="The id of the API key that reviewed (`-` with authentication off).")
+    exhaustive: bool = Field(description="Whether every object of the reviewed classes was marked.")
+    counts: dict[str, int | None] = Field(description="Verified count per class (null: not verified).")
+    objects: list[ReviewObjectOut] | None = Field(default=None, description="The true objects (box reviews).")
+    ignore: list[list[Point]] | None = Field(default=None, description="Regions the analyst could not decide.")
+    ended_at: datetime | None = None
+    ended_by: str | None = None
+
+
+class ReviewTrailOut(BaseModel):
+    """Every review of an observation, oldest first (the one in force has `status` current)."""
+
+    reviews: list[ReviewOut]
+
+
 class ObservationOut(BaseModel):
     """One observation of a facility. A class with null count is unknown (not counted), not zero."""
 
@@ -171,6 +222,14 @@ class ObservationOut(BaseModel):
     exposure: float | None = Field(
         default=None,
         description="Covered share of the footprint, for the anomaly score; null when no footprint applied.",
+    )
+    review: ReviewOut | None = Field(
+        default=None, description="The analyst's review in force (null: not reviewed); lists omit its boxes."
+    )
+    verified_counts: dict[str, int | None] = Field(
+        default_factory=dict,
+        description="Counts the review verifies (null: not verified). The history and its anomaly scores use a "
+        "verified count wherever there is one; `counts` stays the detector's.",
     )
 
 
@@ -189,9 +248,14 @@ class FacilityPageOut(BaseModel):
 
 
 class ObservationDetailOut(ObservationOut):
-    """One observation with its detections."""
+    """One observation with its detections (the counted ones) and, when asked for, its candidates."""
 
     detections: list[DetectionOut]
+    candidates: list[DetectionOut] | None = Field(
+        default=None,
+        description="Detections kept below the counting threshold, down to the candidate floor "
+        "(`?include=candidates` only).",
+    )
 
 
 class TimingOut(BaseModel):

@@ -183,12 +183,13 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-OBSERVATION_CLASS_FIELDS = ("count", "score", "drop_score", "expected", "expected_lo", "expected_hi")
+OBSERVATION_CLASS_FIELDS = ("count", "verified", "score", "drop_score", "expected", "expected_lo", "expected_hi")
 
 
 def observation_csv_header(classes: Sequence[str]) -> list[str]:
-    """Columns of the observations CSV: identity, then per class its count and anomaly fields."""
-    cols = ["id", "facility_id", "captured_at", "source", "has_image"]
+    """Columns of the observations CSV: identity and who reviewed it, then per class the detector's count, the
+    verified count (empty: not verified) and the anomaly fields."""
+    cols = ["id", "facility_id", "captured_at", "source", "has_image", "reviewed_by", "reviewed_at"]
     for cls in classes:
         cols += [cls if f == "count" else f"{cls}_{f}" for f in OBSERVATION_CLASS_FIELDS]
     return cols
@@ -196,11 +197,14 @@ def observation_csv_header(classes: Sequence[str]) -> list[str]:
 
 def observation_csv_row(obs: dict[str, Any], classes: Sequence[str]) -> list[Any]:
     """One observation (its JSON dict) as a CSV row matching :func:`observation_csv_header`."""
+    review = obs.get("review") or {}
     row: list[Any] = [obs["id"], obs["facility_id"], obs["captured_at"], obs["source"], obs["has_image"]]
+    row += [review.get("reviewer"), review.get("reviewed_at")]
     for cls in classes:
         block = (obs.get("anomaly") or {}).get(cls) or {}
         row.append((obs.get("counts") or {}).get(cls))
-        row += [block.get(f) for f in OBSERVATION_CLASS_FIELDS[1:]]
+        row.append((obs.get("verified_counts") or {}).get(cls))
+        row += [block.get(f) for f in OBSERVATION_CLASS_FIELDS[2:]]
     return row
 
 

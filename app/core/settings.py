@@ -71,6 +71,15 @@ class Settings(BaseSettings):
         "boxes (four network passes: better counts and boxes, about four times the inference time), `off` runs "
         "it once, `auto` does what the model's sidecar JSON says (the shipped model: one pass; models/MODEL_CARD.md).",
     )
+    candidate_floor: float = Field(
+        default=0.1,
+        ge=0.01,
+        le=0.9,
+        description="Lowest detector score kept as a candidate. Counts are of the detections at or above the "
+        "operating threshold in force for the facility and class; candidates below it are stored too "
+        "(`?include=candidates`), so that a facility's calibrated threshold can recount stored images without "
+        "running the model again (docs/reviews.md).",
+    )
     max_concurrent_inferences: int = Field(
         default=1,
         ge=1,

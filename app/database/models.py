@@ -27,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import text, true
 
 #: Largest value of an ``Integer`` column (ids, counts): 32-bit on PostgreSQL. Larger numbers from requests are
 #: refused before they reach the database (which would fail on PostgreSQL, not on SQLite).
@@ -145,6 +146,13 @@ class ObservationCount(Base):
     lowest_in_days: Mapped[float | None] = mapped_column(Float, default=None)
     expected_lo: Mapped[float | None] = mapped_column(Float, default=None)  # 90 % predictive band
     expected_hi: Mapped[float | None] = mapped_column(Float, default=None)
+    #: The count the observation's current review gives (None: not reviewed for this class); the history uses it.
+    verified_count: Mapped[int | None] = mapped_column(Integer, default=None)
+
+    @property
+    def effective_count(self) -> int:
+        """The count the history uses: the verified one where a review gives it, else the detector's."""
+        return self.count if self.verified_count is None else self.verified_count
 
     observation: Mapped[Observation] = relationship(back_populates="counts")
 
@@ -157,7 +165,7 @@ class ApiKey(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     key_hash: Mapped[str] = mapped_column(String(64))
-    role: Mapped[str] = mapped_column(String(16))  # admin, reader, uploader
+    role: Mapped[str] = mapped_column(String(16))  # admin, reader, uploader, analyst
     name: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
@@ -222,6 +230,15 @@ class DetectionRow(Base):
     confidence: Mapped[float] = mapped_column(Float)
     obb: Mapped[list[list[float]]] = mapped_column(JSON)
     obb_lonlat: Mapped[list[list[float]] | None] = mapped_column(JSON, default=None)
+    #: The score operating thresholds compare (None: ``confidence``); ``counted``: at or above the threshold in
+    #: force when it was last counted (False: a candidate, kept for re-thresholding).
+    score: Mapped[float | None] = mapped_column(Float, default=None)
+    counted: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+
+    @property
+    def threshold_score(self) -> float:
+        """The score operating thresholds apply to."""
+        return self.confidence if self.score is None else self.score
 
     observation: Mapped[Observation] = relationship(back_populates="detections")
 
@@ -266,3 +283,58 @@ class ImportRequest(Base):
     observation_ids: Mapped[list[int]] = mapped_column(JSON)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+#: Review states: the one in force, one a later review replaced, one its analyst withdrew.
+REVIEW_CURRENT, REVIEW_REPLACED, REVIEW_WITHDRAWN = "current", "replaced", "withdrawn"
+
+
+class Review(Base):
+    """An analyst's review of an observation's image: the true objects (or counts) they saw. Never deleted: a new
+    review replaces the current one and a withdrawal ends it, both kept as the audit trail; at most one is current
+    per observation (``uq_reviews_current``)."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        Index("ix_reviews_facility_status", "facility_id", "status"),
+        Index(
+            "uq_reviews_current",
+            "observation_id",
+            unique=True,
+            sqlite_where=text("status = 'current'"),
+            postgresql_where=text("status = 'current'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    observation_id: Mapped[int] = mapped_column(ForeignKey("observations.id", ondelete="CASCADE"), index=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default=REVIEW_CURRENT)
+    reviewer: Mapped[str] = mapped_column(String(200))
+    reviewed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Whether every object of the reviewed classes was marked (box reviews); count reviews are exhaustive.
+    exhaustive: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: class -> verified count (classes the review does not speak of are absent)
+    counts: Mapped[dict[str, int]] = mapped_column(JSON)
+    #: [{"class", "obb"}] in image pixels, and ignore regions (lists of [x, y]); None for a count-only review
+    objects: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    ignore: Mapped[list[list[list[float]]] | None] = mapped_column(JSON, default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    ended_by: Mapped[str | None] = mapped_column(String(200), default=None)
+
+
+class FacilityCalibration(Base):
+    """What a facility's reviews taught about the detector there, per class (docs/reviews.md)."""
+
+    __tablename__ = "facility_calibrations"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"), primary_key=True)
+    class_name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    reviews: Mapped[int] = mapped_column(Integer)
+    #: operating threshold in force (shrunk), and the facility's own best one before shrinking (None: count-only)
+    threshold: Mapped[float] = mapped_column(Float)
+    fitted_threshold: Mapped[float | None] = mapped_column(Float, default=None)
+    #: relative count error left at ``threshold`` ((detected - true) / true), and its spread
+    count_bias: Mapped[float] = mapped_column(Float)
+    count_rel_sd: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -16,11 +16,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from app.database.models import (
+    REVIEW_CURRENT,
     AlertThreshold,
     DetectionRow,
     Facility,
+    FacilityCalibration,
     Observation,
     ObservationCount,
+    Review,
 )
 
 # ---------------------------------------------------------------------------------------------------- queries
@@ -149,9 +152,10 @@ def observation_counts(session: Session, facility_id: str) -> list[tuple[int, da
 
 def count_histories(
     session: Session, facility_id: str, classes: Sequence[str]
-) -> dict[str, list[tuple[int, datetime, int, float | None]]]:
-    """``class -> [(observation_id, captured_at, count, count_sd), ...]``, oldest first (by captured_at, then id),
-    of every known count of the given classes at a facility (one query; a class without counts is absent)."""
+) -> dict[str, list[tuple[int, datetime, int, float | None, int | None]]]:
+    """``class -> [(observation_id, captured_at, count, count_sd, verified_count), ...]``, oldest first (by
+    captured_at, then id), of every known count of the given classes at a facility (one query; a class without
+    counts is absent)."""
     rows = session.execute(
         select(
             ObservationCount.class_name,
@@ -159,14 +163,17 @@ def count_histories(
             Observation.captured_at,
             ObservationCount.count,
             ObservationCount.count_sd,
+            ObservationCount.verified_count,
         )
         .join(ObservationCount, ObservationCount.observation_id == Observation.id)
         .where(Observation.facility_id == facility_id, ObservationCount.class_name.in_(list(classes)))
         .order_by(Observation.captured_at, Observation.id)
     ).all()
-    out: dict[str, list[tuple[int, datetime, int, float | None]]] = {}
-    for cls, i, t, c, sd in rows:
-        out.setdefault(cls, []).append((int(i), t, int(c), None if sd is None else float(sd)))
+    out: dict[str, list[tuple[int, datetime, int, float | None, int | None]]] = {}
+    for cls, i, t, c, sd, v in rows:
+        out.setdefault(cls, []).append(
+            (int(i), t, int(c), None if sd is None else float(sd), None if v is None else int(v))
+        )
     return out
 
 
@@ -292,3 +299,58 @@ def recent_image_gsds(session: Session, facility_id: str, limit: int) -> list[tu
         .limit(limit)
     ).all()
     return [(float(gsd), geo) for gsd, geo in rows]
+
+
+# ------------------------------------------------------------------------------------------ reviews, calibration
+
+
+def current_review(session: Session, observation_id: int) -> Review | None:
+    """The review in force for an observation, or ``None``."""
+    return session.scalars(
+        select(Review).where(Review.observation_id == observation_id, Review.status == REVIEW_CURRENT)
+    ).first()
+
+
+def current_reviews(session: Session, observation_ids: Sequence[int]) -> dict[int, Review]:
+    """The reviews in force for the given observations (queried in chunks), by observation id."""
+    out: dict[int, Review] = {}
+    ids = list(observation_ids)
+    for i in range(0, len(ids), 500):
+        for r in session.scalars(
+            select(Review).where(Review.observation_id.in_(ids[i : i + 500]), Review.status == REVIEW_CURRENT)
+        ):
+            out[r.observation_id] = r
+    return out
+
+
+def review_trail(session: Session, observation_id: int) -> list[Review]:
+    """Every review of an observation, current or not, oldest first (the audit trail)."""
+    return list(session.scalars(select(Review).where(Review.observation_id == observation_id).order_by(Review.id)))
+
+
+def facility_reviews(session: Session, facility_id: str) -> list[Review]:
+    """The reviews in force at a facility, oldest first."""
+    return list(
+        session.scalars(
+            select(Review).where(Review.facility_id == facility_id, Review.status == REVIEW_CURRENT).order_by(Review.id)
+        )
+    )
+
+
+def facility_calibrations(session: Session, facility_id: str) -> dict[str, FacilityCalibration]:
+    """A facility's stored calibration, by class (empty: never reviewed)."""
+    return {
+        c.class_name: c
+        for c in session.scalars(select(FacilityCalibration).where(FacilityCalibration.facility_id == facility_id))
+    }
+
+
+def other_calibrations(session: Session, facility_id: str) -> list[FacilityCalibration]:
+    """The stored calibrations of every other facility (for the pooled prior)."""
+    return list(
+        session.scalars(
+            select(FacilityCalibration).where(
+                FacilityCalibration.facility_id != facility_id, FacilityCalibration.reviews > 0
+            )
+        )
+    )

@@ -24,7 +24,7 @@ from app.detection.augment import FLIPS, augment_tiles, merge_raw
 from app.detection.calibration import calibrate_scores, parse_calibration
 from app.detection.geometry import greedy_rotated_nms, resample, resample_scale, tile_core, tile_origins
 from app.detection.railcar_trains import rescore_lone_railcars
-from app.detection.results import Detection, DetectionResult, quad
+from app.detection.results import Detection, DetectionResult, quad, split_counted
 from app.detection.runtimes import Engine, OnnxEngine, OpenVinoEngine, TorchEngine, decode, to_input
 
 
@@ -102,6 +102,7 @@ class Detector:
         max_det: int = 2000,
         openvino_precision: str = "f32",
         tta: bool | None = None,
+        candidate_floor: float | None = None,
     ) -> None:
         configure_offline()
         import torch
@@ -134,6 +135,10 @@ class Detector:
         self._keep_by_id = self._conf_by_id.copy()
         if self._context:
             self._keep_by_id[self._railcar] = min(self._keep_by_id[self._railcar], self.info.lone_railcar_floor)
+        #: candidates are kept down to this score (never above a class's threshold), for re-thresholding later
+        self.candidate_floor = None if candidate_floor is None else float(candidate_floor)
+        if self.candidate_floor is not None:
+            self._keep_by_id = np.minimum(self._keep_by_id, self.candidate_floor)
         self.conf = float(self._keep_by_id.min())
         # applied last, to the boxes that count (counts never change); not with an explicit ``conf`` (the evaluator's
         # low-threshold twin compares raw scores with the raw thresholds) nor in the mode it was not fitted for
@@ -180,18 +185,29 @@ class Detector:
             scores = rescore_lone_railcars(
                 corners, scores, classes, self._railcar, self.info.lone_railcar_factor, self.info.lone_railcar_floor
             )
-            keep = scores >= self._conf_by_id[classes]  # the operating thresholds, after the train context
-            corners, scores, classes = corners[keep], scores[keep], classes[keep]
+        floor = self._conf_by_id if self.candidate_floor is None else self._keep_by_id
+        keep = scores >= floor[classes]  # the operating thresholds (or the candidate floor), after the train context
+        corners, scores, classes = corners[keep], scores[keep], classes[keep]
+        counted = scores >= self._conf_by_id[classes]
+        reported = scores
         if self.calibration:  # the reported confidences, once the raw ones have decided what counts
-            scores = calibrate_scores(scores, classes, CLASS_NAMES, self.calibration)
+            reported = calibrate_scores(scores, classes, CLASS_NAMES, self.calibration)
         if scale != 1.0:
             corners = corners / scale
-        detections = [
-            Detection(class_name=CLASS_NAMES[c], confidence=float(s), obb=quad(q))
-            for q, s, c in zip(corners, scores, classes, strict=True)
+        found = [
+            Detection(
+                class_name=CLASS_NAMES[c],
+                confidence=float(p),
+                obb=quad(q),
+                score=None if p == s else float(s),
+                counted=bool(n),
+            )
+            for q, p, s, c, n in zip(corners, reported, scores, classes, counted, strict=True)
         ]
-        detections.sort(key=lambda d: -d.confidence)
+        found.sort(key=lambda d: -d.confidence)
+        detections, candidates = split_counted(found)
         return DetectionResult(
+            candidates=candidates,
             detections=detections,
             width=width,
             height=height,
@@ -243,7 +259,7 @@ class Detector:
         return c, s, k
 
 
-_CACHE: dict[tuple[str, int | None, float | None, str, str, bool | None], Detector] = {}
+_CACHE: dict[tuple[str, int | None, float | None, str, str, bool | None, float | None], Detector] = {}
 
 
 def load_detector(
@@ -253,12 +269,19 @@ def load_detector(
     runtime: str = "torch",
     openvino_precision: str = "f32",
     tta: bool | None = None,
+    candidate_floor: float | None = None,
 ) -> Detector:
     """Load (once per process) and warm up the detector for these weights and runtime (``tta`` None: as the
-    sidecar says)."""
-    key = (str(Path(weights).resolve()), threads, conf, runtime, openvino_precision, tta)
+    sidecar says; ``candidate_floor``: keep candidates down to that score)."""
+    key = (str(Path(weights).resolve()), threads, conf, runtime, openvino_precision, tta, candidate_floor)
     if key not in _CACHE:
         _CACHE[key] = Detector(
-            weights, threads=threads, conf=conf, runtime=runtime, openvino_precision=openvino_precision, tta=tta
+            weights,
+            threads=threads,
+            conf=conf,
+            runtime=runtime,
+            openvino_precision=openvino_precision,
+            tta=tta,
+            candidate_floor=candidate_floor,
         )
     return _CACHE[key]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -203,6 +203,7 @@ def detect_over_windows(
     scores: list[float] = []
     names: list[str] = []  # the class of each detection (the rotated NMS below numbers them)
     near_seam: list[bool] = []
+    found: list[Detection] = []  # the detections (and candidates) themselves, in window pixels
     done = 0
     n_windows = 0
     for plan, rgb, valid in reads:
@@ -211,7 +212,7 @@ def detect_over_windows(
         if valid.any():
             result = (detected or {}).get(plan.window) or detector.detect(rgb, gsd_m=gsd_m)
             x0, x1, y0, y1 = plan.core
-            for d in result.detections:
+            for d in [*result.detections, *result.candidates]:
                 cx, cy = d.center
                 sx, sy = cx + c0, cy + r0
                 if not (x0 <= sx < x1 and y0 <= sy < y1):
@@ -221,8 +222,9 @@ def detect_over_windows(
                 if not valid[iy, ix]:
                     continue
                 corners.append(np.asarray(d.obb, np.float64) + np.array([c0, r0], np.float64))
-                scores.append(d.confidence)
+                scores.append(d.threshold_score)
                 names.append(d.class_name)
+                found.append(d)
                 near_seam.append(_near_inner_edge(sx, sy, plan.core, region, seam_px))
         done += 1
         if progress is not None:
@@ -238,7 +240,7 @@ def detect_over_windows(
     if n_windows > 1 and len(seam) > 1:
         kept_at_seam = set(seam[greedy_rotated_nms(c[seam], s[seam], k[seam], iou)].tolist())
         keep = [i for i in keep if not near_seam[i] or i in kept_at_seam]
-    out = [Detection(class_name=names[i], confidence=float(s[i]), obb=quad(c[i])) for i in keep]
+    out = [replace(found[i], obb=quad(c[i])) for i in keep]
     out.sort(key=lambda d: -d.confidence)
     return out
 
@@ -397,10 +399,7 @@ def detect_scene(
         pts = np.array([d.obb for d in detections], np.float64).reshape(-1, 2)
         ll = scene.georef.pixel_to_lonlat(pts).reshape(-1, 4, 2) if len(pts) else np.zeros((0, 4, 2))
         lonlat = [[[round(float(x), 9), round(float(y), 9)] for x, y in q] for q in ll]
-        detections = [
-            Detection(d.class_name, d.confidence, d.obb, obb_lonlat=quad(q))
-            for d, q in zip(detections, lonlat, strict=True)
-        ]
+        detections = [replace(d, obb_lonlat=quad(q)) for d, q in zip(detections, lonlat, strict=True)]
     coverage = measure_coverage(scene, region)
     return SceneDetections(
         detections=detections,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 Point = tuple[float, float]
@@ -26,6 +26,16 @@ class Detection:
     obb: Quad
     #: The same four corners as WGS84 ``(lon, lat)`` when the image is georeferenced.
     obb_lonlat: Quad | None = None
+    #: The score operating thresholds compare (the network's, after the train context; ``confidence`` may be
+    #: calibrated from it). None: the same as ``confidence``.
+    score: float | None = None
+    #: Whether it is counted (at or above its class's operating threshold); False: a candidate kept below it.
+    counted: bool = True
+
+    @property
+    def threshold_score(self) -> float:
+        """The score operating thresholds apply to."""
+        return self.confidence if self.score is None else self.score
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
@@ -46,6 +56,7 @@ class Detection:
             "confidence": round(self.confidence, 4),
             "obb": [[round(x, 2), round(y, 2)] for x, y in self.obb],
             "bbox": [round(v, 2) for v in self.bbox],
+            "score": round(self.threshold_score, 4),
         }
         if self.obb_lonlat is not None:
             out["obb_lonlat"] = [[round(x, 9), round(y, 9)] for x, y in self.obb_lonlat]
@@ -61,6 +72,9 @@ class DetectionResult:
     height: int
     gsd_m: float | None
     timing_ms: float
+    #: Detections kept below their class's operating threshold, down to the detector's candidate floor: what a
+    #: lower threshold would count, without running the model again.
+    candidates: list[Detection] = field(default_factory=list)
 
     def counts(self, class_names: tuple[str, ...]) -> dict[str, int]:
         """Number of detections per class, every class present (zero when none)."""
@@ -68,3 +82,31 @@ class DetectionResult:
         for d in self.detections:
             out[d.class_name] = out.get(d.class_name, 0) + 1
         return out
+
+
+def split_counted(detections: Iterable[Detection]) -> tuple[list[Detection], list[Detection]]:
+    """``(counted, candidates)`` by each detection's ``counted`` flag."""
+    counted: list[Detection] = []
+    candidates: list[Detection] = []
+    for d in detections:
+        (counted if d.counted else candidates).append(d)
+    return counted, candidates
+
+
+def apply_thresholds(detections: Iterable[Detection], thresholds: Mapping[str, float]) -> list[Detection]:
+    """The detections with ``counted`` set by ``thresholds`` (class -> threshold on the score scale); a class
+    without one keeps its flag. Never re-runs the model: only what was kept (down to the floor) can be counted."""
+    out = []
+    for d in detections:
+        t = thresholds.get(d.class_name)
+        counted = d.counted if t is None else d.threshold_score >= t
+        out.append(d if counted == d.counted else replace(d, counted=counted))
+    return out
+
+
+def rethreshold(result: DetectionResult, thresholds: Mapping[str, float]) -> DetectionResult:
+    """``result`` with its detections and candidates re-split at ``thresholds`` (see :func:`apply_thresholds`)."""
+    counted, candidates = split_counted(apply_thresholds([*result.detections, *result.candidates], thresholds))
+    counted.sort(key=lambda d: -d.confidence)
+    candidates.sort(key=lambda d: -d.confidence)
+    return replace(result, detections=counted, candidates=candidates)

@@ -31,6 +31,7 @@ import numpy as np
 from app import database as db
 from app.core.offline import CLASS_NAMES
 from app.scoring.anomaly import MIN_HISTORY, Fitter, PooledPrior, Predictor, epoch_days, fit_predictor
+from app.scoring.review_calibration import effective_series
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +145,14 @@ def prefit_facility(store: db.Store, facility_id: str, cache: FitCache = CACHE) 
     how many were fitted (histories already kept, and cold starts, are skipped)."""
     with store.session() as session:
         histories = db.count_histories(session, facility_id, CLASS_NAMES)
+        biases = {c: cal.count_bias for c, cal in db.facility_calibrations(session, facility_id).items()}
     fitted = 0
     for cls, history in histories.items():
         if len(history) < MIN_HISTORY:
             continue
         # exactly the arrays app.scoring.anomaly.score_series hands a fit for a point newer than all of these
         days = np.asarray([epoch_days(h[1]) for h in history], dtype=np.float64)
-        counts = np.asarray([h[2] for h in history], dtype=np.int64)
+        counts = np.asarray(effective_series(history, biases.get(cls, 0.0))[0], dtype=np.int64)
         if cache.get(facility_id, cls, days, counts, None) is not None:
             continue
         cache.put(facility_id, cls, days, counts, None, fit_predictor(days, counts, next_day(days), None))

@@ -20,7 +20,7 @@ from app import database as db
 from app.core.errors import IdempotencyConflictError, InvalidInputError
 from app.core.validation import iso, require_aware
 from app.detection.imaging import DecodedImage
-from app.detection.results import DetectionResult
+from app.detection.results import DetectionResult, rethreshold
 from app.scoring.anomaly import count_uncertainty
 from app.usecases import alerts
 from app.usecases.facilities import require_facility
@@ -33,6 +33,7 @@ from app.usecases.observations import (
     rescore,
     stored_detection,
 )
+from app.usecases.reviews import calibrated_thresholds
 
 if TYPE_CHECKING:
     from app.core.settings import Settings
@@ -131,6 +132,7 @@ def load_configured_detector(settings: Settings) -> DetectorProtocol:
         runtime=settings.runtime,
         openvino_precision=settings.openvino_precision,
         tta=tta,
+        candidate_floor=settings.candidate_floor,
     )
     log.info("detector %s %s ready", detector.name, detector.version)
     return detector
@@ -247,24 +249,32 @@ def record_analysis(
             idempotency_scope=None if idempotency is None else idempotency[0],
             idempotency_key=None if idempotency is None else idempotency[1],
         )
+        thresholds, spreads = calibrated_thresholds(session, facility_id)
+        result = rethreshold(analysis.result, thresholds) if thresholds else analysis.result
+        counts = result.counts(analysis.class_names)
         conf: dict[str, list[float]] = {}
-        for d in analysis.result.detections:
+        for d in result.detections:
             conf.setdefault(d.class_name, []).append(float(d.confidence))
         obs.counts = [
             db.ObservationCount(
                 class_name=c,
                 count=int(n),
-                count_sd=round(count_uncertainty(conf.get(c, []), int(n), count_rel_error), 4),
+                count_sd=round(count_uncertainty(conf.get(c, []), int(n), spreads.get(c, count_rel_error)), 4),
             )
-            for c, n in analysis.counts.items()
+            for c, n in counts.items()
         ]
-        rows = [detection_row(d) for d in analysis.result.detections]
+        rows = [detection_row(d) for d in [*result.detections, *result.candidates]]
         session.add(obs)
         session.flush()
         db.insert_detections(session, obs.id, rows)  # one executemany; the ORM objects would cost more than the SQL
-        rescore(session, facility_id, since=captured_at, classes=analysis.counts.keys(), new=obs.counts)
+        rescore(session, facility_id, since=captured_at, classes=counts.keys(), new=obs.counts)
         alerts.enqueue_alerts(session, facility_id, [obs])
         # the detections as stored (what reading them back would give), without reading them back
-        record = replace(observation_record(obs), detections=[stored_detection(r) for r in rows])
+        stored = [stored_detection(r) for r in rows]
+        record = replace(
+            observation_record(obs),
+            detections=[d for d in stored if d.counted],
+            candidates=[d for d in stored if not d.counted],
+        )
     log.info("facility %s: observation %d at %s counts %s", facility_id, record.id, iso(captured_at), record.counts)
     return record

@@ -35,7 +35,9 @@ from app.core.validation import check_text, iso
 
 log = logging.getLogger(__name__)
 
-ROLES: tuple[str, ...] = ("admin", "reader", "uploader")
+ROLES: tuple[str, ...] = ("admin", "reader", "uploader", "analyst")
+#: Roles that may read everything.
+READING_ROLES: frozenset[str] = frozenset({"reader", "analyst"})
 KEY_PREFIX = "wd_"
 KEY_PATTERN = re.compile(r"^wd_([0-9a-f]{12})_[A-Za-z0-9_-]{20,}$")
 #: Shortest key accepted from ``WAGON_ADMIN_KEY``.
@@ -50,7 +52,8 @@ class Access(StrEnum):
     """What a route needs."""
 
     PUBLIC = "public"  # anyone, no key
-    READ = "read"  # readers and admins
+    READ = "read"  # readers, analysts and admins
+    REVIEW = "review"  # analysts and admins
     UPLOAD = "upload"  # admins, and uploaders granted the facility
     JOB = "job"  # readers and admins, and uploaders granted the job's facility
     ADMIN = "admin"  # admins only
@@ -74,11 +77,13 @@ class Principal:
         if access is Access.PUBLIC or self.role == "admin":
             return True
         if access is Access.READ:
-            return self.role == "reader"
+            return self.role in READING_ROLES
+        if access is Access.REVIEW:
+            return self.role == "analyst"
         if access is Access.UPLOAD:
             return self.role == "uploader" and facility_id in self.facilities
         if access is Access.JOB:
-            return self.role == "reader" or (self.role == "uploader" and facility_id in self.facilities)
+            return self.role in READING_ROLES or (self.role == "uploader" and facility_id in self.facilities)
         return False
 
 

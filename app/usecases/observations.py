@@ -16,6 +16,7 @@ from app.core.validation import iso
 from app.detection.results import Detection, quad
 from app.scoring import fit_cache
 from app.scoring.anomaly import MIN_HISTORY, AnomalyScore, pooled_prior, score_series
+from app.scoring.review_calibration import effective_series
 from app.usecases.facilities import require_facility
 
 SOURCE_IMAGE = "image"
@@ -40,14 +41,19 @@ class ObservationRecord:
     detections: list[Detection] | None = field(default=None)
     coverage: dict[str, Any] | None = None
     exposure: float | None = None
+    #: The review in force (:func:`app.usecases.reviews.review_dict`) and the counts it verifies (None: not verified)
+    review: dict[str, Any] | None = None
+    verified_counts: dict[str, int | None] = field(default_factory=dict)
+    #: Detections kept below the counting threshold (read with the detections)
+    candidates: list[Detection] | None = None
 
     @property
     def has_image(self) -> bool:
         """Whether the observation came from an analysed image."""
         return self.image is not None
 
-    def to_dict(self, with_detections: bool = False) -> dict[str, Any]:
-        """JSON-ready form."""
+    def to_dict(self, with_detections: bool = False, with_candidates: bool = False) -> dict[str, Any]:
+        """JSON-ready form (``with_candidates``: also the candidates below the counting threshold)."""
         out: dict[str, Any] = {
             "id": self.id,
             "facility_id": self.facility_id,
@@ -60,9 +66,13 @@ class ObservationRecord:
             "model": self.model,
             "coverage": self.coverage,
             "exposure": self.exposure,
+            "review": self.review,
+            "verified_counts": {c: self.verified_counts.get(c) for c in self.counts},
         }
         if with_detections:
             out["detections"] = [d.to_dict() for d in (self.detections or [])]
+        if with_candidates:
+            out["candidates"] = [d.to_dict() for d in (self.candidates or [])]
         return out
 
 
@@ -98,6 +108,7 @@ def rescore(
     """
     classes = list(classes)
     histories = db.count_histories(session, facility_id, classes)
+    calibration = db.facility_calibrations(session, facility_id)
     known = {(row.observation_id, row.class_name): row for row in new}
     updated = 0
     kind: str | None = None
@@ -111,12 +122,14 @@ def rescore(
                 facility = db.get_facility(session, facility_id)
                 kind = facility.kind if facility is not None else ""
             prior = pooled_prior(db.pooled_count_stats(session, kind, cls, facility_id), kind)
+        cal = calibration.get(cls)
+        counts, sds = effective_series(history, cal.count_bias if cal is not None else 0.0)
         scores = score_series(
             [h[1] for h in history],
-            [h[2] for h in history],
+            counts,
             since=since,
             prior=prior,
-            count_sd=[h[3] for h in history],
+            count_sd=sds,
             fit=fit_cache.CACHE.fitter(facility_id, cls),
         )
         changed = {oid: s for (oid, *_), s in zip(history, scores, strict=True) if s is not None}
@@ -131,6 +144,27 @@ def rescore(
     return updated
 
 
+def review_dict(review: db.Review | None, with_boxes: bool = True) -> dict[str, Any] | None:
+    """JSON-ready form of a review (``None`` stays ``None``)."""
+    if review is None:
+        return None
+    out: dict[str, Any] = {
+        "id": review.id,
+        "status": review.status,
+        "reviewed_at": iso(review.reviewed_at),
+        "reviewer": review.reviewer,
+        "exhaustive": review.exhaustive,
+        "counts": {c: review.counts.get(c) for c in CLASS_NAMES},
+    }
+    if with_boxes:
+        out["objects"] = review.objects
+        out["ignore"] = review.ignore
+    if review.status != db.REVIEW_CURRENT:
+        out["ended_at"] = None if review.ended_at is None else iso(review.ended_at)
+        out["ended_by"] = review.ended_by
+    return out
+
+
 def list_observations(
     store: db.Store, facility_id: str, start: datetime | None = None, end: datetime | None = None
 ) -> list[ObservationRecord]:
@@ -139,7 +173,9 @@ def list_observations(
         raise InvalidInputError("start must not be after end")
     with store.session() as session:
         require_facility(session, facility_id)
-        return [observation_record(o) for o in db.list_observations(session, facility_id, start, end)]
+        rows = db.list_observations(session, facility_id, start, end)
+        reviews = db.current_reviews(session, [o.id for o in rows])
+        return [observation_record(o, review=review_dict(reviews.get(o.id), with_boxes=False)) for o in rows]
 
 
 def get_observation(store: db.Store, observation_id: int) -> ObservationRecord:
@@ -158,6 +194,8 @@ def detection_row(d: Detection) -> dict[str, Any]:
         "confidence": float(d.confidence),
         "obb": [[float(x), float(y)] for x, y in d.obb],
         "obb_lonlat": None if d.obb_lonlat is None else [[float(x), float(y)] for x, y in d.obb_lonlat],
+        "score": float(d.threshold_score),
+        "counted": bool(d.counted),
     }
 
 
@@ -165,15 +203,22 @@ def stored_detection(row: Any) -> Detection:
     """A stored detection row (a :class:`db.DetectionRow` or its :func:`detection_row` dict) as a Detection."""
     get: Callable[[str], Any] = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
     obb, lonlat = get("obb"), get("obb_lonlat")
+    score = get("score")
+    counted = get("counted")
     return Detection(
         class_name=get("class_name"),
         confidence=get("confidence"),
         obb=quad(obb),
         obb_lonlat=None if lonlat is None else quad(lonlat),
+        score=None if score is None else float(score),
+        counted=True if counted is None else bool(counted),
     )
 
 
-def observation_record(obs: db.Observation, with_detections: bool = False) -> ObservationRecord:
+def observation_record(
+    obs: db.Observation, with_detections: bool = False, review: dict[str, Any] | None = None
+) -> ObservationRecord:
+    """The record users see of a stored observation (``review``: its review in force, as JSON)."""
     by_class = {c.class_name: c for c in obs.counts}
     classes = list(CLASS_NAMES) + sorted(set(by_class) - set(CLASS_NAMES))
     counts: dict[str, int | None] = {}
@@ -214,9 +259,10 @@ def observation_record(obs: db.Observation, with_detections: bool = False) -> Ob
         if obs.geo:
             image.update({k: obs.geo.get(k) for k in ("crs", "gsd_source", "window", "bands")})
         model = {"name": obs.model_name or "", "version": obs.model_version or ""}
-    detections = None
+    detections = candidates = None
     if with_detections:
-        detections = [stored_detection(d) for d in obs.detections]
+        detections = [stored_detection(d) for d in obs.detections if d.counted]
+        candidates = [stored_detection(d) for d in obs.detections if not d.counted]
     return ObservationRecord(
         id=obs.id,
         facility_id=obs.facility_id,
@@ -229,4 +275,7 @@ def observation_record(obs: db.Observation, with_detections: bool = False) -> Ob
         detections=detections,
         coverage=obs.coverage,
         exposure=obs.exposure,
+        review=review,
+        verified_counts={c.class_name: c.verified_count for c in obs.counts},
+        candidates=candidates,
     )

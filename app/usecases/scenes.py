@@ -24,9 +24,11 @@ from app.core.offline import CLASS_NAMES
 from app.core.validation import iso
 from app.detection.pipeline import Progress, RegionError, detect_scene
 from app.detection.raster import open_scene
-from app.detection.results import DetectionResult
-from app.usecases.images import Analysis, DetectorProtocol, check_gsd
-from app.usecases.observations import rescore
+from app.detection.results import DetectionResult, rethreshold, split_counted
+from app.scoring.anomaly import count_uncertainty
+from app.usecases.images import DEFAULT_COUNT_REL_ERROR, Analysis, DetectorProtocol, check_gsd
+from app.usecases.observations import detection_row, rescore
+from app.usecases.reviews import calibrated_thresholds
 
 if TYPE_CHECKING:
     from app.core.settings import Settings
@@ -114,8 +116,14 @@ def analyse_source(
             if out.region.footprint_px is not None:
                 geo["footprint_px"] = [[round(x, 2), round(y, 2)] for x, y in out.region.footprint_px.exterior.coords]
         info = SceneInfo(width=scene.width, height=scene.height, format=scene.format, sha256=scene.sha256)
+    counted, candidates = split_counted(out.detections)
     result = DetectionResult(
-        detections=out.detections, width=info.width, height=info.height, gsd_m=out.gsd_m, timing_ms=out.detect_ms
+        detections=counted,
+        candidates=candidates,
+        width=info.width,
+        height=info.height,
+        gsd_m=out.gsd_m,
+        timing_ms=out.detect_ms,
     )
     return Analysis(
         image=info,
@@ -278,6 +286,8 @@ def observation_geojson(store: db.Store, observation_id: int) -> dict[str, Any]:
         when = iso(obs.captured_at)
         features = []
         for d in obs.detections:
+            if not d.counted:
+                continue
             if d.obb_lonlat is None:
                 continue
             ring = [[float(x), float(y)] for x, y in d.obb_lonlat]
@@ -310,9 +320,10 @@ def _signed_area(ring: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------------ overlay
 
 
-def render_overlay(store: db.Store, settings: Settings, observation_id: int) -> bytes:
-    """PNG of the observation's image (the region read, downscaled to ``overlay_max_px``) with its oriented boxes
-    drawn per class, the footprint, and the counts in a legend. :class:`NotFoundError` without a kept original."""
+def render_overlay(store: db.Store, settings: Settings, observation_id: int, boxes: bool = True) -> bytes:
+    """PNG of the observation's image (the region read, downscaled to ``overlay_max_px``) with its counted oriented
+    boxes drawn per class, the footprint, and the counts in a legend (``boxes`` False: the image alone).
+    :class:`NotFoundError` without a kept original."""
     import cv2
 
     with store.session() as session:
@@ -325,7 +336,7 @@ def render_overlay(store: db.Store, settings: Settings, observation_id: int) -> 
         if not path.exists():
             raise NotFoundError(f"the original image of observation {observation_id} is not in the archive")
         geo = obs.geo or {}
-        boxes = [(d.class_name, np.asarray(d.obb, np.float64)) for d in obs.detections]
+        drawn = [(d.class_name, np.asarray(d.obb, np.float64)) for d in obs.detections if d.counted]
         counts = {c.class_name: c.count for c in obs.counts}
     with open_scene(
         path,
@@ -347,9 +358,11 @@ def render_overlay(store: db.Store, settings: Settings, observation_id: int) -> 
     def to_px(pts: np.ndarray) -> np.ndarray:
         return np.rint((pts - np.array([c0, r0])) * np.array([sx, sy])).astype(np.int32)
 
+    if not boxes:
+        return _png(canvas)
     if geo.get("footprint_px"):
         cv2.polylines(canvas, [to_px(np.asarray(geo["footprint_px"]))], True, FOOTPRINT_COLOUR[::-1], 2, cv2.LINE_AA)
-    for cls, quad in boxes:
+    for cls, quad in drawn:
         colour = CLASS_COLOURS.get(cls, (255, 0, 255))[::-1]
         cv2.polylines(canvas, [to_px(quad)], True, colour, 1 if f > 2 else 2, cv2.LINE_AA)
     lines = [(f"{cls}: {counts.get(cls, 0)}", CLASS_COLOURS.get(cls, (255, 0, 255))) for cls in CLASS_NAMES]
@@ -361,7 +374,13 @@ def render_overlay(store: db.Store, settings: Settings, observation_id: int) -> 
         y = 4 + line_h * (i + 1)
         cv2.rectangle(canvas, (10, y - line_h + 8), (24, y - 4), colour[::-1], -1)
         cv2.putText(canvas, text, (30, y - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    ok, png = cv2.imencode(".png", canvas)
+    return _png(canvas)
+
+
+def _png(bgr: np.ndarray) -> bytes:
+    import cv2
+
+    ok, png = cv2.imencode(".png", bgr)
     if not ok:  # pragma: no cover - OpenCV always encodes a uint8 BGR image
         raise RuntimeError("PNG encoding failed")
     return png.tobytes()
@@ -439,22 +458,22 @@ def replace_analysis(store: db.Store, observation_id: int, analysis: Analysis) -
         obs.model_name, obs.model_version = analysis.model_name, analysis.model_version
         obs.gsd_m, obs.geo, obs.coverage = analysis.gsd_m, analysis.geo, analysis.coverage
         obs.exposure = None if analysis.coverage is None else analysis.coverage.get("share")
-        new_counts = analysis.counts
+        thresholds, spreads = calibrated_thresholds(session, obs.facility_id)
+        result = rethreshold(analysis.result, thresholds) if thresholds else analysis.result
+        new_counts = result.counts(analysis.class_names)
+        confidences: dict[str, list[float]] = {}
+        for d in result.detections:
+            confidences.setdefault(d.class_name, []).append(float(d.confidence))
         by_class = {c.class_name: c for c in obs.counts}
         for cls, n in new_counts.items():
-            if cls in by_class:
-                by_class[cls].count = int(n)
-            else:
-                obs.counts.append(db.ObservationCount(class_name=cls, count=int(n)))
-        obs.detections = [
-            db.DetectionRow(
-                class_name=d.class_name,
-                confidence=float(d.confidence),
-                obb=[[float(x), float(y)] for x, y in d.obb],
-                obb_lonlat=None if d.obb_lonlat is None else [[float(x), float(y)] for x, y in d.obb_lonlat],
+            sd = round(
+                count_uncertainty(confidences.get(cls, []), int(n), spreads.get(cls, DEFAULT_COUNT_REL_ERROR)), 4
             )
-            for d in analysis.result.detections
-        ]
+            if cls in by_class:
+                by_class[cls].count, by_class[cls].count_sd = int(n), sd
+            else:
+                obs.counts.append(db.ObservationCount(class_name=cls, count=int(n), count_sd=sd))
+        obs.detections = [db.DetectionRow(**detection_row(d)) for d in [*result.detections, *result.candidates]]
         session.flush()
         rescore(session, obs.facility_id, since=obs.captured_at, classes=new_counts.keys())
 

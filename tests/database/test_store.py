@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -345,7 +347,8 @@ def test_bulk_detection_insert_stores_what_orm_objects_stored(store: Store, yard
 
     assert raw(rec.id) == raw(ref_id)
     assert [r[0] for r in raw(rec.id)] == ["railcar", "container", "railcar"]
-    assert rec.detections == observations.get_observation(store, rec.id).detections == dets
+    stored = [replace(d, score=d.threshold_score) for d in dets]  # the score thresholds compare, made explicit
+    assert rec.detections == observations.get_observation(store, rec.id).detections == stored
 
 
 def test_record_analysis_unknown_facility_stores_nothing(store: Store) -> None:

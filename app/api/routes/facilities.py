@@ -11,7 +11,7 @@ from app.api.auth import allow
 from app.api.deps import StoreDep
 from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, errors
 from app.api.schemas import FacilityCreate, FacilityOut, FacilityPageOut, FacilityPatch
-from app.usecases import facilities
+from app.usecases import facilities, reviews
 from app.usecases.keys import Access
 
 router = APIRouter(tags=["facilities"])
@@ -50,9 +50,11 @@ def list_facilities(
     "/facilities/{facility_id}", response_model=FacilityOut, responses=errors(404), dependencies=[allow(Access.READ)]
 )
 def get_facility(facility_id: FacilityId, store: StoreDep) -> FacilityOut:
-    """One facility (404 if unknown)."""
+    """One facility (404 if unknown), with the `calibration` its reviews give."""
     rec = facilities.get_facility(store, facility_id)
-    return FacilityOut.model_validate(rec, from_attributes=True)
+    data = FacilityOut.model_validate(rec, from_attributes=True).model_dump()
+    data["calibration"] = reviews.get_calibration(store, facility_id)
+    return FacilityOut.model_validate(data)
 
 
 @router.patch(

@@ -24,7 +24,7 @@ class KeyCreateIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["admin", "reader", "uploader"]
+    role: Literal["admin", "reader", "uploader", "analyst"]
     facilities: list[str] = Field(
         default_factory=list,
         max_length=1000,

@@ -18,7 +18,7 @@ from app.api.limits import disarm_timeout
 from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, ObservationId, errors
 from app.api.schemas import ImportOut, ObservationDetailOut, ObservationOut, ObservationPageOut
 from app.core import offline, validation
-from app.usecases import facilities, imports, observations, scenes
+from app.usecases import facilities, imports, observations, reviews, scenes
 from app.usecases.keys import Access, Principal
 
 router = APIRouter(tags=["observations"])
@@ -161,10 +161,19 @@ def list_observations(
     responses=errors(404, 422),
     dependencies=[allow(Access.READ)],
 )
-def get_observation(observation_id: ObservationId, store: StoreDep) -> ObservationDetailOut:
-    """One observation with its detections."""
-    rec = observations.get_observation(store, observation_id)
-    return ObservationDetailOut.model_validate(rec.to_dict(with_detections=True))
+def get_observation(
+    observation_id: ObservationId,
+    store: StoreDep,
+    include: Annotated[
+        Literal["candidates"] | None,
+        Query(description="`candidates`: also the detections kept below the counting threshold."),
+    ] = None,
+) -> ObservationDetailOut:
+    """One observation with its detections (those counted), its review in force and verified counts."""
+    rec = reviews.get_observation(store, observation_id)
+    return ObservationDetailOut.model_validate(
+        rec.to_dict(with_detections=True, with_candidates=include == "candidates")
+    )
 
 
 @router.get(
@@ -194,9 +203,14 @@ def get_detections_geojson(observation_id: ObservationId, store: StoreDep) -> Re
     },
     dependencies=[allow(Access.READ)],
 )
-def get_overlay(observation_id: ObservationId, store: StoreDep, settings: SettingsDep) -> Response:
+def get_overlay(
+    observation_id: ObservationId,
+    store: StoreDep,
+    settings: SettingsDep,
+    boxes: Annotated[bool, Query(description="false: the image alone (to draw a review on).")] = True,
+) -> Response:
     """The observation's image (the region read, downscaled to at most `WAGON_OVERLAY_MAX_PX` a side) with its
-    oriented boxes drawn per class, the facility footprint, and the counts in a legend. 404 without an archived
-    original."""
-    png = scenes.render_overlay(store, settings, observation_id)
+    counted oriented boxes drawn per class, the facility footprint, and the counts in a legend (`boxes=false`: the
+    image alone). 404 without an archived original."""
+    png = scenes.render_overlay(store, settings, observation_id, boxes=boxes)
     return Response(png, media_type="image/png")
