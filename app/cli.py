@@ -81,6 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id", help="the key's id (the 12 hex digits after wd_, as listed)")
     revoke.add_argument("--force", action="store_true", help="revoke even the last active admin key")
+    review = sub.add_parser(
+        "review", help="record an analyst's review of an observation (counts or a JSON file of boxes), or withdraw it"
+    )
+    review.add_argument("observation", type=int, help="observation id")
+    what = review.add_mutually_exclusive_group(required=True)
+    what.add_argument("--counts", nargs="+", metavar="CLASS=N", help="verified counts, e.g. railcar=41")
+    what.add_argument("--file", help="a JSON review body (objects, ignore, exhaustive), as the API takes")
+    what.add_argument("--withdraw", action="store_true", help="withdraw the review in force")
+    review.add_argument("--reviewer", default="cli", help="who reviewed (recorded with the review)")
+    export = sub.add_parser(
+        "export-reviews",
+        help="write the exhaustively reviewed images as a YOLO-OBB training set (train --data reviews:DIR)",
+    )
+    export.add_argument("out", help="a new or empty folder")
+    export.add_argument("--facility", default=None, help="only this facility's reviews")
+    export.add_argument("--tile", type=int, default=640, help="tile size in pixels at the working GSD")
+    export.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels")
     dbp = sub.add_parser("db", help="database schema: `db upgrade` migrates to the newest, `db current` reports")
     dbp.add_argument(
         "action",
@@ -120,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _keys(args)
     if args.command == "db":
         return _db(args.action)
+    if args.command == "review":
+        return _review(args)
+    if args.command == "export-reviews":
+        return _export_reviews(args.out, args.facility, args.tile, args.overlap)
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
 
 
@@ -325,6 +346,71 @@ def _keys(args: argparse.Namespace) -> int:
         return 2
     finally:
         store.dispose()
+    return 0
+
+
+def _review(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from app.core import errors
+    from app.core.settings import get_settings
+    from app.database import Store
+    from app.usecases import reviews
+
+    settings = get_settings()
+    defaults = reviews.counting_defaults(
+        None, settings.resolved_model_path, settings.candidate_floor, settings.count_rel_error
+    )
+    store = Store(settings.database_url)
+    try:
+        if args.withdraw:
+            rec = reviews.withdraw_review(store, args.observation, args.reviewer, defaults)
+        else:
+            if args.file:
+                body = json.loads(Path(args.file).read_text())
+            else:
+                body = {"counts": {}}
+                for item in args.counts:
+                    cls, sep, n = item.partition("=")
+                    if not sep or not n.strip().isdigit():
+                        raise errors.InvalidInputError(f"--counts takes CLASS=N, not {item!r}")
+                    body["counts"][cls.strip()] = int(n)
+            rec = reviews.put_review(store, args.observation, body, args.reviewer, defaults)
+    except (errors.ServiceError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.dispose()
+    print(
+        json.dumps({"id": rec.id, "counts": rec.counts, "verified_counts": rec.verified_counts, "review": rec.review})
+    )
+    return 0
+
+
+def _export_reviews(out: str, facility: str | None, tile: int, overlap: int) -> int:
+    from pathlib import Path
+
+    from app.core.settings import get_settings
+    from app.database import Store
+    from app.usecases.review_export import export_reviews
+
+    settings = get_settings()
+    sidecar = settings.resolved_model_path.with_suffix(".json")
+    working = float(json.loads(sidecar.read_text()).get("working_gsd_m", 0.4)) if sidecar.exists() else 0.4
+    store = Store(settings.database_url)
+    try:
+        summary = export_reviews(store, settings, Path(out), working, tile, overlap, facility)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.dispose()
+    for note in summary.skipped:
+        print(f"skipped {note}", file=sys.stderr)
+    print(
+        f"{summary.images} reviewed image(s), {summary.objects} object(s) -> {summary.tiles} tile(s) at "
+        f"{working} m/px; train with: wagon-detector train --data reviews:{out}"
+    )
     return 0
 
 

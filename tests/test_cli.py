@@ -132,3 +132,34 @@ def test_threads_per_worker_never_oversubscribes() -> None:
     for workers in range(1, 5):
         for requested in (None, 1, 2, 16):
             assert workers * threads_per_worker(workers, requested, cores=4) <= max(4, workers)
+
+
+def test_review_and_export_reviews(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`review` records counts or a JSON body and withdraws; `export-reviews` writes the box reviews."""
+    from datetime import UTC, datetime
+
+    from app.database import Store
+    from app.usecases import facilities, imports
+
+    store = Store(get_settings().database_url)
+    facilities.create_facility(store, "yard", "Yard", "rail")
+    rec = imports.import_counts(
+        store, "yard", [imports.ImportRow(datetime(2024, 1, 1, tzinfo=UTC), {"railcar": 5})]
+    ).observations[0]
+    store.dispose()
+    assert cli.main(["review", str(rec.id), "--counts", "railcar=7", "container=1", "--reviewer", "ana"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["verified_counts"] == {"railcar": 7, "container": 1} and out["review"]["reviewer"] == "ana"
+    assert cli.main(["review", str(rec.id), "--counts", "railcar=x"]) == 2
+    assert "CLASS=N" in capsys.readouterr().err
+    body = tmp_path / "review.json"
+    body.write_text(json.dumps({"objects": []}))
+    assert cli.main(["review", str(rec.id), "--file", str(body)]) == 2  # boxes need an image
+    assert "no image" in capsys.readouterr().err
+    assert cli.main(["review", str(rec.id), "--withdraw"]) == 0
+    assert json.loads(capsys.readouterr().out)["review"] is None
+    assert cli.main(["review", str(rec.id), "--withdraw"]) == 2
+    assert cli.main(["export-reviews", str(tmp_path / "out")]) == 0
+    assert "0 reviewed image(s)" in capsys.readouterr().out
+    assert (tmp_path / "out" / "manifest.json").exists()
+    assert cli.main(["export-reviews", str(tmp_path / "out")]) == 2  # not empty now

@@ -87,7 +87,9 @@ YOLO_SYNONYMS: dict[str, int] = {
 #: the caller passes ``class_map`` (e.g. from a re-labelled DOTA-format set).
 DOTA_DEFAULT_CLASS_MAP: dict[str, str] = {}
 
-SOURCE_KINDS = ("xview", "dota", "yolo")
+SOURCE_KINDS = ("xview", "dota", "yolo", "reviews")
+#: Synthetic chips mixed in per exported review tile (a ``reviews:`` source), so nothing else is forgotten.
+SYNTHETIC_PER_REVIEW_TILE = 3
 
 
 @dataclass(frozen=True)
@@ -598,7 +600,8 @@ class SourceSpec:
 
 
 def parse_source(text: str) -> SourceSpec:
-    """``xview:GEOJSON,IMAGES`` | ``dota:ROOT`` | ``yolo:ROOT_OR_YAML`` | a bare data.yaml or folder (YOLO)."""
+    """``xview:GEOJSON,IMAGES`` | ``dota:ROOT`` | ``yolo:ROOT_OR_YAML`` | ``reviews:DIR`` (``wagon-detector
+    export-reviews``) | a bare data.yaml or folder (YOLO)."""
     kind, sep, rest = text.partition(":")
     if sep and kind.lower() in SOURCE_KINDS:
         kind = kind.lower()
@@ -619,11 +622,14 @@ def build_dataset(
     keep_negatives: bool = False,
     target_gsd_m: float | None = None,
     opts: ImportOptions | None = None,
+    synthetic_mix: int | None = None,
 ) -> Path:
     """Import every source (see :func:`parse_source`) into one dataset under ``out``; return its data.yaml.
 
     ``class_map`` applies to DOTA sources and adds to the YOLO name synonyms. An earlier dataset in ``out`` is
-    removed first; a folder holding anything else is refused.
+    removed first; a folder holding anything else is refused. A ``reviews:`` source (already at the working GSD;
+    its tiles without objects are kept: the analyst marked every object) brings ``synthetic_mix`` synthetic chips
+    with it (default :data:`SYNTHETIC_PER_REVIEW_TILE` per review tile; 0: none).
     """
     out = Path(out)
     if out.exists():
@@ -641,15 +647,49 @@ def build_dataset(
         }
     )
     data_yaml = _skeleton(out)
+    review_tiles = 0
     for text in sources:
         spec = parse_source(text)
-        if spec.kind == "xview":
+        if spec.kind == "reviews":
+            manifest = json.loads((spec.paths[0] / "manifest.json").read_text())
+            review_tiles += len(manifest.get("tiles", []))
+            reviewed = ImportOptions(
+                **{
+                    **{k: getattr(opts, k) for k in ImportOptions.__dataclass_fields__},
+                    "keep_negatives": True,
+                    "target_gsd_m": None,
+                }
+            )
+            data_yaml = import_yolo(spec.paths[0] / "data.yaml", out, opts=reviewed)
+        elif spec.kind == "xview":
             data_yaml = import_xview(spec.paths[0], spec.paths[1], out, opts=opts)
         elif spec.kind == "dota":
             data_yaml = import_dota(spec.paths[0], out, class_map=class_map, opts=opts)
         else:
             data_yaml = import_yolo(spec.paths[0], out, class_map=class_map, opts=opts)
+    n_synth = SYNTHETIC_PER_REVIEW_TILE * review_tiles if synthetic_mix is None else synthetic_mix
+    if review_tiles and n_synth > 0:
+        data_yaml = _mix_synthetic(out, n_synth, opts)
     return data_yaml
+
+
+def _mix_synthetic(out: Path, n: int, opts: ImportOptions) -> Path:
+    """Add ``n`` synthetic chips (seeds from 8,000,000: neither the usual training seeds nor the held-out ones)."""
+    from training.synth import write_dataset
+
+    tmp = out / "_synthetic"
+    try:
+        write_dataset(tmp, n, max(1, n // 10), seed=8_000_000, workers=1)
+        mixed = ImportOptions(
+            **{
+                **{k: getattr(opts, k) for k in ImportOptions.__dataclass_fields__},
+                "keep_negatives": True,
+                "target_gsd_m": None,
+            }
+        )
+        return import_yolo(tmp / "data.yaml", out, opts=mixed)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _skeleton(out: Path) -> Path:

@@ -12,6 +12,11 @@ dataset, cached under ``<project>/datasets/<hash>`` (the hash covers the sources
 importer code), and training runs on that:
 
     wagon-detector train --data xview:xView_train.geojson,train_images --data data/synth/data.yaml --epochs 30
+
+Analysts' reviews, written by ``wagon-detector export-reviews DIR``, fine-tune the shipped model (unless ``--from``
+says otherwise) with synthetic chips mixed in (``--synthetic-mix``, default 3 per review tile):
+
+    wagon-detector train --data reviews:DIR --epochs 10
 """
 
 from __future__ import annotations
@@ -193,6 +198,7 @@ def prepare_data(
     keep_negatives: bool = False,
     val_share: float = 0.1,
     target_gsd_m: float | None = None,
+    synthetic_mix: int | None = None,
 ) -> Path:
     """The data.yaml to train on: a single bare data.yaml as is; otherwise the sources imported into one dataset.
 
@@ -206,7 +212,7 @@ def prepare_data(
     specs = [importers.parse_source(str(d)) for d in data]
     key = {
         "sources": [[s.kind, *(_fingerprint(p) for p in s.paths)] for s in specs],
-        "options": [class_map, keep_negatives, val_share, target_gsd_m],
+        "options": [class_map, keep_negatives, val_share, target_gsd_m, synthetic_mix],
         "code": hashlib.sha256(Path(importers.__file__).read_bytes()).hexdigest(),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -222,6 +228,7 @@ def prepare_data(
         class_map=class_map,
         keep_negatives=keep_negatives,
         target_gsd_m=target_gsd_m,
+        synthetic_mix=synthetic_mix,
     )
     done.write_text(json.dumps({"data": [str(d) for d in data]}, indent=1))
     print(f"built dataset {out}")
@@ -236,7 +243,14 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         required=True,
         help="Ultralytics data.yaml of an OBB dataset, or a source to import (repeatable): "
-        "xview:GEOJSON,IMAGES | dota:ROOT | yolo:ROOT_OR_YAML | data.yaml",
+        "xview:GEOJSON,IMAGES | dota:ROOT | yolo:ROOT_OR_YAML | reviews:DIR (wagon-detector export-reviews) | "
+        "data.yaml",
+    )
+    ap.add_argument(
+        "--synthetic-mix",
+        type=int,
+        default=None,
+        help="synthetic chips mixed in with reviews:DIR sources (default: 3 per review tile; 0: none)",
     )
     ap.add_argument(
         "--class-map",
@@ -270,10 +284,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", default="train")
     ap.add_argument("--out", type=Path, default=None, help="copy the best checkpoint here")
     a = ap.parse_args(argv)
-    data = prepare_data(a.data, a.project / "datasets", a.class_map, a.keep_negatives, a.val_share, a.target_gsd)
+    data = prepare_data(
+        a.data, a.project / "datasets", a.class_map, a.keep_negatives, a.val_share, a.target_gsd, a.synthetic_mix
+    )
+    start = a.weights_from
+    if start is None and any(str(d).lower().startswith("reviews:") for d in a.data):
+        start = ROOT / "models" / "wagon-obb.pt"  # reviews fine-tune the shipped model
+        print(f"fine-tuning from {start}")
     best = train(
         data,
-        a.weights_from,
+        start,
         a.epochs,
         a.imgsz,
         a.batch,

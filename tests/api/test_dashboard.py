@@ -18,9 +18,6 @@ import json
 import os
 import random
 import shutil
-import socket
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,20 +27,10 @@ from typing import Any
 import pytest
 
 from tests.support import PROJECT_ROOT
+from tests.support.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, multipart, serve
 from tests.support.images import encode_image
 
-CHROMIUM = os.environ.get("WAGON_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ROOT = PROJECT_ROOT
-ARTIFACTS = Path(os.environ.get("WAGON_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts"))
 #: Seeds the server (admin); the pages sign in with a reader key made from it (what an analyst gets).
 ADMIN_KEY = "wd_7d1f7d1f7d1f_dashboard-browser-test-admin-key"
 
@@ -52,12 +39,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not found (apt-get install chromium)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _http(
@@ -72,20 +53,6 @@ def _http(
 def _json(base: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
     return json.loads(_http(base, path, data=data, headers={"Content-Type": content_type})[2])
-
-
-def _multipart(fields: dict[str, str], file: bytes) -> tuple[bytes, str]:
-    boundary = "wagonboundary7d1f"
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
-    ]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="chip.png"\r\n'
-        f"Content-Type: image/png\r\n\r\n".encode()
-        + file
-        + b"\r\n"
-    )
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def _seed(base: str, chip: Any) -> dict[str, Any]:
@@ -104,9 +71,7 @@ def _seed(base: str, chip: Any) -> dict[str, Any]:
     for i in range(60):
         rows.append(f"{(t0 + timedelta(days=30.4 * i)).isoformat()},{rng.randint(6, 24)},{rng.randint(0, 4)}")
     _json(base, "/v1/facilities/tumangang/observations", ("\n".join(rows) + "\n").encode(), "text/csv")
-    body, ctype = _multipart(
-        {"captured_at": "2023-10-15T02:30:00Z", "gsd_m": str(chip.gsd_m)}, encode_image(chip.image)
-    )
+    body, ctype = multipart({"captured_at": "2023-10-15T02:30:00Z", "gsd_m": str(chip.gsd_m)}, encode_image(chip.image))
     upload = json.loads(_http(base, "/v1/facilities/tumangang/images", data=body, headers={"Content-Type": ctype})[2])
     rows = ["captured_at,railcar,container"]
     for i in range(24):
@@ -121,8 +86,6 @@ def _seed(base: str, chip: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, detector: Any, busy_yard: Any) -> Iterator[dict[str, Any]]:
-    import uvicorn
-
     from app.api.main import create_app
     from app.core.settings import Settings
 
@@ -135,28 +98,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, detector: Any, busy_yard: A
         log_level="WARNING",
         admin_key=ADMIN_KEY,
     )
-    port = _free_port()
-    srv = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, detector=detector), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-        )
-    )
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if _http(base, "/healthz")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.1)
-    else:  # pragma: no cover
-        pytest.fail("server did not start")
-    seeded = _seed(base, busy_yard)
-    reader_key = _json(base, "/v1/keys", {"role": "reader", "name": "dashboard test"})["key"]
-    yield {"base": base, "reader_key": reader_key, **seeded}
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve(create_app(settings, detector=detector)) as base:
+        seeded = _seed(base, busy_yard)
+        reader_key = _json(base, "/v1/keys", {"role": "reader", "name": "dashboard test"})["key"]
+        yield {"base": base, "reader_key": reader_key, **seeded}
 
 
 @pytest.fixture(scope="module")

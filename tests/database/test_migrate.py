@@ -160,3 +160,31 @@ def test_db_cli_reports_and_upgrades(
         assert "up to date" in capsys.readouterr().out
     finally:
         get_settings.cache_clear()
+
+
+def test_reviews_revision_goes_down_and_up_keeping_other_data(database_url: str) -> None:
+    """Revision 0004 (reviews, candidates, calibration) downgrades to 0003 without touching the rest, and back."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    store = Store(database_url)
+    facilities.create_facility(store, "yard", "Yard", "rail")
+    imports.import_counts(store, "yard", [imports.ImportRow(datetime(2021, 1, 1, tzinfo=UTC), {"railcar": 5})])
+    store.dispose()
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            command.downgrade(migrate.alembic_config(conn), "0003")
+        inspector = inspect(engine)
+        assert {"reviews", "facility_calibrations"}.isdisjoint(inspector.get_table_names())
+        assert {"score", "counted"}.isdisjoint(c["name"] for c in inspector.get_columns("detections"))
+        assert "verified_count" not in {c["name"] for c in inspector.get_columns("observation_counts")}
+        assert migrate.upgrade(engine) == migrate.head_revision()
+    finally:
+        engine.dispose()
+    again = Store(database_url)
+    try:
+        assert _schema_diff(again) == []
+        assert [o.counts["railcar"] for o in observations.list_observations(again, "yard")] == [5]
+    finally:
+        again.dispose()

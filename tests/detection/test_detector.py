@@ -169,3 +169,24 @@ def test_the_train_context_decides_which_railcars_count(
     assert after.counts(("railcar", "container"))["container"] == before["container"]
     assert all(d.confidence >= detector.class_conf[d.class_name] for d in after.detections)
     assert after.counts(("railcar", "container"))["railcar"] < before["railcar"]
+
+
+def test_candidate_floor_keeps_the_counted_detections_exactly(detector: Any) -> None:
+    """Candidates below the thresholds are extra: what is counted is what the detector counts without them."""
+    from app.detection.detector import load_detector
+    from tests.support import MODEL_PATH
+    from tests.support.images import first_busy_yard
+
+    chip = first_busy_yard(20)
+    with_floor = load_detector(MODEL_PATH, threads=detector.threads, candidate_floor=0.1)
+    plain = detector.detect(chip.image, chip.gsd_m)
+    full = with_floor.detect(chip.image, chip.gsd_m)
+
+    def key(ds: list) -> list:
+        return sorted((d.class_name, round(d.confidence, 5), tuple(np.round(np.asarray(d.obb), 2).ravel())) for d in ds)
+
+    assert key(full.detections) == key(plain.detections)
+    assert full.candidates and all(
+        0.1 <= d.threshold_score < with_floor.class_conf[d.class_name] and not d.counted for d in full.candidates
+    )
+    assert plain.candidates == []

@@ -62,3 +62,35 @@ class SlowFakeDetector(RecordingFakeDetector):
         finally:
             with self._lock:
                 self.running -= 1
+
+
+class ScriptedCandidateDetector:
+    """Returns the same scripted boxes for every image: ``(class, score, corners)``; those scoring at least
+    ``threshold`` are counted, the rest down to ``floor`` are candidates (as the real detector with a candidate
+    floor)."""
+
+    name = "scripted-detector"
+    version = "test"
+    class_names = ("railcar", "container")
+
+    def __init__(self, boxes: list[tuple[str, float, tuple]], threshold: float = 0.35, floor: float = 0.1) -> None:
+        self.boxes = boxes
+        self.class_conf = {c: threshold for c in self.class_names}
+        self.floor = floor
+
+    def detect(self, image: np.ndarray, gsd_m: float | None = None) -> DetectionResult:
+        """The scripted boxes, split at the threshold."""
+        h, w = image.shape[:2]
+        found = [
+            Detection(cls, s, box, score=s, counted=s >= self.class_conf[cls])
+            for cls, s, box in self.boxes
+            if s >= self.floor
+        ]
+        return DetectionResult(
+            [d for d in found if d.counted], w, h, gsd_m, 0.0, candidates=[d for d in found if not d.counted]
+        )
+
+
+def railcar_box(x: float, y: float, length: float = 30.0, width: float = 8.0) -> tuple:
+    """An axis-aligned railcar box with its top-left corner at (x, y), as four corners."""
+    return ((x, y), (x + length, y), (x + length, y + width), (x, y + width))

@@ -48,7 +48,7 @@ async def put_review(
     request: Request,
     runtime: RuntimeDep,
     principal: Annotated[Principal, allow(Access.REVIEW)],
-    body: Annotated[dict[str, Any], Body(openapi_examples=_REVIEW_EXAMPLES)],
+    body: Annotated[Any, Body(openapi_examples=_REVIEW_EXAMPLES)],
 ) -> ObservationDetailOut:
     """Record what the image shows: either `objects` (the true objects as oriented boxes in the image's pixel
     coordinates, like `detections[].obb`), `ignore` (regions the analyst could not decide) and `exhaustive`
