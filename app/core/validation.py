@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 
@@ -42,6 +43,22 @@ def parse_timestamp(value: str, name: str = "captured_at") -> datetime:
         return parsed.astimezone(UTC)
     except OverflowError:
         raise InvalidInputError(f"{name} {value!r} is out of range in UTC") from None
+
+
+#: Ground sample distances (metres per pixel) the detector can work with, whatever gives them: a request, a
+#: geotransform, a facility's earlier uploads or an estimate.
+GSD_RANGE_M: tuple[float, float] = (0.05, 10.0)
+
+
+def check_gsd(gsd_m: float | None, name: str = "gsd_m") -> float | None:
+    """Return ``gsd_m`` (None: not given) unless it is not a finite number within :data:`GSD_RANGE_M`:
+    :class:`InvalidInputError` naming ``name`` (where the GSD came from)."""
+    if gsd_m is None:
+        return None
+    lo, hi = GSD_RANGE_M
+    if not (isinstance(gsd_m, (int, float)) and math.isfinite(gsd_m) and lo <= gsd_m <= hi):
+        raise InvalidInputError(f"{name} {gsd_m!r} must be a finite number between {lo} and {hi:g} metres per pixel")
+    return float(gsd_m)
 
 
 def check_text(value: str, name: str) -> str:

@@ -382,3 +382,17 @@ def test_422_shape_is_documented(api: Any) -> None:
     assert set(r.json()) == {"detail", "errors"} and r.json()["errors"][0]["loc"] == "observation_id"
     form = next(v for k, v in spec["components"]["schemas"].items() if k.startswith("Body_"))
     assert form["additionalProperties"] is False and set(form["properties"]) == {"file", "captured_at", "gsd_m"}
+
+
+# ------------------------------------------------------------------------------------------- GSD
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "0.01", "11", "1e6"])
+def test_request_gsd_must_be_finite_and_in_range(
+    api: Any, fake: RecordingFakeDetector, settings: Any, value: str
+) -> None:
+    r = _upload(api, "c.png", (BAD / "png_named.tif").read_bytes(), gsd_m=value)
+    assert r.status_code == 422, r.text
+    assert "gsd_m" in r.json()["detail"] and "finite number between 0.05 and 10" in r.json()["detail"]
+    assert _n_obs(api) == 0 and fake.calls == 0
+    assert _archived(settings.archive_dir) == []
