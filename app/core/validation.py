@@ -57,7 +57,9 @@ def check_gsd(gsd_m: float | None, name: str = "gsd_m") -> float | None:
         return None
     lo, hi = GSD_RANGE_M
     if not (isinstance(gsd_m, (int, float)) and math.isfinite(gsd_m) and lo <= gsd_m <= hi):
-        raise InvalidInputError(f"{name} {gsd_m!r} must be a finite number between {lo} and {hi:g} metres per pixel")
+        raise InvalidInputError(
+            f"{name} is {gsd_m!r} m/px; it must be a finite number between {lo} and {hi:g} metres per pixel"
+        )
     return float(gsd_m)
 
 

@@ -396,3 +396,36 @@ def test_request_gsd_must_be_finite_and_in_range(
     assert "gsd_m" in r.json()["detail"] and "finite number between 0.05 and 10" in r.json()["detail"]
     assert _n_obs(api) == 0 and fake.calls == 0
     assert _archived(settings.archive_dir) == []
+
+
+GEOREF_REFUSED = [  # GDAL-order transform, CRS, words the reason must contain
+    ((1e6, 0, 620_000, 0, -1e6, 4_700_000), "EPSG:32652", ["geotransform", "1000000.0 m/px", "between 0.05 and 10"]),
+    ((0.0, 0, 620_000, 0, 0.0, 4_700_000), "EPSG:32652", ["geotransform", "0.0 m/px"]),
+    ((1e-5, 0, 10.0, 0, -1e-5, 89.99), "EPSG:4326", ["geotransform", "between 0.05 and 10"]),  # pole: 6 mm
+    ((1e-5, 0, 500.0, 0, -1e-5, 200.0), "EPSG:4326", ["outside the earth", "longitudes"]),
+    ((0.5, 0, 1e30, 0, -0.5, 1e30), "EPSG:32652", ["outside the earth"]),
+]
+
+
+@pytest.mark.parametrize("transform, crs, words", GEOREF_REFUSED)
+def test_impossible_georeferencing_is_refused(
+    api: Any, fake: RecordingFakeDetector, transform: tuple, crs: str, words: list[str]
+) -> None:
+    from tests.support.geodata import geotiff_bytes
+
+    tif = geotiff_bytes(transform, crs)
+    for form in ({}, {"gsd_m": "0.5"}):  # a request's GSD does not make a false geotransform true
+        r = _upload(api, "g.tif", tif, content_type="image/tiff", **form)
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"].lower()
+        for w in words:
+            assert w in detail, detail
+    assert _n_obs(api) == 0 and fake.calls == 0
+
+
+def test_plausible_georeferencing_is_accepted(api: Any) -> None:
+    from tests.support.geodata import geotiff_bytes
+
+    r = _upload(api, "g.tif", geotiff_bytes(), content_type="image/tiff")
+    assert r.status_code == 201, r.text
+    assert r.json()["image"]["gsd_m"] == 0.5 and r.json()["image"]["gsd_source"] == "geotransform"
