@@ -22,7 +22,8 @@ from app.core.errors import InvalidInputError
 from app.core.validation import check_gsd
 from app.detection.geometry import greedy_rotated_nms, resample_scale, tile_core, tile_origins
 from app.detection.gsd_estimate import estimate_gsd
-from app.detection.raster import Georef, Scene, Window
+from app.detection.imaging import EmptyImageError
+from app.detection.raster import NO_VALID_PIXELS, Georef, Scene, Window
 from app.detection.results import Detection, DetectionResult, quad
 
 #: Side of a detection window at the model's working resolution, in pixels (about 5 x 5 model tiles).
@@ -394,7 +395,10 @@ def detect_scene(
     else:
         gsd, source = None, None
     region = plan_region(scene, footprint, margin_m)
-    scene.prepare(region.window)
+    scene.prepare(region.window)  # refuses a region without a valid pixel
+    coverage = measure_coverage(scene, region)
+    if coverage is not None and coverage["share"] == 0:
+        raise EmptyImageError(f"{NO_VALID_PIXELS} (the facility footprint lies on nodata)")
     info = getattr(detector, "info", None)
     working = getattr(info, "working_gsd_m", None)
     detected: dict[Window, DetectionResult] = {}  # windows already detected at the scale the counted pass uses
@@ -436,7 +440,6 @@ def detect_scene(
             Detection(d.class_name, d.confidence, d.obb, obb_lonlat=quad(q))
             for d, q in zip(detections, lonlat, strict=True)
         ]
-    coverage = measure_coverage(scene, region)
     return SceneDetections(
         detections=detections,
         lonlat=lonlat,

@@ -429,3 +429,54 @@ def test_plausible_georeferencing_is_accepted(api: Any) -> None:
     r = _upload(api, "g.tif", geotiff_bytes(), content_type="image/tiff")
     assert r.status_code == 201, r.text
     assert r.json()["image"]["gsd_m"] == 0.5 and r.json()["image"]["gsd_source"] == "geotransform"
+
+
+# ------------------------------------------------------------------------------------------- blank images
+
+
+def _blank_inputs() -> dict[str, bytes]:
+    from tests.support.geodata import geotiff_bytes
+    from tests.support.images import encode_image
+
+    nan = np.full((3, 32, 32), np.nan, np.float32)
+    return {
+        "all nodata": geotiff_bytes(data=np.zeros((3, 32, 32), np.uint8), nodata=0),
+        "all NaN": geotiff_bytes(data=nan),
+        "all NaN, nodata set to another value": geotiff_bytes(data=nan, nodata=-9999),
+        "fully transparent PNG": encode_image(np.zeros((32, 32, 4), np.uint8), "PNG"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_blank_inputs()))
+def test_image_without_valid_pixels_is_no_observation(api: Any, fake: RecordingFakeDetector, case: str) -> None:
+    r = _upload(api, "blank.tif", _blank_inputs()[case], content_type="image/tiff")
+    assert r.status_code == 422, r.text
+    assert "no valid pixels" in r.json()["detail"]
+    assert _n_obs(api) == 0 and fake.calls == 0
+
+
+def test_partly_nan_raster_is_counted(api: Any) -> None:
+    from tests.support.geodata import geotiff_bytes
+
+    data = np.random.default_rng(1).uniform(0, 1000, (3, 32, 32)).astype(np.float32)
+    data[:, :, :16] = np.nan
+    r = _upload(api, "half.tif", geotiff_bytes(data=data), content_type="image/tiff")
+    assert r.status_code == 201, r.text
+
+
+def test_footprint_on_nodata_is_no_observation(api: Any, fake: RecordingFakeDetector) -> None:
+    from tests.support.geodata import geotiff_bytes
+
+    data = np.full((3, 400, 400), 120, np.uint8)
+    data[:, 150:250, 150:250] = 0  # nodata exactly under the footprint, valid ground around it
+    tif = geotiff_bytes(data=data, nodata=0)
+    from app.detection.raster import Georef
+
+    georef = Georef("EPSG:32652", (0.5, 0.0, 620_000.0, 0.0, -0.5, 4_700_000.0), geographic=False)
+    ring = georef.pixel_to_lonlat(np.array([[160, 160], [240, 160], [240, 240], [160, 240], [160, 160]]))
+    footprint = {"type": "Polygon", "coordinates": [ring.tolist()]}
+    assert api.patch("/v1/facilities/yard", json={"footprint": footprint}).status_code == 200
+    r = _upload(api, "hole.tif", tif, content_type="image/tiff")
+    assert r.status_code == 422, r.text
+    assert "no valid pixels" in r.json()["detail"] and "footprint" in r.json()["detail"]
+    assert _n_obs(api) == 0 and fake.calls == 0
