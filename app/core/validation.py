@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from app.core.errors import InvalidInputError
 
@@ -61,6 +62,42 @@ def check_gsd(gsd_m: float | None, name: str = "gsd_m") -> float | None:
             f"{name} is {gsd_m!r} m/px; it must be a finite number between {lo} and {hi:g} metres per pixel"
         )
     return float(gsd_m)
+
+
+#: Default earliest capture time: no satellite imagery of railcars is older.
+CAPTURE_EARLIEST = datetime(1960, 1, 1, tzinfo=UTC)
+#: Default allowance for capture times ahead of the server's clock (clock skew, time zones), days.
+CAPTURE_MAX_FUTURE_DAYS = 1.0
+
+
+@dataclass(frozen=True)
+class CaptureWindow:
+    """The capture times an observation may have: from ``earliest`` to ``max_future_days`` past now."""
+
+    earliest: datetime = CAPTURE_EARLIEST
+    max_future_days: float = CAPTURE_MAX_FUTURE_DAYS
+
+    def check(self, when: datetime, name: str = "captured_at", now: datetime | None = None) -> datetime:
+        """``when`` in UTC, or :class:`InvalidInputError` when it lies outside the window."""
+        when = require_aware(when)
+        earliest = require_aware(self.earliest)
+        if when < earliest:
+            raise InvalidInputError(
+                f"{name} {iso(when)} is before {iso(earliest)}, the earliest capture time accepted "
+                "(WAGON_CAPTURE_EARLIEST)"
+            )
+        latest = (now or datetime.now(UTC)) + timedelta(days=self.max_future_days)
+        if when > latest:
+            raise InvalidInputError(
+                f"{name} {iso(when)} is more than {self.max_future_days:g} day(s) in the future "
+                "(WAGON_CAPTURE_MAX_FUTURE_DAYS)"
+            )
+        return when
+
+
+def parse_capture_time(value: str, window: CaptureWindow, name: str = "captured_at") -> datetime:
+    """:func:`parse_timestamp`, then the capture-time range (:meth:`CaptureWindow.check`)."""
+    return window.check(parse_timestamp(value, name), name)
 
 
 def check_text(value: str, name: str) -> str:

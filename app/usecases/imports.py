@@ -24,7 +24,7 @@ from app.core.errors import (
     InvalidInputError,
 )
 from app.core.offline import CLASS_NAMES
-from app.core.validation import NO_CONTROL_PATTERN, iso, parse_timestamp, require_aware
+from app.core.validation import NO_CONTROL_PATTERN, CaptureWindow, iso, parse_capture_time, require_aware
 from app.usecases import alerts
 from app.usecases.facilities import require_facility
 from app.usecases.observations import SOURCE_IMPORT, Idempotency, ObservationRecord, observation_record, rescore
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Most rows one import may carry.
 MAX_IMPORT_ROWS = 100_000
+#: Capture times accepted when the caller passes no settings.
+DEFAULT_CAPTURE_WINDOW = CaptureWindow()
 #: Largest count accepted in an import.
 MAX_COUNT = 1_000_000
 
@@ -46,11 +48,12 @@ class ImportRow:
     source: str = SOURCE_IMPORT
 
 
-def parse_json_import(payload: Any) -> list[ImportRow]:
+def parse_json_import(payload: Any, window: CaptureWindow = DEFAULT_CAPTURE_WINDOW) -> list[ImportRow]:
     """Validate a JSON import body ``{"observations": [{"captured_at", "counts", "source"?}, ...]}``.
 
     Every row is checked before anything is returned; :class:`ImportValidationError` names each bad row as
-    ``observations[i]`` (0-based). A class absent from ``counts`` (or given as null) is unknown.
+    ``observations[i]`` (0-based). A class absent from ``counts`` (or given as null) is unknown. Capture times
+    must lie in ``window``.
     """
     if not isinstance(payload, Mapping):
         raise InvalidInputError('body must be a JSON object {"observations": [...]}')
@@ -66,7 +69,7 @@ def parse_json_import(payload: Any) -> list[ImportRow]:
     for i, item in enumerate(items):
         where = f"observations[{i}]"
         try:
-            rows.append(_json_row(item))
+            rows.append(_json_row(item, window))
         except InvalidInputError as exc:
             errors.append(f"{where}: {exc}")
     if errors:
@@ -74,7 +77,7 @@ def parse_json_import(payload: Any) -> list[ImportRow]:
     return rows
 
 
-def _json_row(item: Any) -> ImportRow:
+def _json_row(item: Any, window: CaptureWindow) -> ImportRow:
     if not isinstance(item, Mapping):
         raise InvalidInputError("must be an object with captured_at and counts")
     problems: list[str] = []
@@ -87,7 +90,7 @@ def _json_row(item: Any) -> ImportRow:
         problems.append("captured_at is required (ISO 8601 string with timezone)")
     else:
         try:
-            captured_at = parse_timestamp(raw_time)
+            captured_at = parse_capture_time(raw_time, window)
         except InvalidInputError as exc:
             problems.append(str(exc))
     counts: dict[str, int] = {}
@@ -123,11 +126,14 @@ def _integral_float(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value.is_integer()
 
 
-def parse_csv_import(text: str, source: str = SOURCE_IMPORT) -> list[ImportRow]:
+def parse_csv_import(
+    text: str, source: str = SOURCE_IMPORT, window: CaptureWindow = DEFAULT_CAPTURE_WINDOW
+) -> list[ImportRow]:
     """Validate a CSV import: header ``captured_at`` plus class columns (and optionally ``source``).
 
     An empty cell is an unknown count. Every row is checked first; :class:`ImportValidationError` names each bad
-    row by its line number in the file (the header is line 1). Blank lines are skipped.
+    row by its line number in the file (the header is line 1). Blank lines are skipped. Capture times must lie in
+    ``window``.
     """
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
     try:
@@ -160,7 +166,7 @@ def parse_csv_import(text: str, source: str = SOURCE_IMPORT) -> list[ImportRow]:
             total += 1
             _check_row_total(total)
             try:
-                rows.append(_csv_row(columns, cells, source))
+                rows.append(_csv_row(columns, cells, source, window))
             except InvalidInputError as exc:
                 errors.append(f"line {line}: {exc}")
     except csv.Error as exc:
@@ -172,7 +178,7 @@ def parse_csv_import(text: str, source: str = SOURCE_IMPORT) -> list[ImportRow]:
     return rows
 
 
-def _csv_row(columns: list[str], cells: list[str], default_source: str) -> ImportRow:
+def _csv_row(columns: list[str], cells: list[str], default_source: str, window: CaptureWindow) -> ImportRow:
     if len(cells) != len(columns):
         raise InvalidInputError(f"has {len(cells)} cells, the header has {len(columns)}")
     problems: list[str] = []
@@ -183,7 +189,7 @@ def _csv_row(columns: list[str], cells: list[str], default_source: str) -> Impor
         cell = cell.strip()
         if col == "captured_at":
             try:
-                captured_at = parse_timestamp(cell)
+                captured_at = parse_capture_time(cell, window)
             except InvalidInputError as exc:
                 problems.append(str(exc))
         elif col == "source":

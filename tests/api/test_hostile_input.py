@@ -354,6 +354,47 @@ def test_times_need_a_zone_and_must_exist_in_utc(api: Any, value: str, words: li
     assert _n_obs(api) == 0
 
 
+def _far_future() -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(days=2)).isoformat()
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("0001-01-01T00:00:00Z", ["before 1960-01-01", "wagon_capture_earliest"]),
+        ("1959-12-31T23:59:59Z", ["before 1960-01-01"]),
+        ("9999-12-31T23:59:59Z", ["in the future", "wagon_capture_max_future_days"]),
+        (_far_future(), ["in the future"]),
+    ],
+)
+def test_capture_times_must_be_plausible(api: Any, fake: RecordingFakeDetector, value: str, words: list[str]) -> None:
+    png = (BAD / "png_named.tif").read_bytes()
+    r = _upload(api, "c.png", png, captured_at=value)
+    assert r.status_code == 422, r.text
+    for w in words:
+        assert w in r.json()["detail"].lower()
+    body = {"observations": [{"captured_at": value, "counts": {"railcar": 3}}]}
+    r = api.post("/v1/facilities/yard/observations", json=body)
+    assert r.status_code == 422 and "observations[0]" in r.json()["detail"] and words[0] in r.json()["detail"].lower()
+    csv = f"captured_at,railcar\n{value},3\n"
+    r = api.post("/v1/facilities/yard/observations", content=csv, headers={"content-type": "text/csv"})
+    assert r.status_code == 422 and "line 2" in r.json()["detail"] and words[0] in r.json()["detail"].lower()
+    assert _n_obs(api) == 0 and fake.calls == 0
+    assert api.get("/v1/facilities/yard/observations", params={"start": value}).status_code == 200  # queries: any
+
+
+def test_capture_window_is_configurable(make_client: Callable[..., Any]) -> None:
+    from datetime import UTC, datetime
+
+    client = make_client(capture_earliest=datetime(1950, 1, 1, tzinfo=UTC), capture_max_future_days=3)
+    _facility(client)
+    for value in ("1955-06-01T00:00:00Z", _far_future()):
+        body = {"observations": [{"captured_at": value, "counts": {"railcar": 3}}]}
+        assert client.post("/v1/facilities/yard/observations", json=body).status_code == 201
+
+
 # ------------------------------------------------------------------------------------------- found by the fuzzer
 
 

@@ -213,10 +213,8 @@ def test_anomalies_page_newest_first_each_once(client: Any) -> None:
     assert "x-next-cursor" not in last.headers
     # newer observations arriving do not disturb a walk that already started
     first = client.get("/v1/facilities/yard/anomalies", params={**low, "limit": 2}).json()
-    client.post(
-        "/v1/facilities/yard/observations",
-        json={"observations": [{"captured_at": "2030-01-01T00:00:00Z", "counts": {"railcar": 500}}]},
-    )
+    newer = {"observations": [{"captured_at": "2024-01-01T00:00:00Z", "counts": {"railcar": 500}}]}
+    assert client.post("/v1/facilities/yard/observations", json=newer).status_code == 201
     after = client.get("/v1/facilities/yard/anomalies", params={**low, "cursor": first["next_cursor"]}).json()
     assert after["anomalies"] == paged[2:]
     for path in ("/v1/facilities/yard/anomalies", "/v1/anomalies"):

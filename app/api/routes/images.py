@@ -176,7 +176,7 @@ def _receive(
     facility is unknown), the capture time (422), the upload archived (413 when too large) and the observation it
     repeats, if any."""
     footprint = scenes.facility_footprint(store, facility_id)
-    when = validation.parse_timestamp(captured_at)
+    when = validation.parse_capture_time(captured_at, settings.capture_window)
     archived = _archive_upload(file, settings.max_upload_bytes, settings)
     return footprint, when, archived, images.find_upload(store, facility_id, when, archived[0], idempotency)
 
