@@ -117,6 +117,19 @@ class Settings(BaseSettings):
         description="How far ahead of the server's clock a capture time may lie, days (clock skew); later ones are "
         "refused with 422.",
     )
+    max_railcars: int = Field(
+        default=5_000,
+        ge=1,
+        le=1_000_000,
+        description="Most railcars one imported observation may count; a row with more is refused with 422 (a "
+        "count that no yard holds would distort every facility's cold-start prior).",
+    )
+    max_containers: int = Field(
+        default=20_000,
+        ge=1,
+        le=1_000_000,
+        description="Most containers one imported observation may count; a row with more is refused with 422.",
+    )
     webhook_url: str | None = Field(
         default=None,
         description="Alerts (counts crossing a facility's thresholds) are POSTed here as JSON; unset: none are "
@@ -239,6 +252,11 @@ class Settings(BaseSettings):
     def capture_window(self) -> CaptureWindow:
         """The capture times accepted (``capture_earliest``, ``capture_max_future_days``)."""
         return CaptureWindow(self.capture_earliest, self.capture_max_future_days)
+
+    @property
+    def max_counts(self) -> dict[str, int]:
+        """The most objects of each class one observation may count."""
+        return {"railcar": self.max_railcars, "container": self.max_containers}
 
     @property
     def max_upload_bytes(self) -> int:

@@ -44,7 +44,7 @@ from app.database.queries import (
     list_observations,
     lock_facility,
     observation_counts,
-    pooled_count_stats,
+    pooled_counts,
     recent_image_gsds,
 )
 from app.database.store import Store
@@ -82,7 +82,7 @@ __all__ = [
     "lock_facility",
     "make_engine",
     "observation_counts",
-    "pooled_count_stats",
+    "pooled_counts",
     "recent_image_gsds",
     "utcnow",
 ]

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -35,8 +36,9 @@ log = logging.getLogger(__name__)
 MAX_IMPORT_ROWS = 100_000
 #: Capture times accepted when the caller passes no settings.
 DEFAULT_CAPTURE_WINDOW = CaptureWindow()
-#: Largest count accepted in an import.
-MAX_COUNT = 1_000_000
+#: Most objects of each class one imported observation may count, when the caller passes no settings
+#: (``WAGON_MAX_RAILCARS``, ``WAGON_MAX_CONTAINERS``).
+DEFAULT_MAX_COUNTS: Mapping[str, int] = MappingProxyType({"railcar": 5_000, "container": 20_000})
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,14 @@ class ImportRow:
     source: str = SOURCE_IMPORT
 
 
-def parse_json_import(payload: Any, window: CaptureWindow = DEFAULT_CAPTURE_WINDOW) -> list[ImportRow]:
+def parse_json_import(
+    payload: Any, window: CaptureWindow = DEFAULT_CAPTURE_WINDOW, max_counts: Mapping[str, int] = DEFAULT_MAX_COUNTS
+) -> list[ImportRow]:
     """Validate a JSON import body ``{"observations": [{"captured_at", "counts", "source"?}, ...]}``.
 
     Every row is checked before anything is returned; :class:`ImportValidationError` names each bad row as
     ``observations[i]`` (0-based). A class absent from ``counts`` (or given as null) is unknown. Capture times
-    must lie in ``window``.
+    must lie in ``window``, counts within ``max_counts``.
     """
     if not isinstance(payload, Mapping):
         raise InvalidInputError('body must be a JSON object {"observations": [...]}')
@@ -69,7 +73,7 @@ def parse_json_import(payload: Any, window: CaptureWindow = DEFAULT_CAPTURE_WIND
     for i, item in enumerate(items):
         where = f"observations[{i}]"
         try:
-            rows.append(_json_row(item, window))
+            rows.append(_json_row(item, window, max_counts))
         except InvalidInputError as exc:
             errors.append(f"{where}: {exc}")
     if errors:
@@ -77,7 +81,7 @@ def parse_json_import(payload: Any, window: CaptureWindow = DEFAULT_CAPTURE_WIND
     return rows
 
 
-def _json_row(item: Any, window: CaptureWindow) -> ImportRow:
+def _json_row(item: Any, window: CaptureWindow, max_counts: Mapping[str, int]) -> ImportRow:
     if not isinstance(item, Mapping):
         raise InvalidInputError("must be an object with captured_at and counts")
     problems: list[str] = []
@@ -105,8 +109,8 @@ def _json_row(item: Any, window: CaptureWindow) -> ImportRow:
                 continue  # explicitly unknown
             elif isinstance(value, bool) or not isinstance(value, int) and not _integral_float(value):
                 problems.append(f"count of {cls} must be a whole number, got {value!r}")
-            elif not 0 <= int(value) <= MAX_COUNT:
-                problems.append(f"count of {cls} must be between 0 and {MAX_COUNT}, got {value}")
+            elif not 0 <= int(value) <= max_counts[cls]:
+                problems.append(f"count of {cls} must be between 0 and {max_counts[cls]}, got {value}")
             else:
                 counts[cls] = int(value)
         if not counts and not problems:
@@ -127,13 +131,16 @@ def _integral_float(value: Any) -> bool:
 
 
 def parse_csv_import(
-    text: str, source: str = SOURCE_IMPORT, window: CaptureWindow = DEFAULT_CAPTURE_WINDOW
+    text: str,
+    source: str = SOURCE_IMPORT,
+    window: CaptureWindow = DEFAULT_CAPTURE_WINDOW,
+    max_counts: Mapping[str, int] = DEFAULT_MAX_COUNTS,
 ) -> list[ImportRow]:
     """Validate a CSV import: header ``captured_at`` plus class columns (and optionally ``source``).
 
     An empty cell is an unknown count. Every row is checked first; :class:`ImportValidationError` names each bad
     row by its line number in the file (the header is line 1). Blank lines are skipped. Capture times must lie in
-    ``window``.
+    ``window``, counts within ``max_counts``.
     """
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
     try:
@@ -166,7 +173,7 @@ def parse_csv_import(
             total += 1
             _check_row_total(total)
             try:
-                rows.append(_csv_row(columns, cells, source, window))
+                rows.append(_csv_row(columns, cells, source, window, max_counts))
             except InvalidInputError as exc:
                 errors.append(f"line {line}: {exc}")
     except csv.Error as exc:
@@ -178,7 +185,9 @@ def parse_csv_import(
     return rows
 
 
-def _csv_row(columns: list[str], cells: list[str], default_source: str, window: CaptureWindow) -> ImportRow:
+def _csv_row(
+    columns: list[str], cells: list[str], default_source: str, window: CaptureWindow, max_counts: Mapping[str, int]
+) -> ImportRow:
     if len(cells) != len(columns):
         raise InvalidInputError(f"has {len(cells)} cells, the header has {len(columns)}")
     problems: list[str] = []
@@ -202,8 +211,8 @@ def _csv_row(columns: list[str], cells: list[str], default_source: str, window: 
         elif cell:
             if not re.fullmatch(r"\d+", cell):
                 problems.append(f"count of {col} must be a whole number >= 0, got {cell!r}")
-            elif int(cell) > MAX_COUNT:
-                problems.append(f"count of {col} must be at most {MAX_COUNT}, got {cell}")
+            elif int(cell) > max_counts[col]:
+                problems.append(f"count of {col} must be at most {max_counts[col]}, got {cell}")
             else:
                 counts[col] = int(cell)
     if not counts and not problems:

@@ -521,3 +521,27 @@ def test_footprint_on_nodata_is_no_observation(api: Any, fake: RecordingFakeDete
     assert r.status_code == 422, r.text
     assert "no valid pixels" in r.json()["detail"] and "footprint" in r.json()["detail"]
     assert _n_obs(api) == 0 and fake.calls == 0
+
+
+# ------------------------------------------------------------------------------------------- absurd counts
+
+
+@pytest.mark.parametrize("cls, count, limit", [("railcar", 1_000_000, 5000), ("container", 20_001, 20000)])
+def test_absurd_counts_are_refused_naming_the_row(api: Any, cls: str, count: int, limit: int) -> None:
+    ok = {"captured_at": "2021-01-01T00:00:00Z", "counts": {cls: limit}}
+    bad = {"captured_at": "2021-01-02T00:00:00Z", "counts": {cls: count}}
+    r = api.post("/v1/facilities/yard/observations", json={"observations": [ok, bad]})
+    assert r.status_code == 422 and f"observations[1]: count of {cls} must be between 0 and {limit}" in r.text
+    csv = f"captured_at,{cls}\n2021-01-01T00:00:00Z,{limit}\n2021-01-02T00:00:00Z,{count}\n"
+    r = api.post("/v1/facilities/yard/observations", content=csv, headers={"content-type": "text/csv"})
+    assert r.status_code == 422 and f"line 3: count of {cls} must be at most {limit}" in r.json()["detail"]
+    assert _n_obs(api) == 0
+
+
+def test_count_limits_are_configurable(make_client: Callable[..., Any]) -> None:
+    client = make_client(max_railcars=20)
+    _facility(client)
+    body = {"observations": [{"captured_at": "2021-01-01T00:00:00Z", "counts": {"railcar": 21}}]}
+    assert client.post("/v1/facilities/yard/observations", json=body).status_code == 422
+    body["observations"][0]["counts"]["railcar"] = 20
+    assert client.post("/v1/facilities/yard/observations", json=body).status_code == 201
