@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -100,10 +101,20 @@ def parse_capture_time(value: str, window: CaptureWindow, name: str = "captured_
     return window.check(parse_timestamp(value, name), name)
 
 
+#: Unicode categories no free text may hold: controls (NUL, tab, line breaks), format characters (such as U+202E,
+#: which reverses the text shown after it), lone surrogates (not storable as UTF-8), line and paragraph separators.
+FORBIDDEN_TEXT_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
 def check_text(value: str, name: str) -> str:
-    """Return ``value`` unless it holds a control character (NUL, tab, newline, ...): :class:`InvalidInputError`."""
-    if not re.fullmatch(NO_CONTROL_PATTERN, value):
-        raise InvalidInputError(f"{name} must not contain control characters (such as NUL or a line break)")
+    """Return ``value`` unless it holds a character of :data:`FORBIDDEN_TEXT_CATEGORIES` (:class:`InvalidInputError`
+    naming the first one)."""
+    for i, char in enumerate(value):
+        if unicodedata.category(char) in FORBIDDEN_TEXT_CATEGORIES:
+            raise InvalidInputError(
+                f"{name} must not contain a control character or other invisible character (Unicode categories "
+                f"Cc, Cf, Cs, Zl, Zp: NUL, line breaks, U+202E, ...); found U+{ord(char):04X} at position {i}"
+            )
     return value
 
 

@@ -25,7 +25,7 @@ from app.core.errors import (
     InvalidInputError,
 )
 from app.core.offline import CLASS_NAMES
-from app.core.validation import NO_CONTROL_PATTERN, CaptureWindow, iso, parse_capture_time, require_aware
+from app.core.validation import CaptureWindow, check_text, iso, parse_capture_time, require_aware
 from app.usecases import alerts
 from app.usecases.facilities import require_facility
 from app.usecases.observations import SOURCE_IMPORT, Idempotency, ObservationRecord, observation_record, rescore
@@ -38,6 +38,8 @@ MAX_IMPORT_ROWS = 100_000
 DEFAULT_CAPTURE_WINDOW = CaptureWindow()
 #: Most objects of each class one imported observation may count, when the caller passes no settings
 #: (``WAGON_MAX_RAILCARS``, ``WAGON_MAX_CONTAINERS``).
+#: Counts with more digits than this are refused before they are converted (no limit is that large).
+MAX_COUNT_DIGITS = 9
 DEFAULT_MAX_COUNTS: Mapping[str, int] = MappingProxyType({"railcar": 5_000, "container": 20_000})
 
 
@@ -118,8 +120,11 @@ def _json_row(item: Any, window: CaptureWindow, max_counts: Mapping[str, int]) -
     source = item.get("source", SOURCE_IMPORT)
     if not isinstance(source, str) or not 1 <= len(source.strip()) <= 64:
         problems.append("source must be a string of 1 to 64 characters")
-    elif not re.fullmatch(NO_CONTROL_PATTERN, source):
-        problems.append("source must not contain control characters")
+    else:
+        try:
+            check_text(source, "source")
+        except InvalidInputError as exc:
+            problems.append(str(exc))
     if problems:
         raise InvalidInputError("; ".join(problems))
     assert captured_at is not None
@@ -205,14 +210,16 @@ def _csv_row(
             if cell:
                 if len(cell) > 64:
                     problems.append("source is longer than 64 characters")
-                if not re.fullmatch(NO_CONTROL_PATTERN, cell):
-                    problems.append("source must not contain control characters")
+                try:
+                    check_text(cell, "source")
+                except InvalidInputError as exc:
+                    problems.append(str(exc))
                 source = cell
         elif cell:
-            if not re.fullmatch(r"\d+", cell):
-                problems.append(f"count of {col} must be a whole number >= 0, got {cell!r}")
-            elif int(cell) > max_counts[col]:
-                problems.append(f"count of {col} must be at most {max_counts[col]}, got {cell}")
+            if not re.fullmatch(r"[0-9]+", cell):
+                problems.append(f"count of {col} must be a whole number >= 0, got {_shown(cell)}")
+            elif len(cell.lstrip("0")) > MAX_COUNT_DIGITS or int(cell) > max_counts[col]:
+                problems.append(f"count of {col} must be at most {max_counts[col]}, got {_shown(cell)}")
             else:
                 counts[col] = int(cell)
     if not counts and not problems:
@@ -221,6 +228,11 @@ def _csv_row(
         raise InvalidInputError("; ".join(problems))
     assert captured_at is not None
     return ImportRow(captured_at=captured_at, counts=counts, source=source)
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` as quoted in a refusal: shortened when long (a count of 5,000 digits need not come back whole)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _check_row_total(n: int) -> None:

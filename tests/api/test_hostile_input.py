@@ -18,6 +18,7 @@ Decisions for the valid-but-awkward files (also in the README):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -545,3 +546,71 @@ def test_count_limits_are_configurable(make_client: Callable[..., Any]) -> None:
     assert client.post("/v1/facilities/yard/observations", json=body).status_code == 422
     body["observations"][0]["counts"]["railcar"] = 20
     assert client.post("/v1/facilities/yard/observations", json=body).status_code == 201
+
+
+# ------------------------------------------------------------------------------------- bodies that broke the parser
+
+
+def _post_raw(api: Any, path: str, body: bytes | str, content_type: str = "application/json") -> Any:
+    return api.post(path, content=body, headers={"content-type": content_type})
+
+
+IMPORTS = "/v1/facilities/yard/observations"
+
+RAW_BODIES = [  # path, body, content type, words the reason must contain
+    (IMPORTS, "captured_at,railcar\n2021-01-01T00:00:00Z," + "9" * 5000 + "\n", "text/csv", ["line 2", "at most"]),
+    (
+        IMPORTS,
+        '{"observations": [{"captured_at": "2021-01-01T00:00:00Z", "counts": {"railcar": ' + "9" * 4400 + "}}]}",
+        "application/json",
+        ["4400 digits"],
+    ),
+    (IMPORTS, "[" * 100_000, "application/json", ["nested too deeply"]),
+    ("/v1/facilities", "[" * 100_000, "application/json", ["nested too deeply"]),
+    (
+        "/v1/facilities",
+        '{"id": "x", "name": "X", "kind": "rail", "n": ' + "1" * 5000 + "}",
+        "application/json",
+        ["too many digits"],
+    ),
+]
+
+
+@pytest.mark.parametrize("path, body, content_type, words", RAW_BODIES)
+def test_bodies_the_parser_chokes_on_are_422(
+    api: Any, path: str, body: str, content_type: str, words: list[str]
+) -> None:
+    r = _post_raw(api, path, body, content_type)
+    assert r.status_code == 422, r.text
+    for w in words:
+        assert w in r.json()["detail"], r.json()["detail"]
+    assert len(r.text) < 2000  # the 5,000 digits do not come back
+    assert _n_obs(api) == 0 and api.get("/v1/facilities/x").status_code == 404
+
+
+INVISIBLE = ["\\ud800", "\\u202e", "\\u2028", "\\u2029", "\\u00ad", "\\u200b", "\\t", "\\u0085"]
+
+
+@pytest.mark.parametrize("escape", INVISIBLE)
+def test_invisible_characters_are_refused_in_free_text(api: Any, escape: str) -> None:
+    text = f'"a{escape}b"'  # a JSON string literal with the escape, as a client sends it
+    bodies = [
+        (
+            "post",
+            IMPORTS,
+            '{"observations": [{"captured_at": "2021-01-01T00:00:00Z", "counts": {"railcar": 1}, '
+            f'"source": {text}}}]}}',
+        ),
+        ("post", "/v1/facilities", f'{{"id": "x", "name": {text}, "kind": "rail"}}'),
+        ("patch", "/v1/facilities/yard", f'{{"name": {text}}}'),
+        ("post", "/v1/keys", f'{{"role": "reader", "name": {text}}}'),
+    ]
+    for method, path, body in bodies:
+        r = getattr(api, method)(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (path, r.text)
+        assert "character" in r.json()["detail"] or "string" in r.json()["detail"].lower(), r.text
+    csv = f"captured_at,railcar,source\n2021-01-01T00:00:00Z,1,a{json.loads(text)}b\n"
+    r = _post_raw(api, IMPORTS, csv.encode("utf-8", "surrogatepass"), "text/csv")
+    assert r.status_code == 422, r.text
+    assert _n_obs(api) == 0 and api.get("/v1/facilities/x").status_code == 404
+    assert api.get("/v1/facilities/yard").json()["name"] == "Yard"

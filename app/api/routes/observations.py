@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api import web
+from app.api import json_body, web
 from app.api.auth import allow
 from app.api.deps import SettingsDep, StoreDep, request_prefit
 from app.api.limits import disarm_timeout
@@ -85,10 +85,7 @@ async def import_observations(
             lambda: imports.parse_csv_import(text, window=settings.capture_window, max_counts=settings.max_counts)
         )
     elif media_type == "application/json" or media_type.endswith("+json"):
-        try:
-            payload = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise HTTPException(status_code=422, detail=f"body is not valid JSON: {exc}") from None
+        payload = json_body.loads(text)
         rows = await run_in_threadpool(imports.parse_json_import, payload, settings.capture_window, settings.max_counts)
     else:
         raise HTTPException(
