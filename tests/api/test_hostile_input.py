@@ -614,3 +614,58 @@ def test_invisible_characters_are_refused_in_free_text(api: Any, escape: str) ->
     assert r.status_code == 422, r.text
     assert _n_obs(api) == 0 and api.get("/v1/facilities/x").status_code == 404
     assert api.get("/v1/facilities/yard").json()["name"] == "Yard"
+
+
+# ------------------------------------------------------------------------------------------- fields given twice
+
+
+@pytest.mark.parametrize("field", ["captured_at", "gsd_m"])
+def test_form_field_given_twice_is_refused(api: Any, fake: RecordingFakeDetector, settings: Any, field: str) -> None:
+    png = (BAD / "png_named.tif").read_bytes()
+    fields: dict[str, Any] = {"captured_at": "2024-05-01T10:30:00Z", "gsd_m": "0.5"}
+    fields[field] = [fields[field], "2024-05-02T10:30:00Z" if field == "captured_at" else "0.3"]
+    r = api.post("/v1/facilities/yard/images", data=fields, files={"file": ("c.png", png, "image/png")})
+    assert r.status_code == 422 and field in r.json()["detail"] and "more than once" in r.json()["detail"], r.text
+    assert _n_obs(api) == 0 and fake.calls == 0 and _archived(settings.archive_dir) == []
+
+
+def test_two_file_parts_are_refused(api: Any, fake: RecordingFakeDetector, settings: Any) -> None:
+    png = (BAD / "png_named.tif").read_bytes()
+    files = [
+        ("file", ("a.png", png, "image/png")),
+        ("file", ("b.png", (BAD / "palette.png").read_bytes(), "image/png")),
+    ]
+    r = api.post("/v1/facilities/yard/images", data={"captured_at": "2024-05-01T10:30:00Z"}, files=files)
+    assert r.status_code == 422 and "file" in r.json()["detail"] and "more than once" in r.json()["detail"], r.text
+    assert _n_obs(api) == 0 and fake.calls == 0 and _archived(settings.archive_dir) == []
+
+
+@pytest.mark.parametrize(
+    "method, path, body, key",
+    [
+        ("post", "/v1/facilities", '{"id": "x", "name": "X", "kind": "rail", "kind": "port"}', "kind"),
+        ("patch", "/v1/facilities/yard", '{"name": "A", "name": "B"}', "name"),
+        ("put", "/v1/facilities/yard/alerts", '{"score": 3, "score": 300}', "score"),
+        ("post", "/v1/keys", '{"role": "reader", "role": "admin"}', "role"),
+        (
+            "post",
+            IMPORTS,
+            '{"observations": [{"captured_at": "2021-01-01T00:00:00Z", "counts": {"railcar": 1, "railcar": 9}}]}',
+            "railcar",
+        ),
+        ("post", IMPORTS, '{"observations": [], "observations": []}', "observations"),
+    ],
+)
+def test_json_key_given_twice_is_refused(api: Any, method: str, path: str, body: str, key: str) -> None:
+    r = getattr(api, method)(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert repr(key) in r.json()["detail"] or key in r.json()["detail"]
+    assert "more than once" in r.json()["detail"]
+    assert _n_obs(api) == 0 and api.get("/v1/facilities/x").status_code == 404
+    assert api.get("/v1/facilities/yard").json()["name"] == "Yard"
+    assert api.get("/v1/facilities/yard/alerts").json()["configured"] is False
+
+
+def test_query_parameter_given_twice_is_refused(api: Any) -> None:
+    r = api.get("/v1/facilities/yard/observations", params=[("limit", "1"), ("limit", "5")])
+    assert r.status_code == 422 and "limit" in r.json()["detail"] and "more than once" in r.json()["detail"]
