@@ -20,6 +20,7 @@ This module never imports FastAPI; errors are :mod:`app.detection.imaging` excep
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import warnings
 from collections.abc import Iterator
@@ -40,6 +41,8 @@ from app.detection.imaging import (
     decode_image,
 )
 
+log = logging.getLogger(__name__)
+
 #: Lower and upper percentile of each band mapped to 0 and 255.
 STRETCH_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 #: Longest side of the decimated read used to estimate the stretch and to check the data.
@@ -48,6 +51,9 @@ SAMPLE_MAX_PX = 1024
 RASTER_FORMATS: tuple[str, ...] = ("TIFF", "JP2", "NITF")
 #: Short names of the GDAL drivers.
 _DRIVER_FORMAT = {"GTiff": "TIFF", "COG": "TIFF", "JP2OpenJPEG": "JP2", "JPEG2000": "JP2", "NITF": "NITF"}
+#: What a client is told of an image the raster library cannot open or read (its own message, naming files and
+#: functions, goes to the log with the request id).
+DAMAGED = "its structure is damaged, truncated or of a kind not supported"
 #: Why an image with nothing valid to count is refused (it is no observation of zero).
 NO_VALID_PIXELS = (
     "the image has no valid pixels over the area counted (all nodata, transparent or NaN): it shows nothing, so "
@@ -314,7 +320,8 @@ class RasterScene:
                 warnings.simplefilter("ignore", NodataShadowWarning)  # nodata wins over an alpha band: intended
                 valid = self.ds.dataset_mask(window=win, out_shape=out_shape) > 0
         except (RasterioError, MemoryError, ValueError) as exc:
-            raise CorruptImageError(f"the {self.format} image cannot be read: {exc}") from exc
+            log.warning("reading the %s image failed: %s", self.format, exc)  # GDAL's words, with file paths: the log
+            raise CorruptImageError(f"the {self.format} image cannot be read: {DAMAGED}") from exc
         if data.dtype.kind == "f":  # NaN and infinite samples are no data, whatever the mask says
             valid &= np.isfinite(data).all(axis=0)
         return data, valid
@@ -437,7 +444,8 @@ def open_scene(
                 else:
                     ds = stack.enter_context(rasterio.open(src))
         except RasterioError as exc:
-            raise CorruptImageError(f"the {fmt} image cannot be opened: {exc}") from exc
+            log.warning("opening the %s image failed: %s", fmt, exc)
+            raise CorruptImageError(f"the {fmt} image cannot be read: {DAMAGED}") from exc
         if ds.width <= 0 or ds.height <= 0 or ds.count <= 0:
             raise CorruptImageError(f"the image has an invalid size {ds.width}x{ds.height}x{ds.count}")
         if ds.width * ds.height > max_scene_pixels:

@@ -669,3 +669,22 @@ def test_json_key_given_twice_is_refused(api: Any, method: str, path: str, body:
 def test_query_parameter_given_twice_is_refused(api: Any) -> None:
     r = api.get("/v1/facilities/yard/observations", params=[("limit", "1"), ("limit", "5")])
     assert r.status_code == 422 and "limit" in r.json()["detail"] and "more than once" in r.json()["detail"]
+
+
+# ------------------------------------------------------------------------------------------- no internals in refusals
+
+
+def test_refusal_names_no_path_or_library_internals(api: Any, settings: Any, caplog: pytest.LogCaptureFixture) -> None:
+    import hashlib
+
+    data = (BAD / "truncated.tif").read_bytes()
+    with caplog.at_level("WARNING", logger="app.detection.raster"):
+        r = _upload(api, "t.tif", data, content_type="image/tiff")
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "cannot be read" in detail and "damaged" in detail
+    sha = hashlib.sha256(data).hexdigest()
+    for leak in (sha[:12], str(settings.archive_dir), "originals", "/", "TIFFRead", "GDAL", "rasterio", "Errno"):
+        assert leak not in detail, detail
+    logged = [rec for rec in caplog.records if rec.name == "app.detection.raster"]
+    assert logged and "failed" in logged[-1].getMessage()  # the library's own words are kept for the operator
