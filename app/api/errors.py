@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +45,8 @@ from app.detection.imaging import (
     ImageTooLargeError,
     UnsupportedImageError,
 )
+
+log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (NotFoundError, 404),
@@ -99,9 +103,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return await http_exception_handler(request, exc)
     mark_error(request.scope, "unparsable_body")
     cause = exc.__cause__ or exc.__context__
-    reason = f": {cause}" if cause is not None and str(cause) else ""
+    reason = f": {_parse_reason(cause)}" if cause is not None and str(cause) else ""
     detail = exc.detail if exc.detail != "There was an error parsing the body" else "the request body cannot be parsed"
     return JSONResponse({"detail": f"{detail}{reason}"}, status_code=422)
+
+
+def _parse_reason(cause: BaseException) -> str:
+    """Why a body could not be parsed, in the client's terms (the parser's own words when they are about the
+    input; nothing of the interpreter's limits)."""
+    if isinstance(cause, RecursionError):
+        return "the JSON body is nested too deeply"
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        return "a number in the JSON body has too many digits"
+    if isinstance(cause, (json.JSONDecodeError, UnicodeDecodeError)) or type(cause).__module__.startswith(
+        ("multipart", "python_multipart", "starlette")
+    ):
+        return str(cause)
+    log.warning("unparsable body: %s: %s", type(cause).__name__, cause)
+    return "see the service log for this request id"
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -164,7 +164,8 @@ def paginate(items: Sequence[T], limit: int, key: Callable[[T], Sequence[Any]]) 
 def csv_response(
     header: Sequence[str], rows: Iterable[Sequence[Any]], filename: str, headers: dict[str, str] | None = None
 ) -> Response:
-    """A ``text/csv`` response (RFC 4180, CRLF line ends; empty cell = null)."""
+    """A ``text/csv`` response (RFC 4180, CRLF line ends; empty cell = null; text cells that would start a formula
+    are prefixed with ``'``: :func:`neutralise_formula`)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
@@ -177,10 +178,22 @@ def csv_response(
     )
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    if isinstance(value, str):
+        return neutralise_formula(value)
+    return str(value)  # numbers stay numbers (a negative score is no formula)
+
+
+def neutralise_formula(text: str) -> str:
+    """A text cell that a spreadsheet would run as a formula, prefixed with ``'`` (shown as text); others as they
+    are."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 OBSERVATION_CLASS_FIELDS = ("count", "verified", "score", "drop_score", "expected", "expected_lo", "expected_hi")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.core.validation import CAPTURE_EARLIEST, CAPTURE_MAX_FUTURE_DAYS, CaptureWindow
 
 #: Directory holding the ``app`` package; relative model paths are resolved against it.
 PROJECT_ROOT: Path = Path(__file__).resolve().parents[2]
@@ -110,6 +113,31 @@ class Settings(BaseSettings):
         description="Detector count error assumed for an uploaded count, as a share of the true count (kept above "
         "what the shipped model measures on its evaluation images: models/MODEL_CARD.md); with the detection "
         "confidences it sets the uncertainty the count is scored with.",
+    )
+    capture_earliest: datetime = Field(
+        default=CAPTURE_EARLIEST,
+        description="Earliest capture time accepted (`captured_at` of uploads, imports and jobs), ISO 8601 with "
+        "timezone; earlier ones are refused with 422.",
+    )
+    capture_max_future_days: float = Field(
+        default=CAPTURE_MAX_FUTURE_DAYS,
+        ge=0,
+        le=366,
+        description="How far ahead of the server's clock a capture time may lie, days (clock skew); later ones are "
+        "refused with 422.",
+    )
+    max_railcars: int = Field(
+        default=5_000,
+        ge=1,
+        le=1_000_000,
+        description="Most railcars one imported observation may count; a row with more is refused with 422 (a "
+        "count that no yard holds would distort every facility's cold-start prior).",
+    )
+    max_containers: int = Field(
+        default=20_000,
+        ge=1,
+        le=1_000_000,
+        description="Most containers one imported observation may count; a row with more is refused with 422.",
     )
     webhook_url: str | None = Field(
         default=None,
@@ -221,6 +249,23 @@ class Settings(BaseSettings):
         """``admin_key`` in clear (also when set by ``model_copy`` as a plain string)."""
         key = self.admin_key
         return key.get_secret_value() if isinstance(key, SecretStr) else key
+
+    @field_validator("capture_earliest")
+    @classmethod
+    def _aware_capture_earliest(cls, value: datetime) -> datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("capture_earliest needs a timezone (e.g. 1960-01-01T00:00:00Z)")
+        return value
+
+    @property
+    def capture_window(self) -> CaptureWindow:
+        """The capture times accepted (``capture_earliest``, ``capture_max_future_days``)."""
+        return CaptureWindow(self.capture_earliest, self.capture_max_future_days)
+
+    @property
+    def max_counts(self) -> dict[str, int]:
+        """The most objects of each class one observation may count."""
+        return {"railcar": self.max_railcars, "container": self.max_containers}
 
     @property
     def max_upload_bytes(self) -> int:

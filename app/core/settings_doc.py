@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from pydantic_core import PydanticUndefined
 
 from app.core.settings import PROJECT_ROOT, Settings
+from app.core.validation import iso
 
 DOCUMENT = PROJECT_ROOT / "docs" / "deployment.md"
 BEGIN = "<!-- settings-table:begin -->"
@@ -30,6 +32,8 @@ def _default(value: object) -> str:
         return f"`{value.as_posix()}`"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if isinstance(value, datetime):
+        return f"`{iso(value)}`"
     return f"`{value}`"
 
 

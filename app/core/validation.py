@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
-from datetime import UTC, datetime
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from app.core.errors import InvalidInputError
 
@@ -44,10 +47,74 @@ def parse_timestamp(value: str, name: str = "captured_at") -> datetime:
         raise InvalidInputError(f"{name} {value!r} is out of range in UTC") from None
 
 
+#: Ground sample distances (metres per pixel) the detector can work with, whatever gives them: a request, a
+#: geotransform, a facility's earlier uploads or an estimate.
+GSD_RANGE_M: tuple[float, float] = (0.05, 10.0)
+
+
+def check_gsd(gsd_m: float | None, name: str = "gsd_m") -> float | None:
+    """Return ``gsd_m`` (None: not given) unless it is not a finite number within :data:`GSD_RANGE_M`:
+    :class:`InvalidInputError` naming ``name`` (where the GSD came from)."""
+    if gsd_m is None:
+        return None
+    lo, hi = GSD_RANGE_M
+    if not (isinstance(gsd_m, (int, float)) and math.isfinite(gsd_m) and lo <= gsd_m <= hi):
+        raise InvalidInputError(
+            f"{name} is {gsd_m!r} m/px; it must be a finite number between {lo} and {hi:g} metres per pixel"
+        )
+    return float(gsd_m)
+
+
+#: Default earliest capture time: no satellite imagery of railcars is older.
+CAPTURE_EARLIEST = datetime(1960, 1, 1, tzinfo=UTC)
+#: Default allowance for capture times ahead of the server's clock (clock skew, time zones), days.
+CAPTURE_MAX_FUTURE_DAYS = 1.0
+
+
+@dataclass(frozen=True)
+class CaptureWindow:
+    """The capture times an observation may have: from ``earliest`` to ``max_future_days`` past now."""
+
+    earliest: datetime = CAPTURE_EARLIEST
+    max_future_days: float = CAPTURE_MAX_FUTURE_DAYS
+
+    def check(self, when: datetime, name: str = "captured_at", now: datetime | None = None) -> datetime:
+        """``when`` in UTC, or :class:`InvalidInputError` when it lies outside the window."""
+        when = require_aware(when)
+        earliest = require_aware(self.earliest)
+        if when < earliest:
+            raise InvalidInputError(
+                f"{name} {iso(when)} is before {iso(earliest)}, the earliest capture time accepted "
+                "(WAGON_CAPTURE_EARLIEST)"
+            )
+        latest = (now or datetime.now(UTC)) + timedelta(days=self.max_future_days)
+        if when > latest:
+            raise InvalidInputError(
+                f"{name} {iso(when)} is more than {self.max_future_days:g} day(s) in the future "
+                "(WAGON_CAPTURE_MAX_FUTURE_DAYS)"
+            )
+        return when
+
+
+def parse_capture_time(value: str, window: CaptureWindow, name: str = "captured_at") -> datetime:
+    """:func:`parse_timestamp`, then the capture-time range (:meth:`CaptureWindow.check`)."""
+    return window.check(parse_timestamp(value, name), name)
+
+
+#: Unicode categories no free text may hold: controls (NUL, tab, line breaks), format characters (such as U+202E,
+#: which reverses the text shown after it), lone surrogates (not storable as UTF-8), line and paragraph separators.
+FORBIDDEN_TEXT_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
 def check_text(value: str, name: str) -> str:
-    """Return ``value`` unless it holds a control character (NUL, tab, newline, ...): :class:`InvalidInputError`."""
-    if not re.fullmatch(NO_CONTROL_PATTERN, value):
-        raise InvalidInputError(f"{name} must not contain control characters (such as NUL or a line break)")
+    """Return ``value`` unless it holds a character of :data:`FORBIDDEN_TEXT_CATEGORIES` (:class:`InvalidInputError`
+    naming the first one)."""
+    for i, char in enumerate(value):
+        if unicodedata.category(char) in FORBIDDEN_TEXT_CATEGORIES:
+            raise InvalidInputError(
+                f"{name} must not contain a control character or other invisible character (Unicode categories "
+                f"Cc, Cf, Cs, Zl, Zp: NUL, line breaks, U+202E, ...); found U+{ord(char):04X} at position {i}"
+            )
     return value
 
 

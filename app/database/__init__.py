@@ -54,7 +54,7 @@ from app.database.queries import (
     lock_facility,
     observation_counts,
     other_calibrations,
-    pooled_count_stats,
+    pooled_counts,
     recent_image_gsds,
     review_trail,
 )
@@ -93,7 +93,7 @@ __all__ = [
     "lock_facility",
     "make_engine",
     "observation_counts",
-    "pooled_count_stats",
+    "pooled_counts",
     "recent_image_gsds",
     "REVIEW_CURRENT",
     "REVIEW_REPLACED",

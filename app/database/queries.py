@@ -7,8 +7,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    Float,
-    cast,
     func,
     insert,
     select,
@@ -202,17 +200,18 @@ def count_rows(session: Session, class_name: str, observation_ids: Sequence[int]
 # ------------------------------------------------------------------------------------------ anomalies, alerts
 
 
-def pooled_count_stats(
-    session: Session, kind: str, class_name: str, exclude_facility: str
-) -> list[tuple[int, float, float]]:
-    """``(n, mean, sample variance)`` of the counts of a class at every other facility of a kind."""
-    rows = session.execute(
-        select(
-            Observation.facility_id,
-            func.count(),
-            func.sum(cast(ObservationCount.count, Float)),
-            func.sum(cast(ObservationCount.count, Float) * cast(ObservationCount.count, Float)),
-        )
+#: Most counts of one facility read for the pooled prior (its newest).
+POOLED_PER_FACILITY = 500
+
+
+def pooled_counts(
+    session: Session, kind: str, class_name: str, exclude_facility: str, per_facility: int = POOLED_PER_FACILITY
+) -> list[list[int]]:
+    """The counts of a class at every other facility of a kind (each facility's newest ``per_facility``), one
+    list per facility."""
+    newest = func.row_number().over(partition_by=Observation.facility_id, order_by=Observation.captured_at.desc())
+    ranked = (
+        select(Observation.facility_id.label("fid"), ObservationCount.count.label("n"), newest.label("rank"))
         .join(ObservationCount, ObservationCount.observation_id == Observation.id)
         .join(Facility, Facility.id == Observation.facility_id)
         .where(
@@ -220,15 +219,13 @@ def pooled_count_stats(
             ObservationCount.class_name == class_name,
             Observation.facility_id != exclude_facility,
         )
-        .group_by(Observation.facility_id)
-    ).all()
-    out = []
-    for _fid, n, s1, s2 in rows:
-        n, s1, s2 = int(n), float(s1 or 0), float(s2 or 0)
-        if n >= 2:
-            mean = s1 / n
-            out.append((n, mean, max((s2 - n * mean * mean) / (n - 1), 0.0)))
-    return out
+        .subquery()
+    )
+    rows = session.execute(select(ranked.c.fid, ranked.c.n).where(ranked.c.rank <= per_facility)).all()
+    out: dict[str, list[int]] = {}
+    for fid, n in rows:
+        out.setdefault(fid, []).append(int(n))
+    return list(out.values())
 
 
 def get_thresholds(session: Session, facility_id: str) -> AlertThreshold | None:

@@ -18,9 +18,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from app.core.errors import InvalidInputError
+from app.core.validation import check_gsd
 from app.detection.geometry import greedy_rotated_nms, resample_scale, tile_core, tile_origins
 from app.detection.gsd_estimate import estimate_gsd
-from app.detection.raster import Georef, Scene, Window
+from app.detection.imaging import EmptyImageError
+from app.detection.raster import NO_VALID_PIXELS, Georef, Scene, Window
 from app.detection.results import Detection, DetectionResult, quad
 
 #: Side of a detection window at the model's working resolution, in pixels (about 5 x 5 model tiles).
@@ -43,6 +46,35 @@ class WindowDetector(Protocol):
     def detect(self, image: np.ndarray, gsd_m: float | None = None) -> DetectionResult:
         """Detect in an RGB uint8 array."""
         ...
+
+
+# ---------------------------------------------------------------------------------------------- georeference
+
+
+def check_georef(scene: Scene) -> None:
+    """Refuse (:class:`InvalidInputError`) a scene whose georeferencing cannot be true: corners that are not finite
+    WGS84 longitudes and latitudes, or a geotransform whose GSD is outside the range every GSD must be in
+    (:func:`app.core.validation.check_gsd`). A scene without georeferencing passes."""
+    georef = scene.georef
+    if georef is None:
+        return
+    with np.errstate(all="ignore"):
+        gsd = scene.native_gsd_m
+    if gsd is not None and math.isfinite(gsd):
+        check_gsd(gsd, "the GSD of the image's geotransform")
+    corners = np.array([[0, 0], [scene.width, 0], [scene.width, scene.height], [0, scene.height]], np.float64)
+    try:
+        with np.errstate(all="ignore"):
+            lonlat = georef.pixel_to_crs(corners) if georef.geographic else georef.pixel_to_lonlat(corners)
+    except Exception:
+        # any failure of the projection library is a geotransform it cannot place on the Earth
+        lonlat = np.full((4, 2), np.nan)
+    lon, lat = lonlat[:, 0], lonlat[:, 1]
+    if not (np.isfinite(lonlat).all() and (np.abs(lon) <= 180).all() and (np.abs(lat) <= 90).all()):
+        raise InvalidInputError(
+            "the image's georeferencing places it outside the Earth (its corners are not WGS84 longitudes from "
+            "-180 to 180 and latitudes from -90 to 90); fix the geotransform"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- footprint
@@ -353,6 +385,9 @@ def detect_scene(
     (``facility_gsd_m``); with none of them and ``estimate``, from a first pass over the scene's central window
     (:func:`estimate_scene_gsd`)."""
     t0 = time.perf_counter()
+    check_georef(scene)
+    check_gsd(gsd_m)
+    check_gsd(facility_gsd_m, "the GSD of the facility's recent uploads")
     if gsd_m is not None:
         gsd, source = gsd_m, "request"
     elif scene.native_gsd_m is not None:
@@ -362,13 +397,17 @@ def detect_scene(
     else:
         gsd, source = None, None
     region = plan_region(scene, footprint, margin_m)
-    scene.prepare(region.window)
+    scene.prepare(region.window)  # refuses a region without a valid pixel
+    coverage = measure_coverage(scene, region)
+    if coverage is not None and coverage["share"] == 0:
+        raise EmptyImageError(f"{NO_VALID_PIXELS} (the facility footprint lies on nodata)")
     info = getattr(detector, "info", None)
     working = getattr(info, "working_gsd_m", None)
     detected: dict[Window, DetectionResult] = {}  # windows already detected at the scale the counted pass uses
     if gsd is None and estimate:
         gsd, first_window, first = estimate_scene_gsd(detector, scene, region.window)
         source = "estimated" if gsd is not None else None
+        check_gsd(gsd, "the estimated GSD")
         if first is not None and resample_scale(gsd, working) == 1.0:
             detected[first_window] = first  # no resampling called for: a single-window image is not detected twice
     tile_overlap = int(getattr(info, "tile_overlap_px", 128))
@@ -400,7 +439,6 @@ def detect_scene(
         ll = scene.georef.pixel_to_lonlat(pts).reshape(-1, 4, 2) if len(pts) else np.zeros((0, 4, 2))
         lonlat = [[[round(float(x), 9), round(float(y), 9)] for x, y in q] for q in ll]
         detections = [replace(d, obb_lonlat=quad(q)) for d, q in zip(detections, lonlat, strict=True)]
-    coverage = measure_coverage(scene, region)
     return SceneDetections(
         detections=detections,
         lonlat=lonlat,

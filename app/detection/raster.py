@@ -20,6 +20,7 @@ This module never imports FastAPI; errors are :mod:`app.detection.imaging` excep
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import warnings
 from collections.abc import Iterator
@@ -40,6 +41,8 @@ from app.detection.imaging import (
     decode_image,
 )
 
+log = logging.getLogger(__name__)
+
 #: Lower and upper percentile of each band mapped to 0 and 255.
 STRETCH_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 #: Longest side of the decimated read used to estimate the stretch and to check the data.
@@ -48,6 +51,14 @@ SAMPLE_MAX_PX = 1024
 RASTER_FORMATS: tuple[str, ...] = ("TIFF", "JP2", "NITF")
 #: Short names of the GDAL drivers.
 _DRIVER_FORMAT = {"GTiff": "TIFF", "COG": "TIFF", "JP2OpenJPEG": "JP2", "JPEG2000": "JP2", "NITF": "NITF"}
+#: What a client is told of an image the raster library cannot open or read (its own message, naming files and
+#: functions, goes to the log with the request id).
+DAMAGED = "its structure is damaged, truncated or of a kind not supported"
+#: Why an image with nothing valid to count is refused (it is no observation of zero).
+NO_VALID_PIXELS = (
+    "the image has no valid pixels over the area counted (all nodata, transparent or NaN): it shows nothing, so "
+    "it cannot count as zero railcars and containers"
+)
 #: WGS84 ellipsoid.
 _WGS84_A = 6378137.0
 _WGS84_E2 = 0.00669437999014
@@ -203,7 +214,8 @@ class Scene(Protocol):
         ...
 
     def prepare(self, window: Window | None = None) -> None:
-        """Check the data of the region and estimate its display stretch (call once before reading)."""
+        """Check the data of the region (:class:`EmptyImageError` when no pixel is valid) and estimate its display
+        stretch (call once before reading)."""
         ...
 
     @property
@@ -231,7 +243,10 @@ class ArrayScene:
         return None
 
     def prepare(self, window: Window | None = None) -> None:
-        """Nothing to do: the image was fully decoded."""
+        """Check that the region has a valid pixel (:class:`EmptyImageError` if not: all transparent)."""
+        c, r, w, h = window or (0, 0, self.width, self.height)
+        if self.image.valid is not None and not self.image.valid[r : r + h, c : c + w].any():
+            raise EmptyImageError(NO_VALID_PIXELS)
 
     def read(self, window: Window, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A window, optionally resampled (area interpolation) to ``out_shape`` (rows, cols)."""
@@ -268,13 +283,16 @@ class RasterScene:
         return None if self.georef is None else self.georef.gsd_m(self.width, self.height)
 
     def prepare(self, window: Window | None = None) -> None:
-        """Read the region decimated (at most ``SAMPLE_MAX_PX`` a side): this checks that the data decode and, for
-        data deeper than 8 bits, sets the per-band percentile stretch from its valid pixels."""
+        """Read the region decimated (at most ``SAMPLE_MAX_PX`` a side): this checks that the data decode and hold
+        a valid pixel (:class:`EmptyImageError` if not) and, for data deeper than 8 bits, sets the per-band
+        percentile stretch from its valid pixels."""
         window = window or (0, 0, self.width, self.height)
         c, r, w, h = window
         f = max(w, h) / SAMPLE_MAX_PX
         shape = (h, w) if f <= 1 else (max(1, round(h / f)), max(1, round(w / f)))
         data, valid = self._read_raw(window, shape)
+        if not valid.any():
+            raise EmptyImageError(NO_VALID_PIXELS)
         if not self.needs_stretch:
             return
         stretch = []
@@ -302,7 +320,10 @@ class RasterScene:
                 warnings.simplefilter("ignore", NodataShadowWarning)  # nodata wins over an alpha band: intended
                 valid = self.ds.dataset_mask(window=win, out_shape=out_shape) > 0
         except (RasterioError, MemoryError, ValueError) as exc:
-            raise CorruptImageError(f"the {self.format} image cannot be read: {exc}") from exc
+            log.warning("reading the %s image failed: %s", self.format, exc)  # GDAL's words, with file paths: the log
+            raise CorruptImageError(f"the {self.format} image cannot be read: {DAMAGED}") from exc
+        if data.dtype.kind == "f":  # NaN and infinite samples are no data, whatever the mask says
+            valid &= np.isfinite(data).all(axis=0)
         return data, valid
 
     def read(self, window: Window, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -423,7 +444,8 @@ def open_scene(
                 else:
                     ds = stack.enter_context(rasterio.open(src))
         except RasterioError as exc:
-            raise CorruptImageError(f"the {fmt} image cannot be opened: {exc}") from exc
+            log.warning("opening the %s image failed: %s", fmt, exc)
+            raise CorruptImageError(f"the {fmt} image cannot be read: {DAMAGED}") from exc
         if ds.width <= 0 or ds.height <= 0 or ds.count <= 0:
             raise CorruptImageError(f"the image has an invalid size {ds.width}x{ds.height}x{ds.count}")
         if ds.width * ds.height > max_scene_pixels:

@@ -329,25 +329,54 @@ class PooledPrior:
         return self.shape / self.rate
 
 
-def pooled_prior(stats_by_facility: Sequence[tuple[int, float, float]], kind: str = "") -> PooledPrior | None:
-    """Pool ``(n, mean, variance)`` of other facilities' histories (each with ``n >= MIN_HISTORY``).
+#: Tukey's far-out fences: values beyond this many interquartile ranges past the quartiles are clipped to them.
+FENCE_IQR = 3.0
+#: Largest dispersion a pooled prior may carry.
+MAX_POOLED_ALPHA = 5.0
 
-    Gamma prior on the facility mean by moments of the facility means (shape clamped to [0.5, 50]); with one
-    facility a wide prior (shape 1) around its mean. Dispersion: median of the facilities' moment estimates.
+
+def fenced(values: Sequence[float]) -> np.ndarray:
+    """``values`` clipped to Tukey's far-out fences (:data:`FENCE_IQR` interquartile ranges past the quartiles): one
+    absurd value cannot move a mean or variance further than the bulk of the data allows."""
+    arr = np.asarray(values, np.float64)
+    if arr.size < 4:
+        return arr
+    q1, q3 = np.percentile(arr, [25, 75])
+    iqr = max(float(q3 - q1), 1.0)  # counts are whole numbers: a constant history still allows one either side
+    return np.clip(arr, q1 - FENCE_IQR * iqr, q3 + FENCE_IQR * iqr)
+
+
+def facility_stats(counts: Sequence[int]) -> tuple[int, float, float]:
+    """``(n, mean, sample variance)`` of one facility's counts, after :func:`fenced` (robust to a few absurd
+    counts)."""
+    arr = fenced(counts)
+    n = int(arr.size)
+    if n == 0:
+        return 0, 0.0, 0.0
+    return n, float(arr.mean()), float(arr.var(ddof=1)) if n >= 2 else 0.0
+
+
+def pooled_prior(stats_by_facility: Sequence[tuple[int, float, float]], kind: str = "") -> PooledPrior | None:
+    """Pool ``(n, mean, variance)`` of other facilities' histories (each with ``n >= MIN_HISTORY``; make them with
+    :func:`facility_stats`).
+
+    Gamma prior on the facility mean, centred on the median of the facility means, with its shape by moments of the
+    means after :func:`fenced` (clamped to [0.5, 50]); with one facility a wide prior (shape 1) around its mean.
+    Dispersion: median of the facilities' moment estimates, at most :data:`MAX_POOLED_ALPHA`. Every facility weighs
+    the same, however long its history: one facility with absurd counts moves the prior no more than any other.
     """
-    rows = [(n, m, v) for n, m, v in stats_by_facility if n >= MIN_HISTORY]
+    rows = [(n, m, v) for n, m, v in stats_by_facility if n >= MIN_HISTORY and math.isfinite(m) and math.isfinite(v)]
     if not rows:
         return None
-    means = np.asarray([max(m, 0.05) for _, m, _ in rows])
-    grand = float(means.mean())
+    means = fenced([max(m, 0.05) for _, m, _ in rows])
+    centre = float(np.median(means))
     if len(rows) >= 2 and float(means.var(ddof=1)) > 0:
-        shape = float(np.clip(grand * grand / float(means.var(ddof=1)), 0.5, 50.0))
+        shape = float(np.clip(centre * centre / float(means.var(ddof=1)), 0.5, 50.0))
     else:
         shape = 1.0
     alphas = [max(0.0, (v - m) / (m * m)) if m > 0 else DEFAULT_ALPHA for _, m, v in rows]
-    return PooledPrior(
-        shape=shape, rate=shape / grand, alpha=float(np.median(alphas)), n_facilities=len(rows), kind=kind
-    )
+    alpha = float(min(np.median(alphas), MAX_POOLED_ALPHA))
+    return PooledPrior(shape=shape, rate=shape / centre, alpha=alpha, n_facilities=len(rows), kind=kind)
 
 
 # -------------------------------------------------------------------------------------------------- the GLM

@@ -7,7 +7,6 @@ CPU-bound work (``detect_decoded``) runs in a worker thread, never in an event l
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -17,7 +16,8 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 
 from app import database as db
-from app.core.errors import IdempotencyConflictError, InvalidInputError
+from app.core import validation
+from app.core.errors import IdempotencyConflictError
 from app.core.validation import iso, require_aware
 from app.detection.imaging import DecodedImage
 from app.detection.results import DetectionResult, rethreshold
@@ -158,9 +158,9 @@ def detect_decoded(
 
 
 def check_gsd(gsd_m: float | None) -> None:
-    """Raise :class:`InvalidInputError` unless ``gsd_m`` is None or within 0.05-10 m/pixel."""
-    if gsd_m is not None and not (math.isfinite(gsd_m) and 0.05 <= gsd_m <= 10):
-        raise InvalidInputError(f"gsd_m {gsd_m} must be between 0.05 and 10 metres per pixel")
+    """Raise :class:`InvalidInputError` unless ``gsd_m`` is None or a finite number within
+    :data:`app.core.validation.GSD_RANGE_M`."""
+    validation.check_gsd(gsd_m)
 
 
 def find_upload(

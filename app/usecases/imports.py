@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -24,7 +25,7 @@ from app.core.errors import (
     InvalidInputError,
 )
 from app.core.offline import CLASS_NAMES
-from app.core.validation import NO_CONTROL_PATTERN, iso, parse_timestamp, require_aware
+from app.core.validation import CaptureWindow, check_text, iso, parse_capture_time, require_aware
 from app.usecases import alerts
 from app.usecases.facilities import require_facility
 from app.usecases.observations import SOURCE_IMPORT, Idempotency, ObservationRecord, observation_record, rescore
@@ -33,8 +34,13 @@ log = logging.getLogger(__name__)
 
 #: Most rows one import may carry.
 MAX_IMPORT_ROWS = 100_000
-#: Largest count accepted in an import.
-MAX_COUNT = 1_000_000
+#: Capture times accepted when the caller passes no settings.
+DEFAULT_CAPTURE_WINDOW = CaptureWindow()
+#: Most objects of each class one imported observation may count, when the caller passes no settings
+#: (``WAGON_MAX_RAILCARS``, ``WAGON_MAX_CONTAINERS``).
+#: Counts with more digits than this are refused before they are converted (no limit is that large).
+MAX_COUNT_DIGITS = 9
+DEFAULT_MAX_COUNTS: Mapping[str, int] = MappingProxyType({"railcar": 5_000, "container": 20_000})
 
 
 @dataclass(frozen=True)
@@ -46,11 +52,14 @@ class ImportRow:
     source: str = SOURCE_IMPORT
 
 
-def parse_json_import(payload: Any) -> list[ImportRow]:
+def parse_json_import(
+    payload: Any, window: CaptureWindow = DEFAULT_CAPTURE_WINDOW, max_counts: Mapping[str, int] = DEFAULT_MAX_COUNTS
+) -> list[ImportRow]:
     """Validate a JSON import body ``{"observations": [{"captured_at", "counts", "source"?}, ...]}``.
 
     Every row is checked before anything is returned; :class:`ImportValidationError` names each bad row as
-    ``observations[i]`` (0-based). A class absent from ``counts`` (or given as null) is unknown.
+    ``observations[i]`` (0-based). A class absent from ``counts`` (or given as null) is unknown. Capture times
+    must lie in ``window``, counts within ``max_counts``.
     """
     if not isinstance(payload, Mapping):
         raise InvalidInputError('body must be a JSON object {"observations": [...]}')
@@ -66,7 +75,7 @@ def parse_json_import(payload: Any) -> list[ImportRow]:
     for i, item in enumerate(items):
         where = f"observations[{i}]"
         try:
-            rows.append(_json_row(item))
+            rows.append(_json_row(item, window, max_counts))
         except InvalidInputError as exc:
             errors.append(f"{where}: {exc}")
     if errors:
@@ -74,7 +83,7 @@ def parse_json_import(payload: Any) -> list[ImportRow]:
     return rows
 
 
-def _json_row(item: Any) -> ImportRow:
+def _json_row(item: Any, window: CaptureWindow, max_counts: Mapping[str, int]) -> ImportRow:
     if not isinstance(item, Mapping):
         raise InvalidInputError("must be an object with captured_at and counts")
     problems: list[str] = []
@@ -87,7 +96,7 @@ def _json_row(item: Any) -> ImportRow:
         problems.append("captured_at is required (ISO 8601 string with timezone)")
     else:
         try:
-            captured_at = parse_timestamp(raw_time)
+            captured_at = parse_capture_time(raw_time, window)
         except InvalidInputError as exc:
             problems.append(str(exc))
     counts: dict[str, int] = {}
@@ -102,8 +111,8 @@ def _json_row(item: Any) -> ImportRow:
                 continue  # explicitly unknown
             elif isinstance(value, bool) or not isinstance(value, int) and not _integral_float(value):
                 problems.append(f"count of {cls} must be a whole number, got {value!r}")
-            elif not 0 <= int(value) <= MAX_COUNT:
-                problems.append(f"count of {cls} must be between 0 and {MAX_COUNT}, got {value}")
+            elif not 0 <= int(value) <= max_counts[cls]:
+                problems.append(f"count of {cls} must be between 0 and {max_counts[cls]}, got {value}")
             else:
                 counts[cls] = int(value)
         if not counts and not problems:
@@ -111,8 +120,11 @@ def _json_row(item: Any) -> ImportRow:
     source = item.get("source", SOURCE_IMPORT)
     if not isinstance(source, str) or not 1 <= len(source.strip()) <= 64:
         problems.append("source must be a string of 1 to 64 characters")
-    elif not re.fullmatch(NO_CONTROL_PATTERN, source):
-        problems.append("source must not contain control characters")
+    else:
+        try:
+            check_text(source, "source")
+        except InvalidInputError as exc:
+            problems.append(str(exc))
     if problems:
         raise InvalidInputError("; ".join(problems))
     assert captured_at is not None
@@ -123,11 +135,17 @@ def _integral_float(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value.is_integer()
 
 
-def parse_csv_import(text: str, source: str = SOURCE_IMPORT) -> list[ImportRow]:
+def parse_csv_import(
+    text: str,
+    source: str = SOURCE_IMPORT,
+    window: CaptureWindow = DEFAULT_CAPTURE_WINDOW,
+    max_counts: Mapping[str, int] = DEFAULT_MAX_COUNTS,
+) -> list[ImportRow]:
     """Validate a CSV import: header ``captured_at`` plus class columns (and optionally ``source``).
 
     An empty cell is an unknown count. Every row is checked first; :class:`ImportValidationError` names each bad
-    row by its line number in the file (the header is line 1). Blank lines are skipped.
+    row by its line number in the file (the header is line 1). Blank lines are skipped. Capture times must lie in
+    ``window``, counts within ``max_counts``.
     """
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
     try:
@@ -160,7 +178,7 @@ def parse_csv_import(text: str, source: str = SOURCE_IMPORT) -> list[ImportRow]:
             total += 1
             _check_row_total(total)
             try:
-                rows.append(_csv_row(columns, cells, source))
+                rows.append(_csv_row(columns, cells, source, window, max_counts))
             except InvalidInputError as exc:
                 errors.append(f"line {line}: {exc}")
     except csv.Error as exc:
@@ -172,7 +190,9 @@ def parse_csv_import(text: str, source: str = SOURCE_IMPORT) -> list[ImportRow]:
     return rows
 
 
-def _csv_row(columns: list[str], cells: list[str], default_source: str) -> ImportRow:
+def _csv_row(
+    columns: list[str], cells: list[str], default_source: str, window: CaptureWindow, max_counts: Mapping[str, int]
+) -> ImportRow:
     if len(cells) != len(columns):
         raise InvalidInputError(f"has {len(cells)} cells, the header has {len(columns)}")
     problems: list[str] = []
@@ -183,21 +203,23 @@ def _csv_row(columns: list[str], cells: list[str], default_source: str) -> Impor
         cell = cell.strip()
         if col == "captured_at":
             try:
-                captured_at = parse_timestamp(cell)
+                captured_at = parse_capture_time(cell, window)
             except InvalidInputError as exc:
                 problems.append(str(exc))
         elif col == "source":
             if cell:
                 if len(cell) > 64:
                     problems.append("source is longer than 64 characters")
-                if not re.fullmatch(NO_CONTROL_PATTERN, cell):
-                    problems.append("source must not contain control characters")
+                try:
+                    check_text(cell, "source")
+                except InvalidInputError as exc:
+                    problems.append(str(exc))
                 source = cell
         elif cell:
-            if not re.fullmatch(r"\d+", cell):
-                problems.append(f"count of {col} must be a whole number >= 0, got {cell!r}")
-            elif int(cell) > MAX_COUNT:
-                problems.append(f"count of {col} must be at most {MAX_COUNT}, got {cell}")
+            if not re.fullmatch(r"[0-9]+", cell):
+                problems.append(f"count of {col} must be a whole number >= 0, got {_shown(cell)}")
+            elif len(cell.lstrip("0")) > MAX_COUNT_DIGITS or int(cell) > max_counts[col]:
+                problems.append(f"count of {col} must be at most {max_counts[col]}, got {_shown(cell)}")
             else:
                 counts[col] = int(cell)
     if not counts and not problems:
@@ -206,6 +228,11 @@ def _csv_row(columns: list[str], cells: list[str], default_source: str) -> Impor
         raise InvalidInputError("; ".join(problems))
     assert captured_at is not None
     return ImportRow(captured_at=captured_at, counts=counts, source=source)
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` as quoted in a refusal: shortened when long (a count of 5,000 digits need not come back whole)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _check_row_total(n: int) -> None:

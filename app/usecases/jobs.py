@@ -32,7 +32,7 @@ from sqlalchemy import CursorResult, and_, or_, update
 
 from app import database as db
 from app.core.errors import IdempotencyConflictError, NotFoundError, ServiceError
-from app.core.validation import iso
+from app.core.validation import check_gsd, iso
 from app.detection.imaging import ImageError
 from app.usecases.images import DetectorProtocol, record_upload
 from app.usecases.observations import Idempotency
@@ -106,7 +106,10 @@ class JobQueue:
     ) -> str:
         """Record a job and enqueue it; return its id. A repeat of an unfinished job (same ``Idempotency-Key``, or
         same image, facility and time) returns that job's id instead (:class:`IdempotencyConflictError` when the
-        key came with another image or time)."""
+        key came with another image or time). The capture time and GSD are checked first
+        (:class:`InvalidInputError`)."""
+        captured_at = self.settings.capture_window.check(captured_at)
+        check_gsd(gsd_m)
         with self.store.transaction() as session:
             existing = _unfinished_job(session, facility_id, captured_at, sha256, idempotency)
             if existing is not None:

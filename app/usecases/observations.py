@@ -15,7 +15,7 @@ from app.core.offline import CLASS_NAMES
 from app.core.validation import iso
 from app.detection.results import Detection, quad
 from app.scoring import fit_cache
-from app.scoring.anomaly import MIN_HISTORY, AnomalyScore, pooled_prior, score_series
+from app.scoring.anomaly import MIN_HISTORY, AnomalyScore, facility_stats, pooled_prior, score_series
 from app.scoring.review_calibration import effective_series
 from app.usecases.facilities import require_facility
 
@@ -121,7 +121,8 @@ def rescore(
             if kind is None:
                 facility = db.get_facility(session, facility_id)
                 kind = facility.kind if facility is not None else ""
-            prior = pooled_prior(db.pooled_count_stats(session, kind, cls, facility_id), kind)
+            pooled = db.pooled_counts(session, kind, cls, facility_id)
+            prior = pooled_prior([facility_stats(c) for c in pooled], kind)
         cal = calibration.get(cls)
         counts, sds = effective_series(history, cal.count_bias if cal is not None else 0.0)
         scores = score_series(

@@ -22,7 +22,7 @@ from app import database as db
 from app.core.errors import InvalidInputError, ModelUnavailableError, NotFoundError
 from app.core.offline import CLASS_NAMES
 from app.core.validation import iso
-from app.detection.pipeline import Progress, RegionError, detect_scene
+from app.detection.pipeline import Progress, RegionError, check_georef, detect_scene
 from app.detection.raster import open_scene
 from app.detection.results import DetectionResult, rethreshold, split_counted
 from app.scoring.anomaly import count_uncertainty
@@ -88,6 +88,7 @@ def analyse_source(
         gdal_cache_mb=gdal_cache_mb,
     ) as scene:
         decode_ms = (time.perf_counter() - t0) * 1000.0
+        check_georef(scene)
         if detector is None:
             scene.prepare()  # validate the data before refusing for want of a model
             raise ModelUnavailableError("no detector is loaded in this service (WAGON_LOAD_MODEL is false)")

@@ -18,6 +18,7 @@ Decisions for the valid-but-awkward files (also in the README):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -354,6 +355,47 @@ def test_times_need_a_zone_and_must_exist_in_utc(api: Any, value: str, words: li
     assert _n_obs(api) == 0
 
 
+def _far_future() -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(days=2)).isoformat()
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("0001-01-01T00:00:00Z", ["before 1960-01-01", "wagon_capture_earliest"]),
+        ("1959-12-31T23:59:59Z", ["before 1960-01-01"]),
+        ("9999-12-31T23:59:59Z", ["in the future", "wagon_capture_max_future_days"]),
+        (_far_future(), ["in the future"]),
+    ],
+)
+def test_capture_times_must_be_plausible(api: Any, fake: RecordingFakeDetector, value: str, words: list[str]) -> None:
+    png = (BAD / "png_named.tif").read_bytes()
+    r = _upload(api, "c.png", png, captured_at=value)
+    assert r.status_code == 422, r.text
+    for w in words:
+        assert w in r.json()["detail"].lower()
+    body = {"observations": [{"captured_at": value, "counts": {"railcar": 3}}]}
+    r = api.post("/v1/facilities/yard/observations", json=body)
+    assert r.status_code == 422 and "observations[0]" in r.json()["detail"] and words[0] in r.json()["detail"].lower()
+    csv = f"captured_at,railcar\n{value},3\n"
+    r = api.post("/v1/facilities/yard/observations", content=csv, headers={"content-type": "text/csv"})
+    assert r.status_code == 422 and "line 2" in r.json()["detail"] and words[0] in r.json()["detail"].lower()
+    assert _n_obs(api) == 0 and fake.calls == 0
+    assert api.get("/v1/facilities/yard/observations", params={"start": value}).status_code == 200  # queries: any
+
+
+def test_capture_window_is_configurable(make_client: Callable[..., Any]) -> None:
+    from datetime import UTC, datetime
+
+    client = make_client(capture_earliest=datetime(1950, 1, 1, tzinfo=UTC), capture_max_future_days=3)
+    _facility(client)
+    for value in ("1955-06-01T00:00:00Z", _far_future()):
+        body = {"observations": [{"captured_at": value, "counts": {"railcar": 3}}]}
+        assert client.post("/v1/facilities/yard/observations", json=body).status_code == 201
+
+
 # ------------------------------------------------------------------------------------------- found by the fuzzer
 
 
@@ -382,3 +424,267 @@ def test_422_shape_is_documented(api: Any) -> None:
     assert set(r.json()) == {"detail", "errors"} and r.json()["errors"][0]["loc"] == "observation_id"
     form = next(v for k, v in spec["components"]["schemas"].items() if k.startswith("Body_"))
     assert form["additionalProperties"] is False and set(form["properties"]) == {"file", "captured_at", "gsd_m"}
+
+
+# ------------------------------------------------------------------------------------------- GSD
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "0.01", "11", "1e6"])
+def test_request_gsd_must_be_finite_and_in_range(
+    api: Any, fake: RecordingFakeDetector, settings: Any, value: str
+) -> None:
+    r = _upload(api, "c.png", (BAD / "png_named.tif").read_bytes(), gsd_m=value)
+    assert r.status_code == 422, r.text
+    assert "gsd_m" in r.json()["detail"] and "finite number between 0.05 and 10" in r.json()["detail"]
+    assert _n_obs(api) == 0 and fake.calls == 0
+    assert _archived(settings.archive_dir) == []
+
+
+GEOREF_REFUSED = [  # GDAL-order transform, CRS, words the reason must contain
+    ((1e6, 0, 620_000, 0, -1e6, 4_700_000), "EPSG:32652", ["geotransform", "1000000.0 m/px", "between 0.05 and 10"]),
+    ((0.0, 0, 620_000, 0, 0.0, 4_700_000), "EPSG:32652", ["geotransform", "0.0 m/px"]),
+    ((1e-5, 0, 10.0, 0, -1e-5, 89.99), "EPSG:4326", ["geotransform", "between 0.05 and 10"]),  # pole: 6 mm
+    ((1e-5, 0, 500.0, 0, -1e-5, 200.0), "EPSG:4326", ["outside the earth", "longitudes"]),
+    ((0.5, 0, 1e30, 0, -0.5, 1e30), "EPSG:32652", ["outside the earth"]),
+]
+
+
+@pytest.mark.parametrize("transform, crs, words", GEOREF_REFUSED)
+def test_impossible_georeferencing_is_refused(
+    api: Any, fake: RecordingFakeDetector, transform: tuple, crs: str, words: list[str]
+) -> None:
+    from tests.support.geodata import geotiff_bytes
+
+    tif = geotiff_bytes(transform, crs)
+    for form in ({}, {"gsd_m": "0.5"}):  # a request's GSD does not make a false geotransform true
+        r = _upload(api, "g.tif", tif, content_type="image/tiff", **form)
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"].lower()
+        for w in words:
+            assert w in detail, detail
+    assert _n_obs(api) == 0 and fake.calls == 0
+
+
+def test_plausible_georeferencing_is_accepted(api: Any) -> None:
+    from tests.support.geodata import geotiff_bytes
+
+    r = _upload(api, "g.tif", geotiff_bytes(), content_type="image/tiff")
+    assert r.status_code == 201, r.text
+    assert r.json()["image"]["gsd_m"] == 0.5 and r.json()["image"]["gsd_source"] == "geotransform"
+
+
+# ------------------------------------------------------------------------------------------- blank images
+
+
+def _blank_inputs() -> dict[str, bytes]:
+    from tests.support.geodata import geotiff_bytes
+    from tests.support.images import encode_image
+
+    nan = np.full((3, 32, 32), np.nan, np.float32)
+    return {
+        "all nodata": geotiff_bytes(data=np.zeros((3, 32, 32), np.uint8), nodata=0),
+        "all NaN": geotiff_bytes(data=nan),
+        "all NaN, nodata set to another value": geotiff_bytes(data=nan, nodata=-9999),
+        "fully transparent PNG": encode_image(np.zeros((32, 32, 4), np.uint8), "PNG"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_blank_inputs()))
+def test_image_without_valid_pixels_is_no_observation(api: Any, fake: RecordingFakeDetector, case: str) -> None:
+    r = _upload(api, "blank.tif", _blank_inputs()[case], content_type="image/tiff")
+    assert r.status_code == 422, r.text
+    assert "no valid pixels" in r.json()["detail"]
+    assert _n_obs(api) == 0 and fake.calls == 0
+
+
+def test_partly_nan_raster_is_counted(api: Any) -> None:
+    from tests.support.geodata import geotiff_bytes
+
+    data = np.random.default_rng(1).uniform(0, 1000, (3, 32, 32)).astype(np.float32)
+    data[:, :, :16] = np.nan
+    r = _upload(api, "half.tif", geotiff_bytes(data=data), content_type="image/tiff")
+    assert r.status_code == 201, r.text
+
+
+def test_footprint_on_nodata_is_no_observation(api: Any, fake: RecordingFakeDetector) -> None:
+    from tests.support.geodata import geotiff_bytes
+
+    data = np.full((3, 400, 400), 120, np.uint8)
+    data[:, 150:250, 150:250] = 0  # nodata exactly under the footprint, valid ground around it
+    tif = geotiff_bytes(data=data, nodata=0)
+    from app.detection.raster import Georef
+
+    georef = Georef("EPSG:32652", (0.5, 0.0, 620_000.0, 0.0, -0.5, 4_700_000.0), geographic=False)
+    ring = georef.pixel_to_lonlat(np.array([[160, 160], [240, 160], [240, 240], [160, 240], [160, 160]]))
+    footprint = {"type": "Polygon", "coordinates": [ring.tolist()]}
+    assert api.patch("/v1/facilities/yard", json={"footprint": footprint}).status_code == 200
+    r = _upload(api, "hole.tif", tif, content_type="image/tiff")
+    assert r.status_code == 422, r.text
+    assert "no valid pixels" in r.json()["detail"] and "footprint" in r.json()["detail"]
+    assert _n_obs(api) == 0 and fake.calls == 0
+
+
+# ------------------------------------------------------------------------------------------- absurd counts
+
+
+@pytest.mark.parametrize("cls, count, limit", [("railcar", 1_000_000, 5000), ("container", 20_001, 20000)])
+def test_absurd_counts_are_refused_naming_the_row(api: Any, cls: str, count: int, limit: int) -> None:
+    ok = {"captured_at": "2021-01-01T00:00:00Z", "counts": {cls: limit}}
+    bad = {"captured_at": "2021-01-02T00:00:00Z", "counts": {cls: count}}
+    r = api.post("/v1/facilities/yard/observations", json={"observations": [ok, bad]})
+    assert r.status_code == 422 and f"observations[1]: count of {cls} must be between 0 and {limit}" in r.text
+    csv = f"captured_at,{cls}\n2021-01-01T00:00:00Z,{limit}\n2021-01-02T00:00:00Z,{count}\n"
+    r = api.post("/v1/facilities/yard/observations", content=csv, headers={"content-type": "text/csv"})
+    assert r.status_code == 422 and f"line 3: count of {cls} must be at most {limit}" in r.json()["detail"]
+    assert _n_obs(api) == 0
+
+
+def test_count_limits_are_configurable(make_client: Callable[..., Any]) -> None:
+    client = make_client(max_railcars=20)
+    _facility(client)
+    body = {"observations": [{"captured_at": "2021-01-01T00:00:00Z", "counts": {"railcar": 21}}]}
+    assert client.post("/v1/facilities/yard/observations", json=body).status_code == 422
+    body["observations"][0]["counts"]["railcar"] = 20
+    assert client.post("/v1/facilities/yard/observations", json=body).status_code == 201
+
+
+# ------------------------------------------------------------------------------------- bodies that broke the parser
+
+
+def _post_raw(api: Any, path: str, body: bytes | str, content_type: str = "application/json") -> Any:
+    return api.post(path, content=body, headers={"content-type": content_type})
+
+
+IMPORTS = "/v1/facilities/yard/observations"
+
+RAW_BODIES = [  # path, body, content type, words the reason must contain
+    (IMPORTS, "captured_at,railcar\n2021-01-01T00:00:00Z," + "9" * 5000 + "\n", "text/csv", ["line 2", "at most"]),
+    (
+        IMPORTS,
+        '{"observations": [{"captured_at": "2021-01-01T00:00:00Z", "counts": {"railcar": ' + "9" * 4400 + "}}]}",
+        "application/json",
+        ["4400 digits"],
+    ),
+    (IMPORTS, "[" * 100_000, "application/json", ["nested too deeply"]),
+    ("/v1/facilities", "[" * 100_000, "application/json", ["nested too deeply"]),
+    (
+        "/v1/facilities",
+        '{"id": "x", "name": "X", "kind": "rail", "n": ' + "1" * 5000 + "}",
+        "application/json",
+        ["too many digits"],
+    ),
+]
+
+
+@pytest.mark.parametrize("path, body, content_type, words", RAW_BODIES)
+def test_bodies_the_parser_chokes_on_are_422(
+    api: Any, path: str, body: str, content_type: str, words: list[str]
+) -> None:
+    r = _post_raw(api, path, body, content_type)
+    assert r.status_code == 422, r.text
+    for w in words:
+        assert w in r.json()["detail"], r.json()["detail"]
+    assert len(r.text) < 2000  # the 5,000 digits do not come back
+    assert _n_obs(api) == 0 and api.get("/v1/facilities/x").status_code == 404
+
+
+INVISIBLE = ["\\ud800", "\\u202e", "\\u2028", "\\u2029", "\\u00ad", "\\u200b", "\\t", "\\u0085"]
+
+
+@pytest.mark.parametrize("escape", INVISIBLE)
+def test_invisible_characters_are_refused_in_free_text(api: Any, escape: str) -> None:
+    text = f'"a{escape}b"'  # a JSON string literal with the escape, as a client sends it
+    bodies = [
+        (
+            "post",
+            IMPORTS,
+            '{"observations": [{"captured_at": "2021-01-01T00:00:00Z", "counts": {"railcar": 1}, '
+            f'"source": {text}}}]}}',
+        ),
+        ("post", "/v1/facilities", f'{{"id": "x", "name": {text}, "kind": "rail"}}'),
+        ("patch", "/v1/facilities/yard", f'{{"name": {text}}}'),
+        ("post", "/v1/keys", f'{{"role": "reader", "name": {text}}}'),
+    ]
+    for method, path, body in bodies:
+        r = getattr(api, method)(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (path, r.text)
+        assert "character" in r.json()["detail"] or "string" in r.json()["detail"].lower(), r.text
+    csv = f"captured_at,railcar,source\n2021-01-01T00:00:00Z,1,a{json.loads(text)}b\n"
+    r = _post_raw(api, IMPORTS, csv.encode("utf-8", "surrogatepass"), "text/csv")
+    assert r.status_code == 422, r.text
+    assert _n_obs(api) == 0 and api.get("/v1/facilities/x").status_code == 404
+    assert api.get("/v1/facilities/yard").json()["name"] == "Yard"
+
+
+# ------------------------------------------------------------------------------------------- fields given twice
+
+
+@pytest.mark.parametrize("field", ["captured_at", "gsd_m"])
+def test_form_field_given_twice_is_refused(api: Any, fake: RecordingFakeDetector, settings: Any, field: str) -> None:
+    png = (BAD / "png_named.tif").read_bytes()
+    fields: dict[str, Any] = {"captured_at": "2024-05-01T10:30:00Z", "gsd_m": "0.5"}
+    fields[field] = [fields[field], "2024-05-02T10:30:00Z" if field == "captured_at" else "0.3"]
+    r = api.post("/v1/facilities/yard/images", data=fields, files={"file": ("c.png", png, "image/png")})
+    assert r.status_code == 422 and field in r.json()["detail"] and "more than once" in r.json()["detail"], r.text
+    assert _n_obs(api) == 0 and fake.calls == 0 and _archived(settings.archive_dir) == []
+
+
+def test_two_file_parts_are_refused(api: Any, fake: RecordingFakeDetector, settings: Any) -> None:
+    png = (BAD / "png_named.tif").read_bytes()
+    files = [
+        ("file", ("a.png", png, "image/png")),
+        ("file", ("b.png", (BAD / "palette.png").read_bytes(), "image/png")),
+    ]
+    r = api.post("/v1/facilities/yard/images", data={"captured_at": "2024-05-01T10:30:00Z"}, files=files)
+    assert r.status_code == 422 and "file" in r.json()["detail"] and "more than once" in r.json()["detail"], r.text
+    assert _n_obs(api) == 0 and fake.calls == 0 and _archived(settings.archive_dir) == []
+
+
+@pytest.mark.parametrize(
+    "method, path, body, key",
+    [
+        ("post", "/v1/facilities", '{"id": "x", "name": "X", "kind": "rail", "kind": "port"}', "kind"),
+        ("patch", "/v1/facilities/yard", '{"name": "A", "name": "B"}', "name"),
+        ("put", "/v1/facilities/yard/alerts", '{"score": 3, "score": 300}', "score"),
+        ("post", "/v1/keys", '{"role": "reader", "role": "admin"}', "role"),
+        (
+            "post",
+            IMPORTS,
+            '{"observations": [{"captured_at": "2021-01-01T00:00:00Z", "counts": {"railcar": 1, "railcar": 9}}]}',
+            "railcar",
+        ),
+        ("post", IMPORTS, '{"observations": [], "observations": []}', "observations"),
+    ],
+)
+def test_json_key_given_twice_is_refused(api: Any, method: str, path: str, body: str, key: str) -> None:
+    r = getattr(api, method)(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert repr(key) in r.json()["detail"] or key in r.json()["detail"]
+    assert "more than once" in r.json()["detail"]
+    assert _n_obs(api) == 0 and api.get("/v1/facilities/x").status_code == 404
+    assert api.get("/v1/facilities/yard").json()["name"] == "Yard"
+    assert api.get("/v1/facilities/yard/alerts").json()["configured"] is False
+
+
+def test_query_parameter_given_twice_is_refused(api: Any) -> None:
+    r = api.get("/v1/facilities/yard/observations", params=[("limit", "1"), ("limit", "5")])
+    assert r.status_code == 422 and "limit" in r.json()["detail"] and "more than once" in r.json()["detail"]
+
+
+# ------------------------------------------------------------------------------------------- no internals in refusals
+
+
+def test_refusal_names_no_path_or_library_internals(api: Any, settings: Any, caplog: pytest.LogCaptureFixture) -> None:
+    import hashlib
+
+    data = (BAD / "truncated.tif").read_bytes()
+    with caplog.at_level("WARNING", logger="app.detection.raster"):
+        r = _upload(api, "t.tif", data, content_type="image/tiff")
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "cannot be read" in detail and "damaged" in detail
+    sha = hashlib.sha256(data).hexdigest()
+    for leak in (sha[:12], str(settings.archive_dir), "originals", "/", "TIFFRead", "GDAL", "rasterio", "Errno"):
+        assert leak not in detail, detail
+    logged = [rec for rec in caplog.records if rec.name == "app.detection.raster"]
+    assert logged and "failed" in logged[-1].getMessage()  # the library's own words are kept for the operator

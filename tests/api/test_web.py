@@ -85,6 +85,48 @@ def test_anomalies_csv_matches_json(client: Any) -> None:
         assert float(rows[0]["score"]) == events[0]["score"]
 
 
+FORMULAS = ['=HYPERLINK("http://evil.example","x")', "+1+cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3"]
+
+
+def test_csv_exports_neutralise_formulas(client: Any) -> None:
+    name = FORMULAS[0]
+    assert client.post("/v1/facilities", json={"id": "yard", "name": name, "kind": "rail"}).status_code == 201
+    t0 = datetime(2021, 1, 1, tzinfo=UTC)
+    obs = [
+        {"captured_at": (t0 + timedelta(days=7 * i)).isoformat(), "counts": {"railcar": 80 if i == 19 else 10 + i % 3}}
+        | {"source": FORMULAS[i % len(FORMULAS)]}
+        for i in range(20)
+    ]
+    assert client.post("/v1/facilities/yard/observations", json={"observations": obs}).status_code == 201
+    r = client.get("/v1/facilities/yard/observations", params={"format": "csv"})
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert [row["source"] for row in rows] == ["'" + o["source"] for o in obs]
+    drops = [float(row["railcar_drop_score"]) for row in rows if row["railcar_drop_score"]]
+    assert drops and all(not row["railcar_drop_score"].startswith("'") for row in rows)  # numbers stay numbers
+    for path in ("/v1/facilities/yard/anomalies", "/v1/anomalies"):
+        rows = list(csv.DictReader(io.StringIO(client.get(path, params={"format": "csv"}).text)))
+        assert rows and all(row["facility_name"] == "'" + name and row["source"].startswith("'") for row in rows)
+
+
+@pytest.mark.parametrize(
+    "value, cell",
+    [
+        ("=1+1", "'=1+1"),
+        ("\t=1+1", "'\t=1+1"),
+        ("\r=1+1", "'\r=1+1"),
+        ("-x", "'-x"),
+        ("import", "import"),
+        (-1.5, "-1.5"),
+        (-3, "-3"),
+        (True, "true"),
+    ],
+)
+def test_csv_cell_neutralises_text_only(value: Any, cell: str) -> None:
+    from app.api.web import _cell
+
+    assert _cell(value) == cell
+
+
 def test_etag_and_304(client: Any) -> None:
     _seed(client, 5)
     first = client.get("/v1/facilities/yard/observations")
@@ -213,10 +255,8 @@ def test_anomalies_page_newest_first_each_once(client: Any) -> None:
     assert "x-next-cursor" not in last.headers
     # newer observations arriving do not disturb a walk that already started
     first = client.get("/v1/facilities/yard/anomalies", params={**low, "limit": 2}).json()
-    client.post(
-        "/v1/facilities/yard/observations",
-        json={"observations": [{"captured_at": "2030-01-01T00:00:00Z", "counts": {"railcar": 500}}]},
-    )
+    newer = {"observations": [{"captured_at": "2024-01-01T00:00:00Z", "counts": {"railcar": 500}}]}
+    assert client.post("/v1/facilities/yard/observations", json=newer).status_code == 201
     after = client.get("/v1/facilities/yard/anomalies", params={**low, "cursor": first["next_cursor"]}).json()
     assert after["anomalies"] == paged[2:]
     for path in ("/v1/facilities/yard/anomalies", "/v1/anomalies"):

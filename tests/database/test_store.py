@@ -373,35 +373,21 @@ def test_get_unknown_observation(store: Store) -> None:
         observations.get_observation(store, 12345)
 
 
-def test_pooled_prior_from_the_largest_counts(store: Store) -> None:
-    """Sums of squared counts exceed 32-bit integers (PostgreSQL's integer overflowed before the cast to float)."""
+def test_pooled_prior_is_not_poisoned_by_one_absurd_count(store: Store) -> None:
+    """One facility's single huge count (the largest accepted) leaves a new facility's cold start near what yards
+    hold; counts are read as integers (no sums of squares that could overflow)."""
     facilities.create_facility(store, "big", "Big yard", "rail")
-    imports.import_observations(
-        store,
-        "big",
-        imports.parse_json_import(
-            {
-                "observations": [
-                    {"captured_at": f"2021-01-0{d}T00:00:00Z", "counts": {"railcar": imports.MAX_COUNT - d}}
-                    for d in (1, 2, 3)
-                ]
-            }
-        ),
+    history = [{"captured_at": f"2021-01-{d:02d}T00:00:00Z", "counts": {"railcar": 8 + d % 5}} for d in range(1, 21)]
+    history.append(
+        {"captured_at": "2021-01-25T00:00:00Z", "counts": {"railcar": imports.DEFAULT_MAX_COUNTS["railcar"]}}
     )
+    imports.import_observations(store, "big", imports.parse_json_import({"observations": history}))
     facilities.create_facility(store, "new", "New yard", "rail")
-    recs = imports.import_observations(
-        store,
-        "new",
-        imports.parse_json_import(
-            {
-                "observations": [
-                    {"captured_at": "2021-02-01T00:00:00Z", "counts": {"railcar": 5}},
-                    {"captured_at": "2021-02-02T00:00:00Z", "counts": {"railcar": 6}},
-                ]
-            }
-        ),
-    )
-    assert recs[-1].anomaly["railcar"].reason.startswith("cold start")
+    fresh = [{"captured_at": f"2021-02-0{d}T00:00:00Z", "counts": {"railcar": c}} for d, c in ((1, 6), (2, 14), (3, 9))]
+    recs = imports.import_observations(store, "new", imports.parse_json_import({"observations": fresh}))
+    score = recs[-1].anomaly["railcar"]
+    assert score.reason.startswith("cold start") and "pooled from 1 rail" in score.reason
+    assert score.expected is not None and 5 < score.expected < 20, score.expected
 
 
 def test_facility_ids_sort_bytewise_in_a_postgresql_database_with_a_natural_language_locale() -> None:

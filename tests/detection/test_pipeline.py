@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from app.detection import pipeline
+from app.detection.imaging import EmptyImageError
 from app.detection.pipeline import RegionError, detect_scene, plan_windows, validate_footprint
 from app.detection.raster import open_scene
 from tests.support.geodata import BlobDetector, blob_scene, ground_distance_m, make_geotiff
@@ -96,10 +97,13 @@ def test_footprint_half_nodata_and_off_the_edge(tmp_path: Path) -> None:
     assert out.coverage["share"] == pytest.approx(0.5, abs=0.02)
     assert out.coverage["nodata_cut"] and not out.coverage["edge_cut"]
     fp = _footprint(gs, 300, 100, 500, 200)  # half beyond the right edge (x >= 400), the rest nodata
+    with open_scene(gs.path) as scene, pytest.raises(EmptyImageError, match="no valid pixels"):
+        detect_scene(BlobDetector(), scene, footprint=fp)  # nothing seen of the footprint: no observation of zero
+    fp = _footprint(gs, 250, 100, 450, 200)  # a quarter valid, half nodata, a quarter beyond the edge
     with open_scene(gs.path) as scene:
         out = detect_scene(BlobDetector(), scene, footprint=fp)
-    assert out.coverage["share"] == pytest.approx(0.0, abs=0.02)
-    assert out.coverage["edge_cut"] and out.coverage["in_scene_share"] == pytest.approx(0.5, abs=0.02)
+    assert out.coverage["share"] == pytest.approx(0.25, abs=0.02)
+    assert out.coverage["edge_cut"] and out.coverage["in_scene_share"] == pytest.approx(0.75, abs=0.02)
 
 
 def test_footprint_outside_the_scene(tmp_path: Path) -> None:

@@ -272,6 +272,20 @@ def test_cold_start_uses_pooled_prior_and_says_so() -> None:
     assert pooled_prior([(3, 5.0, 5.0)]) is None  # facilities with short histories do not pool
 
 
+def test_pooled_prior_is_robust_to_absurd_counts_and_facilities() -> None:
+    from app.scoring.anomaly import facility_stats, pooled_prior
+
+    steady = [8, 9, 10, 11, 12] * 4
+    n, mean, var = facility_stats([*steady, 1_000_000])
+    assert n == 21 and 9 < mean < 12 and var < 20  # the absurd count is clipped to the bulk's fences
+    assert facility_stats(steady) == pytest.approx((20, 10.0, float(np.var(steady, ddof=1))))
+    prior = pooled_prior([facility_stats([*steady, 1_000_000])], kind="rail")
+    assert prior is not None and prior.mean < 12
+    yards = [(30, 10.0, 15.0), (30, 12.0, 20.0), (30, 9.0, 12.0), (30, 11.0, 14.0)]
+    prior = pooled_prior([*yards, (30, 47_632.0, 1e12)], kind="rail")  # one facility whose counts are all absurd
+    assert prior is not None and 9 <= prior.mean <= 12 and prior.alpha <= 5.0
+
+
 def test_highest_in_days_is_exact() -> None:
     times = [T0 + timedelta(days=d) for d in (0, 100, 200, 300, 400, 500, 600, 700, 800, 900)]
     counts = [10, 50, 12, 11, 13, 9, 12, 14, 10, 11]

@@ -114,6 +114,36 @@ def make_geotiff(
     )
 
 
+def geotiff_bytes(
+    transform: tuple[float, float, float, float, float, float] = (0.5, 0.0, *UTM_ORIGIN[:1], 0.0, -0.5, UTM_ORIGIN[1]),
+    crs: str = UTM_CRS,
+    data: np.ndarray | None = None,
+    nodata: float | None = None,
+) -> bytes:
+    """A small GeoTIFF in memory: ``data`` (bands x rows x cols; default 3 x 32 x 32 noise) with the GDAL-order
+    ``transform`` (a, b, c, d, e, f) in ``crs`` and an optional ``nodata`` value."""
+    from rasterio.io import MemoryFile
+    from rasterio.transform import Affine
+
+    if data is None:
+        data = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    a, b, c, d, e, f = transform
+    profile: dict[str, Any] = dict(
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=str(data.dtype),
+        crs=crs,
+        transform=Affine(a, b, c, d, e, f),
+        nodata=nodata,
+    )
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            dst.write(data)
+        return bytes(mem.read())
+
+
 def label_centres(chip: Any, class_id: int = 0) -> np.ndarray:
     """Centres (N, 2) of a synthetic chip's labels of one class, chip pixels."""
     return np.array([o.corners.mean(axis=0) for o in chip.objects if o.class_id == class_id]).reshape(-1, 2)

@@ -140,6 +140,18 @@ def test_unreachable_webhook_keeps_the_delivery(store: Store, receiver: Any) -> 
     assert alerts.backoff_seconds(20, 5, 3600) == 3600
 
 
+def test_thresholds_left_out_are_off(make_client: Callable[..., Any]) -> None:
+    client = make_client()
+    assert client.post("/v1/facilities", json={"id": "yard", "name": "Yard", "kind": "rail"}).status_code == 201
+    r = client.put("/v1/facilities/yard/alerts", json={"score": 2.5})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"facility_id": "yard", "score": 2.5, "drop_score": None, "configured": True}
+    r = client.put("/v1/facilities/yard/alerts", json={"drop_score": 4})
+    assert r.status_code == 200 and (r.json()["score"], r.json()["drop_score"]) == (None, 4.0)
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["ThresholdsIn"]
+    assert not schema.get("required")  # documented optional, and optional
+
+
 def test_alert_routes_and_background_delivery(make_client: Callable[..., Any], receiver: Any) -> None:
     rx = receiver([500])
     client = make_client(webhook_url=rx.url, webhook_poll_s=0.05, webhook_backoff_s=0.05)

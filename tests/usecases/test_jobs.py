@@ -41,6 +41,21 @@ def _submit(queue: JobQueue, settings: Settings, png: bytes) -> str:
     return job_id
 
 
+@pytest.mark.parametrize(
+    "when, gsd_m, words",
+    [("0001-01-01T00:00:00Z", None, "before 1960"), ("9999-12-31T00:00:00Z", None, "future"), (WHEN, 0.0, "gsd_m")],
+)
+def test_submit_refuses_impossible_capture_times_and_gsds(
+    two_workers: tuple[JobQueue, JobQueue], store: Store, when: str, gsd_m: float | None, words: str
+) -> None:
+    from app.core.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match=words):
+        two_workers[0].submit("yard", parse_timestamp(when), gsd_m, "0" * 64)
+    with store.session() as session:
+        assert session.query(db.Job).count() == 0
+
+
 def _job(store: Store, job_id: str) -> db.Job:
     with store.session() as session:
         job = session.get(db.Job, job_id)

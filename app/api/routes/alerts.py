@@ -19,15 +19,23 @@ router = APIRouter(tags=["alerts"])
 
 
 class ThresholdsIn(BaseModel):
-    """Alert thresholds of a facility; null switches that direction off."""
+    """Alert thresholds of a facility; null or left out switches that direction off."""
 
     model_config = ConfigDict(extra="forbid")
 
     score: float | None = Field(
-        gt=0, le=300, description="Alert when a count's surge score reaches this.", examples=[3.0]
+        default=None,
+        gt=0,
+        le=300,
+        description="Alert when a count's surge score reaches this; null or left out: surges never alert.",
+        examples=[3.0],
     )
     drop_score: float | None = Field(
-        gt=0, le=300, description="Alert when a count's drop score reaches this.", examples=[3.0]
+        default=None,
+        gt=0,
+        le=300,
+        description="Alert when a count's drop score reaches this; null or left out: drops never alert.",
+        examples=[3.0],
     )
 
 

@@ -9,6 +9,7 @@ from fastapi import Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
+from app.api import json_body
 from app.api.schemas import ErrorOut
 from app.core.validation import FACILITY_ID_PATTERN, NO_CONTROL_PATTERN
 from app.database import MAX_DB_INT
@@ -54,9 +55,19 @@ def _declared(route: APIRoute) -> _Declared:
     return found
 
 
+def _repeated(where: str, names: list[str], what: str) -> list[dict[str, Any]]:
+    """Validation errors for each name given more than once."""
+    twice = sorted({n for n in names if names.count(n) > 1})
+    return [
+        {"type": "duplicate", "loc": (where, n), "msg": f"{what} given more than once; give it once", "input": None}
+        for n in twice
+    ]
+
+
 async def reject_unknown_params(request: Request) -> None:
-    """Refuse (422, naming each) query parameters and form fields the route does not declare: a misspelt
-    ``gsd`` must not silently mean "no GSD"."""
+    """Refuse (422, naming each) query parameters and form fields the route does not declare (a misspelt ``gsd``
+    must not silently mean "no GSD"), and query parameters, form fields, file parts and JSON keys given twice
+    (the framework would silently keep one)."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
@@ -65,6 +76,7 @@ async def reject_unknown_params(request: Request) -> None:
         {"type": "extra_forbidden", "loc": ("query", name), "msg": "unknown query parameter", "input": None}
         for name in sorted(set(request.query_params) - declared.query)
     ]
+    errors += _repeated("query", [k for k, _ in request.query_params.multi_items()], "query parameter")
     content_type = request.headers.get("content-type", "")
     if declared.form and content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         form = await request.form()  # already parsed (and cached) by FastAPI for the route's own fields
@@ -72,5 +84,11 @@ async def reject_unknown_params(request: Request) -> None:
             {"type": "extra_forbidden", "loc": ("form", name), "msg": "unknown form field", "input": None}
             for name in sorted(set(form.keys()) - declared.form)
         ]
+        errors += _repeated("form", [k for k, _ in form.multi_items()], "form field (or file part)")
+    elif declared.form and content_type.split(";")[0].strip().lower().endswith(("/json", "+json")):
+        try:
+            json_body.loads(await request.body())  # FastAPI parsed it already, last key winning
+        except json_body.DuplicateKeyError as exc:
+            errors.append({"type": "duplicate", "loc": ("body", exc.key), "msg": str(exc), "input": None})
     if errors:
         raise RequestValidationError(errors)

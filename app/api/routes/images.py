@@ -57,7 +57,11 @@ async def upload_image(
     captured_at: Annotated[str, Form(description="Acquisition time, ISO 8601 with timezone.")],
     gsd_m: Annotated[
         float | None,
-        Form(ge=0.05, le=10, description="Ground sample distance, m/pixel; overrides the image's geotransform."),
+        Form(
+            description="Ground sample distance, m/pixel (a finite number from 0.05 to 10); overrides the image's "
+            "geotransform.",
+            json_schema_extra={"minimum": validation.GSD_RANGE_M[0], "maximum": validation.GSD_RANGE_M[1]},
+        ),
     ] = None,
     idempotency_key: Annotated[
         str | None,
@@ -81,6 +85,7 @@ async def upload_image(
     answer 200 with the original observation (header `Idempotent-Replayed: true`); a key reused for a different
     upload is refused with 422."""
     t0 = time.perf_counter()
+    validation.check_gsd(gsd_m)  # before anything is archived or queued
     store = runtime.store
     settings = runtime.settings
     idempotency = None if idempotency_key is None else (principal.scope, idempotency_key)
@@ -171,7 +176,7 @@ def _receive(
     facility is unknown), the capture time (422), the upload archived (413 when too large) and the observation it
     repeats, if any."""
     footprint = scenes.facility_footprint(store, facility_id)
-    when = validation.parse_timestamp(captured_at)
+    when = validation.parse_capture_time(captured_at, settings.capture_window)
     archived = _archive_upload(file, settings.max_upload_bytes, settings)
     return footprint, when, archived, images.find_upload(store, facility_id, when, archived[0], idempotency)
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api import web
+from app.api import json_body, web
 from app.api.auth import allow
 from app.api.deps import SettingsDep, StoreDep, request_prefit
 from app.api.limits import disarm_timeout
@@ -51,6 +51,7 @@ async def import_observations(
     facility_id: FacilityId,
     request: Request,
     store: StoreDep,
+    settings: SettingsDep,
     principal: Annotated[Principal, allow(Access.UPLOAD)],
     idempotency_key: Annotated[
         str | None,
@@ -80,13 +81,12 @@ async def import_observations(
     except UnicodeDecodeError:
         raise HTTPException(status_code=422, detail="body is not UTF-8 text") from None
     if media_type in ("text/csv", "application/csv"):
-        rows = await run_in_threadpool(imports.parse_csv_import, text)
+        rows = await run_in_threadpool(
+            lambda: imports.parse_csv_import(text, window=settings.capture_window, max_counts=settings.max_counts)
+        )
     elif media_type == "application/json" or media_type.endswith("+json"):
-        try:
-            payload = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise HTTPException(status_code=422, detail=f"body is not valid JSON: {exc}") from None
-        rows = await run_in_threadpool(imports.parse_json_import, payload)
+        payload = json_body.loads(text)
+        rows = await run_in_threadpool(imports.parse_json_import, payload, settings.capture_window, settings.max_counts)
     else:
         raise HTTPException(
             status_code=415, detail=f"unsupported content type {media_type!r}; send application/json or text/csv"
