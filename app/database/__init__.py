@@ -39,13 +39,17 @@ from app.database.queries import (
     get_facility,
     get_observation,
     get_thresholds,
+    history_fingerprint,
+    insert_counts,
     insert_detections,
+    insert_observations,
     list_facilities,
     list_observations,
     lock_facility,
     observation_counts,
     pooled_count_stats,
     recent_image_gsds,
+    update_scores,
 )
 from app.database.store import Store
 
@@ -76,7 +80,10 @@ __all__ = [
     "get_facility",
     "get_observation",
     "get_thresholds",
+    "history_fingerprint",
+    "insert_counts",
     "insert_detections",
+    "insert_observations",
     "list_facilities",
     "list_observations",
     "lock_facility",
@@ -84,5 +91,6 @@ __all__ = [
     "observation_counts",
     "pooled_count_stats",
     "recent_image_gsds",
+    "update_scores",
     "utcnow",
 ]
