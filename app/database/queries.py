@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     Float,
+    Table,
     bindparam,
     cast,
     func,
@@ -265,7 +267,7 @@ def update_scores(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     ``class_name`` and the same score columns each."""
     if not rows:
         return
-    table = ObservationCount.__table__
+    table = typing.cast(Table, ObservationCount.__table__)
     keys = ("observation_id", "class_name")
     columns = [k for k in rows[0] if k not in keys]
     stmt = (
