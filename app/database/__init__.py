@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from app.database.engine import (
     SQLITE_IMMEDIATE,
+    is_lock_error,
     make_engine,
 )
 from app.database.models import (
@@ -84,6 +85,7 @@ __all__ = [
     "insert_counts",
     "insert_detections",
     "insert_observations",
+    "is_lock_error",
     "list_facilities",
     "list_observations",
     "lock_facility",
