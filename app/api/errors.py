@@ -5,6 +5,7 @@
 | request validation (missing/bad field)      | 422    |
 | ``InvalidInputError`` (incl. import rows)   | 422    |
 | ``EmptyImageError``, ``CorruptImageError``  | 422    |
+| ``ImageShapeError`` (strip, GSD too coarse) | 422    |
 | ``UnsupportedImageError`` (not JPEG/PNG/TIFF) | 415  |
 | ``ImageTooLargeError``, body over the limit | 413    |
 | body the framework cannot parse (its 400)   | 422    |
@@ -12,7 +13,11 @@
 | ``ConflictError``                           | 409    |
 | ``ModelUnavailableError``                   | 503    |
 | ``OverloadedError`` (inference queue full)  | 503 + ``Retry-After`` |
+| ``DatabaseBusyError``, database locked      | 503 + ``Retry-After`` |
 | request over ``WAGON_REQUEST_TIMEOUT_S``    | 504 (``app.api.limits``) |
+
+"Database locked": a write that still found another writer holding the lock after the busy timeout (SQLite
+"database is locked"; PostgreSQL lock timeout or deadlock). Nothing was stored; the client may retry.
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import database as db
 from app.api.observability import mark_error
 from app.core.backpressure import OverloadedError
 from app.core.errors import (
     ConflictError,
+    DatabaseBusyError,
     ImportValidationError,
     InvalidInputError,
     ModelUnavailableError,
@@ -42,6 +50,7 @@ from app.detection.imaging import (
     CorruptImageError,
     EmptyImageError,
     ImageError,
+    ImageShapeError,
     ImageTooLargeError,
     UnsupportedImageError,
 )
@@ -54,8 +63,10 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (InvalidInputError, 422),
     (ModelUnavailableError, 503),
     (OverloadedError, 503),
+    (DatabaseBusyError, 503),
     (EmptyImageError, 422),
     (CorruptImageError, 422),
+    (ImageShapeError, 422),
     (UnsupportedImageError, 415),
     (ImageTooLargeError, 413),
 )
@@ -82,8 +93,25 @@ async def _core_error(request: Request, exc: Exception) -> JSONResponse:
     body: dict[str, Any] = {"detail": str(exc)}
     if isinstance(exc, ImportValidationError):
         body["errors"] = exc.errors
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, OverloadedError) else None
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, OverloadedError | DatabaseBusyError) else None
     return JSONResponse(body, status_code=status_for(exc), headers=headers)
+
+
+#: Seconds a client is told to wait after a write found the database locked.
+LOCKED_RETRY_AFTER_S = 5
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A write that found the database locked by another writer (after waiting the busy timeout): 503 with
+    ``Retry-After``, nothing stored; any other database error stays a server error."""
+    if not db.is_lock_error(exc):
+        raise exc
+    mark_error(request.scope, "database_locked")
+    return JSONResponse(
+        {"detail": "the database is busy with another write; nothing was stored, retry shortly"},
+        status_code=503,
+        headers={"Retry-After": str(LOCKED_RETRY_AFTER_S)},
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -128,4 +156,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ServiceError, _core_error)
     app.add_exception_handler(ImageError, _core_error)
+    app.add_exception_handler(OperationalError, _database_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

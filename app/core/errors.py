@@ -42,3 +42,12 @@ class IdempotencyConflictError(InvalidInputError):
 
 class ModelUnavailableError(ServiceError):
     """No detector is loaded in this process."""
+
+
+class DatabaseBusyError(ServiceError):
+    """Another writer held the database's write lock for longer than this one could wait; ``retry_after_s``
+    suggests when to retry (nothing was stored)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

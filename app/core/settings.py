@@ -163,6 +163,19 @@ class Settings(BaseSettings):
         description="Largest GeoTIFF / JPEG 2000 / NITF scene in pixels (width x height). These are read window "
         "by window, so `WAGON_MAX_PIXELS` (whole-image decoding) does not apply to them; larger scenes get 413.",
     )
+    max_aspect_ratio: float = Field(
+        default=50.0,
+        ge=1.0,
+        description="Longest side of an image at most this many times its shortest; thinner strips get 422 before "
+        "decoding (they hold no facility and cost hundreds of empty tiles).",
+    )
+    max_upsample: float = Field(
+        default=4.0,
+        ge=1.0,
+        description="Most an image is enlarged to reach the model's working GSD (4 at 0.4 m/px: gsd_m up to 1.6); "
+        "coarser images get 422 before decoding (wagons are not resolved, and enlarging costs the square of it). "
+        "An image's pixels once resampled are also bounded by `WAGON_MAX_SCENE_PIXELS` (413).",
+    )
     stretch_8bit: bool = Field(
         default=False,
         description="Apply the per-band percentile stretch to 8-bit rasters too (deeper data is always stretched).",

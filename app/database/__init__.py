@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from app.database.engine import (
     SQLITE_IMMEDIATE,
+    is_lock_error,
     make_engine,
 )
 from app.database.models import (
@@ -48,7 +49,10 @@ from app.database.queries import (
     get_facility,
     get_observation,
     get_thresholds,
+    history_fingerprint,
+    insert_counts,
     insert_detections,
+    insert_observations,
     list_facilities,
     list_observations,
     lock_facility,
@@ -57,6 +61,7 @@ from app.database.queries import (
     pooled_counts,
     recent_image_gsds,
     review_trail,
+    update_scores,
 )
 from app.database.store import Store
 
@@ -87,7 +92,11 @@ __all__ = [
     "get_facility",
     "get_observation",
     "get_thresholds",
+    "history_fingerprint",
+    "insert_counts",
     "insert_detections",
+    "insert_observations",
+    "is_lock_error",
     "list_facilities",
     "list_observations",
     "lock_facility",
@@ -106,5 +115,6 @@ __all__ = [
     "facility_reviews",
     "other_calibrations",
     "review_trail",
+    "update_scores",
     "utcnow",
 ]

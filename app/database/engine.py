@@ -18,6 +18,17 @@ from sqlalchemy.engine import make_url
 SQLITE_IMMEDIATE = "wagon_sqlite_immediate"
 
 
+#: Words of the database errors that mean "another writer holds the lock" (SQLite's "database is locked" after the
+#: busy timeout, PostgreSQL's lock timeout and deadlock): the write may succeed when tried again.
+_LOCK_ERRORS = ("database is locked", "database table is locked", "lock timeout", "deadlock detected")
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (a SQLAlchemy or DBAPI error) is a write that found the database locked by another writer."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return any(words in text for words in _LOCK_ERRORS)
+
+
 def _enable_wal(cur: Any, attempts: int = 300, pause_s: float = 0.05) -> None:
     """Switch a SQLite file to WAL (a persistent setting of the file), retrying while it is locked.
 

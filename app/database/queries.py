@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    Table,
+    bindparam,
+    case,
+    cast,
     func,
     insert,
     select,
+    update,
 )
 from sqlalchemy.orm import Session
 
@@ -195,6 +202,116 @@ def count_rows(session: Session, class_name: str, observation_ids: Sequence[int]
             ).all()
         )
     return out
+
+
+def history_fingerprint(session: Session, facility_id: str) -> tuple[int, ...]:
+    """A cheap digest of a facility's stored observations, counts and reviews (how many, sum and largest of their
+    ids; the counts and verified counts weighted by observation id; the reviews and those in force): it changes
+    whenever an observation or count is added or deleted, a review recounts the facility's images or verifies a
+    count, so an unchanged digest means the history read earlier is still current."""
+    obs = session.execute(
+        select(func.count(Observation.id), func.coalesce(func.sum(Observation.id), 0), func.max(Observation.id)).where(
+            Observation.facility_id == facility_id
+        )
+    ).one()
+    counts = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(cast(ObservationCount.count, BigInteger) * ObservationCount.observation_id), 0),
+            func.coalesce(
+                func.sum(cast(ObservationCount.verified_count + 1, BigInteger) * ObservationCount.observation_id), 0
+            ),
+        )
+        .select_from(ObservationCount)
+        .join(Observation, Observation.id == ObservationCount.observation_id)
+        .where(Observation.facility_id == facility_id)
+    ).one()
+    reviews = session.execute(
+        select(
+            func.count(Review.id),
+            func.coalesce(func.sum(case((Review.status == REVIEW_CURRENT, Review.id), else_=0)), 0),
+        ).where(Review.facility_id == facility_id)
+    ).one()
+    return (
+        int(obs[0]),
+        int(obs[1]),
+        int(obs[2] or 0),
+        int(counts[0]),
+        int(counts[1]),
+        int(counts[2]),
+        int(reviews[0]),
+        int(reviews[1]),
+    )
+
+
+def insert_observations(session: Session, facility_id: str, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert observations of one facility (dicts of columns, ``facility_id`` included) with one executemany,
+    without ORM objects; return their ids in the given order. The caller must hold the facility
+    (:func:`lock_facility`, or SQLite's write lock): the new ids are the facility's above its largest before, and
+    they ascend in the order inserted."""
+    if not rows:
+        return []
+    before = session.scalar(select(func.max(Observation.id)).where(Observation.facility_id == facility_id)) or 0
+    _executemany(session, Observation.__table__, rows)
+    ids = session.scalars(
+        select(Observation.id)
+        .where(Observation.facility_id == facility_id, Observation.id > before)
+        .order_by(Observation.id)
+    ).all()
+    if len(ids) != len(rows):
+        raise RuntimeError(f"inserted {len(rows)} observations but found {len(ids)} new ids")
+    return [int(i) for i in ids]
+
+
+def insert_counts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert count rows (dicts of every column, scores included) with one executemany, without ORM objects."""
+    if rows:
+        _executemany(session, ObservationCount.__table__, rows)
+
+
+def _executemany(session: Session, table: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert rows (dicts with the same keys) into ``table`` with one DBAPI executemany, the column types' bind
+    processing applied here (SQLAlchemy's own per-row parameter handling took most of a large import's time)."""
+    conn = session.connection()
+    dialect = conn.dialect
+    keys = list(rows[0])
+    compiled = insert(table).compile(dialect=dialect, column_keys=keys)
+    names = list(compiled.positiontup or []) if compiled.positional else keys
+    if set(names) - set(keys):
+        raise ValueError(f"an insert into {table.name} needs {sorted(set(names) - set(keys))}")
+    columns: list[Sequence[Any]] = [[r[k] for r in rows] for k in names]  # column-wise: the processors run in bulk
+    for j, k in enumerate(names):
+        process = table.c[k].type.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None:
+            columns[j] = [process(v) for v in columns[j]]
+    params: list[Any] = (
+        list(zip(*columns, strict=True))
+        if compiled.positional
+        else [dict(zip(names, v, strict=True)) for v in zip(*columns, strict=True)]
+    )
+    conn.exec_driver_sql(str(compiled), params)
+
+
+def update_scores(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Update stored count rows by primary key with one executemany: dicts with ``observation_id``,
+    ``class_name`` and the same score columns each."""
+    if not rows:
+        return
+    table = typing.cast(Table, ObservationCount.__table__)
+    keys = ("observation_id", "class_name")
+    columns = [k for k in rows[0] if k not in keys]
+    stmt = (
+        update(table)
+        .where(table.c.observation_id == bindparam("key_observation_id"), table.c.class_name == bindparam("key_class"))
+        .values({c: bindparam(c) for c in columns})
+    )
+    session.execute(
+        stmt,
+        [
+            {"key_observation_id": r["observation_id"], "key_class": r["class_name"], **{c: r[c] for c in columns}}
+            for r in rows
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------------------ anomalies, alerts

@@ -73,6 +73,11 @@ class ImageTooLargeError(ImageError):
     """More pixels than allowed."""
 
 
+class ImageShapeError(ImageError):
+    """An image whose shape or scale would cost far more work than it can show (a thin strip, a GSD far coarser
+    than the model's): :mod:`app.detection.workload`."""
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     """A decoded image ready for the detector."""

@@ -25,6 +25,7 @@ from app.detection.gsd_estimate import estimate_gsd
 from app.detection.imaging import EmptyImageError
 from app.detection.raster import NO_VALID_PIXELS, Georef, Scene, Window
 from app.detection.results import Detection, DetectionResult, quad
+from app.detection.workload import MAX_ASPECT_RATIO, MAX_UPSAMPLE, check_aspect, check_scale
 
 #: Side of a detection window at the model's working resolution, in pixels (about 5 x 5 model tiles).
 WINDOW_WORK_PX = 3072
@@ -378,16 +379,21 @@ def detect_scene(
     progress: Progress | None = None,
     estimate: bool = False,
     facility_gsd_m: float | None = None,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    max_upsample: float = MAX_UPSAMPLE,
+    max_resampled_pixels: int = 2_500_000_000,
 ) -> SceneDetections:
     """Detect over a whole scene or its footprint region, window by window (CPU-bound).
 
     The GSD comes from the request (``gsd_m``), else the scene's geotransform, else the facility's earlier uploads
     (``facility_gsd_m``); with none of them and ``estimate``, from a first pass over the scene's central window
-    (:func:`estimate_scene_gsd`)."""
+    (:func:`estimate_scene_gsd`). The work is bounded before any pixel is read (:mod:`app.detection.workload`):
+    the image's aspect ratio, and the region's enlargement and size once resampled to the working GSD."""
     t0 = time.perf_counter()
     check_georef(scene)
     check_gsd(gsd_m)
     check_gsd(facility_gsd_m, "the GSD of the facility's recent uploads")
+    check_aspect(scene.width, scene.height, max_aspect_ratio)
     if gsd_m is not None:
         gsd, source = gsd_m, "request"
     elif scene.native_gsd_m is not None:
@@ -397,12 +403,15 @@ def detect_scene(
     else:
         gsd, source = None, None
     region = plan_region(scene, footprint, margin_m)
+    info = getattr(detector, "info", None)
+    working = getattr(info, "working_gsd_m", None)
+    region_w, region_h = region.window[2], region.window[3]
+    if gsd and working:
+        check_scale(region_w, region_h, gsd / working, working, max_upsample, max_resampled_pixels)
     scene.prepare(region.window)  # refuses a region without a valid pixel
     coverage = measure_coverage(scene, region)
     if coverage is not None and coverage["share"] == 0:
         raise EmptyImageError(f"{NO_VALID_PIXELS} (the facility footprint lies on nodata)")
-    info = getattr(detector, "info", None)
-    working = getattr(info, "working_gsd_m", None)
     detected: dict[Window, DetectionResult] = {}  # windows already detected at the scale the counted pass uses
     if gsd is None and estimate:
         gsd, first_window, first = estimate_scene_gsd(detector, scene, region.window)
@@ -410,6 +419,8 @@ def detect_scene(
         check_gsd(gsd, "the estimated GSD")
         if first is not None and resample_scale(gsd, working) == 1.0:
             detected[first_window] = first  # no resampling called for: a single-window image is not detected twice
+        if gsd and working:
+            check_scale(region_w, region_h, gsd / working, working, max_upsample, max_resampled_pixels)
     tile_overlap = int(getattr(info, "tile_overlap_px", 128))
     scale = (gsd / working) if (gsd and working) else 1.0  # working px per source px
     window_px = max(256, round(WINDOW_WORK_PX / scale))

@@ -13,11 +13,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app import database as db
 from app.core import validation
-from app.core.errors import IdempotencyConflictError
+from app.core.errors import DatabaseBusyError, IdempotencyConflictError
 from app.core.validation import iso, require_aware
 from app.detection.imaging import DecodedImage
 from app.detection.results import DetectionResult, rethreshold
@@ -185,6 +185,13 @@ def find_upload(
         return None if obs is None else observation_record(obs, with_detections=True)
 
 
+#: Tries to store an analysed upload while the database stays locked (each try waits the busy timeout first), the
+#: pause before the next try (times the try's number), and the ``Retry-After`` of the refusal after the last.
+STORE_ATTEMPTS = 3
+STORE_RETRY_PAUSE_S = 0.5
+STORE_RETRY_AFTER_S = 10
+
+
 def record_upload(
     store: db.Store,
     facility_id: str,
@@ -197,20 +204,38 @@ def record_upload(
     """Store an analysed upload (:func:`record_analysis`) unless it repeats a stored one (:func:`find_upload`):
     ``(observation, True)`` when stored, ``(original, False)`` when repeated. The database's unique indexes decide
     between concurrent duplicates: the loser gets the winner's observation. ``repeat_checked``: the caller has
-    just called :func:`find_upload` (a repeat stored since is refused by the unique indexes and found then)."""
+    just called :func:`find_upload` (a repeat stored since is refused by the unique indexes and found then).
+
+    A store that finds the database locked by other writers (after the busy timeout) is tried again rather than the
+    analysis thrown away, :data:`STORE_ATTEMPTS` times in all; then :class:`DatabaseBusyError` (nothing stored)."""
     found = None if repeat_checked else find_upload(store, facility_id, captured_at, analysis.image.sha256, idempotency)
     if found is not None:
         return found, False
-    try:
-        return record_analysis(
-            store, facility_id, captured_at, analysis, count_rel_error=count_rel_error, idempotency=idempotency
-        ), True
-    except IntegrityError:
-        found = find_upload(store, facility_id, captured_at, analysis.image.sha256, idempotency)
-        if found is None:
-            raise
-        log.info("facility %s: concurrent duplicate upload, returning observation %d", facility_id, found.id)
-        return found, False
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            return record_analysis(
+                store, facility_id, captured_at, analysis, count_rel_error=count_rel_error, idempotency=idempotency
+            ), True
+        except IntegrityError:
+            found = find_upload(store, facility_id, captured_at, analysis.image.sha256, idempotency)
+            if found is None:
+                raise
+            log.info("facility %s: concurrent duplicate upload, returning observation %d", facility_id, found.id)
+            return found, False
+        except OperationalError as exc:
+            if not db.is_lock_error(exc):
+                raise
+            if attempt == STORE_ATTEMPTS:
+                raise DatabaseBusyError(
+                    f"the analysis is done but the database stayed locked by other writers ({STORE_ATTEMPTS} tries); "
+                    "nothing was stored: send the upload again",
+                    STORE_RETRY_AFTER_S,
+                ) from exc
+            log.warning(
+                "facility %s: database locked while storing an upload (try %d); trying again", facility_id, attempt
+            )
+            time.sleep(STORE_RETRY_PAUSE_S * attempt)
+    raise AssertionError("unreachable")
 
 
 def record_analysis(

@@ -26,9 +26,9 @@ from app.core.errors import (
 )
 from app.core.offline import CLASS_NAMES
 from app.core.validation import CaptureWindow, check_text, iso, parse_capture_time, require_aware
-from app.usecases import alerts
+from app.usecases import import_store
 from app.usecases.facilities import require_facility
-from app.usecases.observations import SOURCE_IMPORT, Idempotency, ObservationRecord, observation_record, rescore
+from app.usecases.observations import SOURCE_IMPORT, Idempotency, ObservationRecord, observation_record
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ DEFAULT_CAPTURE_WINDOW = CaptureWindow()
 #: Counts with more digits than this are refused before they are converted (no limit is that large).
 MAX_COUNT_DIGITS = 9
 DEFAULT_MAX_COUNTS: Mapping[str, int] = MappingProxyType({"railcar": 5_000, "container": 20_000})
+#: Tries to score an import unlocked before writing it (another writer of the facility meanwhile makes it retry).
+PLAN_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,10 @@ def import_counts(
 ) -> ImportResult:
     """Store historical counts (no images) in one transaction and rescore every later observation.
 
+    The scores are computed before the write transaction, from the history as read then
+    (:mod:`app.usecases.import_store`); the transaction only writes, after checking that the history is unchanged
+    (else the import is scored again; the last of :data:`PLAN_ATTEMPTS` tries scores inside the transaction).
+
     Never counted twice: a row with the same ``captured_at``, ``source`` and known counts as an observation already
     stored at the facility (or as an earlier row of the same import) is skipped and counted in ``duplicates``; one
     with the same time and source but other counts raises :class:`ConflictError` naming it, and nothing is stored.
@@ -274,47 +280,50 @@ def import_counts(
     """
     if not rows:
         raise InvalidInputError("nothing to import: no observations given")
-    with store.transaction() as session:
-        require_facility(session, facility_id, lock=True)
-        if idempotency is not None:
-            prior = session.get(db.ImportRequest, (facility_id, *idempotency))
-            if prior is not None:
-                return _replay_import(session, prior, idempotency[1], payload_sha256)
-        fresh, duplicates = _new_rows(session, facility_id, rows)
-        created = db.utcnow()
-        objs: list[db.Observation] = []
-        for row in fresh:
-            obs = db.Observation(
-                facility_id=facility_id,
-                captured_at=require_aware(row.captured_at),
-                source=row.source,
-                created_at=created,
-            )
-            obs.counts = [db.ObservationCount(class_name=c, count=int(n)) for c, n in row.counts.items()]
-            objs.append(obs)
-        session.add_all(objs)
-        session.flush()
-        for cls in CLASS_NAMES:
-            times = [r.captured_at for r in fresh if cls in r.counts]
-            if times:
-                rescore(session, facility_id, since=min(times), classes=[cls])
-        alerts.enqueue_alerts(session, facility_id, objs)
-        objs.sort(key=lambda o: (o.captured_at, o.id))
-        records = [observation_record(o) for o in objs]
-        if idempotency is not None:
-            session.add(
-                db.ImportRequest(
-                    facility_id=facility_id,
-                    idempotency_scope=idempotency[0],
-                    idempotency_key=idempotency[1],
-                    payload_sha256=payload_sha256,
-                    observation_ids=[o.id for o in objs],
-                    duplicates=duplicates,
-                    created_at=created,
+    for attempt in range(PLAN_ATTEMPTS):
+        locked = attempt == PLAN_ATTEMPTS - 1  # the last try plans inside the write transaction
+        if not locked:
+            with store.session() as session:
+                require_facility(session, facility_id)
+                if idempotency is not None:
+                    prior = session.get(db.ImportRequest, (facility_id, *idempotency))
+                    if prior is not None:
+                        return _replay_import(session, prior, idempotency[1], payload_sha256)
+                fingerprint = db.history_fingerprint(session, facility_id)
+                fresh, duplicates = _new_rows(session, facility_id, rows)
+                snapshot = import_store.read_snapshot(session, facility_id, fresh)
+            scores = import_store.compute_scores(snapshot)  # the slow part, holding no lock
+            prepared = import_store.prepare(facility_id, fresh, scores, db.utcnow())
+        with store.transaction() as session:
+            require_facility(session, facility_id, lock=True)
+            if idempotency is not None:
+                prior = session.get(db.ImportRequest, (facility_id, *idempotency))
+                if prior is not None:
+                    return _replay_import(session, prior, idempotency[1], payload_sha256)
+            if locked:
+                fresh, duplicates = _new_rows(session, facility_id, rows)
+                scores = import_store.compute_scores(import_store.read_snapshot(session, facility_id, fresh))
+                prepared = import_store.prepare(facility_id, fresh, scores, db.utcnow())
+            elif db.history_fingerprint(session, facility_id) != fingerprint:
+                log.info("facility %s: history changed while an import was scored; scoring again", facility_id)
+                continue
+            ids = import_store.write_import(session, prepared)
+            if idempotency is not None:
+                session.add(
+                    db.ImportRequest(
+                        facility_id=facility_id,
+                        idempotency_scope=idempotency[0],
+                        idempotency_key=idempotency[1],
+                        payload_sha256=payload_sha256,
+                        observation_ids=import_store.oldest_first(prepared, ids),
+                        duplicates=duplicates,
+                        created_at=db.utcnow(),
+                    )
                 )
-            )
-    log.info("facility %s: imported %d observations, skipped %d duplicates", facility_id, len(records), duplicates)
-    return ImportResult(records, duplicates)
+        records = import_store.records(prepared, ids)
+        log.info("facility %s: imported %d observations, skipped %d duplicates", facility_id, len(records), duplicates)
+        return ImportResult(records, duplicates)
+    raise AssertionError("unreachable: the last attempt plans under the lock")
 
 
 def _replay_import(session: Session, prior: db.ImportRequest, key: str, payload_sha256: str) -> ImportResult:

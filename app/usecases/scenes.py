@@ -25,6 +25,7 @@ from app.core.validation import iso
 from app.detection.pipeline import Progress, RegionError, check_georef, detect_scene
 from app.detection.raster import open_scene
 from app.detection.results import DetectionResult, rethreshold, split_counted
+from app.detection.workload import MAX_ASPECT_RATIO, MAX_UPSAMPLE
 from app.scoring.anomaly import count_uncertainty
 from app.usecases.images import DEFAULT_COUNT_REL_ERROR, Analysis, DetectorProtocol, check_gsd
 from app.usecases.observations import detection_row, rescore
@@ -68,6 +69,8 @@ def analyse_source(
     progress: Progress | None = None,
     estimate_gsd: bool = False,
     facility_gsd_m: float | None = None,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    max_upsample: float = MAX_UPSAMPLE,
 ) -> Analysis:
     """Open an image (bytes or file), detect over it window by window and return the :class:`Analysis`.
 
@@ -102,6 +105,9 @@ def analyse_source(
                 progress=progress,
                 estimate=estimate_gsd,
                 facility_gsd_m=facility_gsd_m,
+                max_aspect_ratio=max_aspect_ratio,
+                max_upsample=max_upsample,
+                max_resampled_pixels=max_scene_pixels,
             )
         except RegionError as exc:
             raise InvalidInputError(str(exc)) from None
@@ -176,6 +182,8 @@ def analyse_with_settings(
         progress=progress,
         estimate_gsd=settings.estimate_gsd,
         facility_gsd_m=facility_gsd_m,
+        max_aspect_ratio=settings.max_aspect_ratio,
+        max_upsample=settings.max_upsample,
     )
 
 

@@ -75,6 +75,9 @@ REFUSED = [  # file, status, words the reason must contain
     ("header_100k.tif", 413, ["100000x100000", "wagon_max_scene_pixels"]),
     ("polyglot_html_png.png", 415, ["not a recognised image"]),
     ("ztxt_bomb.png", 422, ["too large"]),
+    ("strip_1x100000.png", 422, ["1x100000", "aspect ratio", "50:1"]),
+    ("strip_100000x1.png", 422, ["100000x1", "aspect ratio"]),
+    ("strip_2x48000.jpg", 422, ["2x48000", "aspect ratio"]),
 ]
 
 

@@ -16,7 +16,7 @@ from app import database as db
 from app.core import validation
 from app.core.settings import Settings
 from app.database import Store
-from app.usecases import alerts, facilities, images, imports, observations, scenes
+from app.usecases import facilities, images, imports, observations, scenes
 from tests.support.geodata import BlobDetector, blob_scene, make_geotiff
 from tests.support.images import encode_image
 
@@ -174,7 +174,7 @@ def test_failed_import_leaves_nothing(store: Store, monkeypatch: pytest.MonkeyPa
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("lost the connection")
 
-    monkeypatch.setattr(alerts, "enqueue_alerts", broken)
+    monkeypatch.setattr(db, "insert_counts", broken)  # after the observations are inserted
     with pytest.raises(RuntimeError):
         imports.import_observations(store, "yard", rows)
     assert _rows(store)["observations"] == 0 and _rows(store)["observation_counts"] == 0
@@ -265,3 +265,71 @@ def test_migration_keeps_duplicate_uploads_already_stored(settings: Settings) ->
         assert unique == {"uq_observations_idempotency"}  # the index the duplicates prevent is skipped
     finally:
         st.dispose()
+
+
+def _locked(*args: Any, **kwargs: Any) -> Any:
+    from sqlalchemy.exc import OperationalError
+
+    raise OperationalError("INSERT INTO observations ...", {}, Exception("database is locked"))
+
+
+def test_store_is_retried_while_the_database_is_locked(
+    store: Store, chips: tuple[bytes, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An analysis done while another writer holds the lock is stored when the lock frees, not thrown away; when it
+    never frees, the refusal says when to retry and nothing is stored."""
+    facilities.create_facility(store, "yard", "Yard", "rail")
+    analysis = scenes.analyse_image(BlobDetector(), chips[0])
+    when = validation.parse_timestamp(WHEN)
+    monkeypatch.setattr(images, "STORE_RETRY_PAUSE_S", 0.0)
+    real = images.record_analysis
+    calls: list[int] = []
+
+    def locked_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return _locked() if len(calls) == 1 else real(*args, **kwargs)
+
+    monkeypatch.setattr(images, "record_analysis", locked_once)
+    record, created = images.record_upload(store, "yard", when, analysis)
+    assert created and len(calls) == 2 and _rows(store)["observations"] == 1
+    monkeypatch.setattr(images, "record_analysis", _locked)
+    with pytest.raises(images.DatabaseBusyError) as refused:
+        images.record_upload(store, "yard", validation.parse_timestamp("2024-06-01T00:00:00Z"), analysis)
+    assert refused.value.retry_after_s > 0 and _rows(store)["observations"] == 1
+
+
+def test_writers_during_a_large_import_all_store(store: Store) -> None:
+    """Uploads, imports and key creation while a 5,000-row import is written all succeed, and nothing is lost."""
+    from datetime import UTC, datetime, timedelta
+
+    from app.usecases import keys
+
+    facilities.create_facility(store, "yard", "Yard", "rail")
+    facilities.create_facility(store, "port", "Port", "port")
+    start = datetime(2000, 1, 1, tzinfo=UTC)
+    big = [imports.ImportRow(start + timedelta(days=i), {"railcar": 10 + i % 9}) for i in range(5000)]
+    analysis = scenes.analyse_image(BlobDetector(), encode_image(blob_scene(centres=((40.0, 40.0),))))
+    errors: list[BaseException] = []
+
+    def run(job: Callable[[], Any]) -> None:
+        try:
+            job()
+        except BaseException as exc:
+            errors.append(exc)
+
+    jobs: list[Callable[[], Any]] = [lambda: imports.import_counts(store, "yard", big)]
+    for i in range(5):
+        at = start + timedelta(days=20_000 + i)
+        jobs.append(lambda i=i, at=at: imports.import_counts(store, "port", [imports.ImportRow(at, {"container": i})]))
+        jobs.append(lambda i=i: keys.create_key(store, "reader", name=f"key {i}"))
+        jobs.append(lambda at=at: images.record_upload(store, "port", at + timedelta(hours=1), analysis))
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with store.session() as session:
+        assert db.count_observations(session, "yard") == 5000
+        assert db.count_observations(session, "port") == 10
+        assert len(keys.list_keys(store)) == 5

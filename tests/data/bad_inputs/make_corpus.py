@@ -157,6 +157,9 @@ def corpus() -> dict[str, bytes]:
         "polyglot_png_zip.png": polyglot_png_zip(),
         "polyglot_html_png.png": polyglot_html_png(),
         "ztxt_bomb.png": ztxt_bomb_png(),
+        "strip_1x100000.png": _encode(Image.new("RGB", (1, 100_000), (90, 90, 90)), "PNG"),
+        "strip_100000x1.png": _encode(Image.new("RGB", (100_000, 1), (90, 90, 90)), "PNG"),
+        "strip_2x48000.jpg": _encode(Image.new("RGB", (2, 48_000), (90, 90, 90)), "JPEG", quality=10),
     }
 
 
