@@ -966,6 +966,7 @@ def score_series(
     prior: PooledPrior | None = None,
     count_sd: Sequence[float | None] | None = None,
     fit: Fitter | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[AnomalyScore | None]:
     """Score every point of a series against the points strictly earlier in time.
 
@@ -973,6 +974,7 @@ def score_series(
     ``since`` get ``None`` (not recomputed). ``count_sd`` gives each point's count uncertainty (``None``: exact).
     ``fit``: where a point's fitted history comes from (default :func:`fit_predictor`; e.g. a cache of such fits,
     which must return what :func:`fit_predictor` would, or a fit that :meth:`Predictor.covers` the point).
+    ``progress`` is called with each scored point's index.
     """
     n = len(times)
     if n != len(counts):
@@ -991,6 +993,8 @@ def score_series(
         k = bisect.bisect_left(times, times[i], 0, i)  # history = points [0, k), strictly earlier
         sd = None if count_sd is None else count_sd[i]
         out.append(_score_point(int(c[i]), days[:k], c[:k], float(days[i]), prior, sd, fit))
+        if progress is not None:
+            progress(i)
     return out
 
 
