@@ -4,9 +4,12 @@ repeats (with and without an ``Idempotency-Key``) getting the first job, and fai
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +20,7 @@ from app.database import Store
 from app.usecases import import_jobs, imports, observations
 from app.usecases.facilities import create_facility
 from app.usecases.jobs import JobQueue
+from tests.support.fakes import RecordingFakeDetector
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -127,3 +131,87 @@ def test_lost_payload_fails_the_job_with_404(queue: JobQueue, store: Store, sett
     queue.run(queued[0])
     job = _job(store, queued[0])
     assert (job.status, job.error_status) == ("failed", 404)
+
+
+# ------------------------------------------------------------------------ other writers during a large import
+
+#: The large import's first row (100,000 rows two hours apart end in 2012).
+BIG_START = datetime(1990, 1, 1, tzinfo=UTC)
+
+
+def _csv_body(n: int) -> str:
+    return "captured_at,railcar\n" + "".join(
+        f"{(BIG_START + timedelta(hours=2 * i)).strftime('%Y-%m-%dT%H:%M:%SZ')},{10 + i % 7}\n" for i in range(n)
+    )
+
+
+def _writers_during_import(make_client: Any, rows: int, png: bytes) -> None:
+    """While an import of ``rows`` rows runs as a job, uploads, small imports and key creation go to another
+    facility: each succeeds or is refused with 503 and ``Retry-After``, never 500, and nothing is lost."""
+    client = make_client(detector=RecordingFakeDetector(), async_import_rows=rows - 1)
+    for fid in ("big", "side"):
+        assert client.post("/v1/facilities", json={"id": fid, "name": fid, "kind": "rail"}).status_code == 201
+    r = client.post("/v1/facilities/big/observations", content=_csv_body(rows), headers={"Content-Type": "text/csv"})
+    assert r.status_code == 202, r.text
+    url = r.json()["status_url"]
+    answers: list[tuple[str, int, str | None]] = []
+    stored = {"uploads": 0, "rows": 0}
+    done = threading.Event()
+
+    def writer(kind: str) -> None:
+        i = 0
+        while not done.is_set() or i < 3:
+            i += 1
+            when = (START + timedelta(minutes=10 * i + len(kind))).strftime("%Y-%m-%dT%H:%M:%SZ")
+            if kind == "upload":
+                resp = client.post(
+                    "/v1/facilities/side/images",
+                    data={"captured_at": when},
+                    files={"file": (f"{i}.png", png, "image/png")},
+                )
+            elif kind == "import":
+                resp = client.post(
+                    "/v1/facilities/side/observations",
+                    json={"observations": [{"captured_at": when, "counts": {"railcar": i % 9}, "source": "thread"}]},
+                )
+            else:
+                resp = client.post("/v1/keys", json={"role": "reader", "name": f"k{i}"})
+            answers.append((kind, resp.status_code, resp.headers.get("Retry-After")))
+            if resp.status_code == 201 and kind == "upload":
+                stored["uploads"] += 1
+            elif resp.status_code == 201 and kind == "import":
+                stored["rows"] += resp.json()["imported"]
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in ("upload", "import", "key")]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 1800
+    while (job := client.get(url).json())["status"] not in ("done", "failed") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    done.set()
+    for t in threads:
+        t.join(120)
+    assert job["status"] == "done", job
+    assert job["import_result"]["imported"] == rows
+    assert all(s in (200, 201) or (s == 503 and after) for _, s, after in answers), answers
+    assert {k for k, s, _ in answers if s == 201} == {"upload", "import", "key"}
+    store = client.app.state.runtime.store
+    with store.session() as session:
+        assert db.count_observations(session, "big") == rows
+        assert db.count_observations(session, "side") == stored["uploads"] + stored["rows"]
+
+
+def test_other_writers_during_a_background_import(make_client: Any, png_bytes: bytes) -> None:
+    _writers_during_import(make_client, 400, png_bytes)
+
+
+@pytest.mark.slow
+def test_other_writers_during_a_background_import_of_100000_rows(
+    make_client: Any, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scores are left out (computed before the write lock, they cost minutes of CPU and no lock): what the
+    other writers meet is the write of 100,000 rows."""
+    from app.usecases import import_store
+
+    monkeypatch.setattr(import_store, "compute_scores", lambda snapshot, progress=None: {})
+    _writers_during_import(make_client, 100_000, png_bytes)
