@@ -7,7 +7,7 @@ Idempotent like the earlier revisions: what exists already is left as it is.
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-12-08
+Create Date: 2026-12-07
 """
 
 from __future__ import annotations
