@@ -31,6 +31,7 @@ from app.database.models import (
     Observation,
     ObservationCount,
     Review,
+    SceneJob,
     UTCDateTime,
     utcnow,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "REVIEW_WITHDRAWN",
     "FacilityCalibration",
     "Review",
+    "SceneJob",
     "current_review",
     "current_reviews",
     "facility_calibrations",

@@ -113,6 +113,9 @@ class Observation(Base):
     #: ``Idempotency-Key`` header of the upload, and whose it was (the API key id; ``-`` with authentication off).
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     idempotency_scope: Mapped[str | None] = mapped_column(String(32), default=None)
+    #: Where a scene delivered by reference came from: ``{"href", "etag", "size", "identity", "stac_item"}`` (the
+    #: STAC item as given, when there was one); None for uploads and imports.
+    scene_source: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
     counts: Mapped[list[ObservationCount]] = relationship(
         back_populates="observation", cascade="all, delete-orphan", order_by="ObservationCount.class_name"
@@ -266,6 +269,30 @@ class Job(Base):
     idempotency_scope: Mapped[str | None] = mapped_column(String(32), default=None)
     #: Lease of the worker running the job: who claimed it, and until when (renewed while it works; a job whose
     #: lease has expired is taken to be abandoned by a dead worker and may be claimed again).
+    claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class SceneJob(Base):
+    """A scene (``POST /v1/scenes``) analysed in the background for every facility it covers: the request, who
+    sent it, progress, and the result (per facility: the observation made, or why it was skipped)."""
+
+    __tablename__ = "scene_jobs"
+    __table_args__ = (Index("uq_scene_jobs_idempotency", "submitted_by", "idempotency_key", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued, running, done, failed
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    #: What was asked: source, capture time, GSD, facilities to reach and those skipped at submission.
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: Whose it is: the submitting API key's id (``-`` with authentication off); also the Idempotency-Key scope.
+    submitted_by: Mapped[str] = mapped_column(String(32))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    error: Mapped[str | None] = mapped_column(String(2000), default=None)
+    error_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 

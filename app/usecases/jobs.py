@@ -413,3 +413,7 @@ def _status_of(exc: Exception) -> int:
         if isinstance(exc, cls):
             return status
     return 400
+
+
+#: The HTTP status that an analysis error would have had in a direct upload (shared with scene jobs).
+status_of = _status_of

@@ -4,7 +4,7 @@ projection and where on Earth it lies (read with ``pystac``).
 - **Asset**: the first with role ``visual``, else with role ``data`` or ``analytic``, else one whose key says
   ``visual`` or ``analytic``; only image media types (GeoTIFF/COG, JPEG 2000, NITF, or none given). Its href is made
   absolute against the item's own link (or the URL it was fetched from).
-- **Time**: ``datetime``, else ``start_datetime``. **GSD**: the asset's ``gsd``, else the item's.
+- **Time**: ``datetime``, else ``start_datetime`` (an item with neither is read, but then needs ``captured_at``). **GSD**: the asset's ``gsd``, else the item's.
 - **Projection**: ``proj:code`` (or ``proj:epsg``) and ``proj:transform``, from the asset or the item: used only
   when the file itself carries no georeference.
 - **Bands**: the asset's ``bands`` (STAC 1.1, ``eo:common_name``) or ``eo:bands`` (``common_name``), else the
@@ -55,15 +55,18 @@ def parse_item(data: Any, base_url: str | None = None) -> StacScene:
 
     if not isinstance(data, dict) or data.get("type") != "Feature":
         raise InvalidInputError('not a STAC item: a JSON object with "type": "Feature" is expected')
+    props_in = data.get("properties") if isinstance(data.get("properties"), dict) else {}
+    timeless = props_in.get("datetime") is None and props_in.get("start_datetime") is None
+    parsed = data if not timeless else {**data, "properties": {**props_in, "datetime": "1970-01-01T00:00:00Z"}}
     try:
-        item = pystac.Item.from_dict(data, preserve_dict=True, migrate=False)
+        item = pystac.Item.from_dict(parsed, preserve_dict=True, migrate=False)
     except Exception as exc:  # pystac raises many kinds (KeyError, ValueError, STACError) for bad items
         raise InvalidInputError(f"not a valid STAC item: {type(exc).__name__}: {exc}") from None
     key, asset = _pick_asset(item)
     href = _absolute(asset.href, base_url or item.get_self_href())
     props = item.properties
     fields = {**props, **asset.extra_fields}
-    when = item.datetime or item.common_metadata.start_datetime
+    when = None if timeless else item.datetime or item.common_metadata.start_datetime
     gsd = asset.extra_fields.get("gsd", props.get("gsd"))
     return StacScene(
         item_id=str(item.id),

@@ -47,6 +47,8 @@ EXPECTED_RULES: dict[tuple[str, str], Access] = {
     ("GET", "/v1/alerts/deliveries"): Access.READ,
     ("POST", "/v1/alerts/deliveries/retry"): Access.ADMIN,
     ("GET", "/v1/jobs/{job_id}"): Access.JOB,
+    ("POST", "/v1/scenes"): Access.SCENE,
+    ("GET", "/v1/scenes/{job_id}"): Access.SCENE_JOB,
     ("POST", "/v1/keys"): Access.ADMIN,
     ("GET", "/v1/keys"): Access.ADMIN,
     ("DELETE", "/v1/keys/{key_id}"): Access.ADMIN,
@@ -58,6 +60,8 @@ ALLOWED: dict[Access, set[str]] = {
     Access.ADMIN: {"admin"},
     Access.UPLOAD: {"admin", "uploader"},
     Access.JOB: {"admin", "reader", "uploader"},
+    Access.SCENE: {"admin", "uploader"},
+    Access.SCENE_JOB: {"admin", "reader", "uploader"},
 }
 
 
