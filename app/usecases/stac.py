@@ -4,7 +4,8 @@ projection and where on Earth it lies (read with ``pystac``).
 - **Asset**: the first with role ``visual``, else with role ``data`` or ``analytic``, else one whose key says
   ``visual`` or ``analytic``; only image media types (GeoTIFF/COG, JPEG 2000, NITF, or none given). Its href is made
   absolute against the item's own link (or the URL it was fetched from).
-- **Time**: ``datetime``, else ``start_datetime`` (an item with neither is read, but then needs ``captured_at``). **GSD**: the asset's ``gsd``, else the item's.
+- **Time**: ``datetime``, else ``start_datetime`` (an item with neither is read, but then needs
+  ``captured_at``). **GSD**: the asset's ``gsd``, else the item's.
 - **Projection**: ``proj:code`` (or ``proj:epsg``) and ``proj:transform``, from the asset or the item: used only
   when the file itself carries no georeference.
 - **Bands**: the asset's ``bands`` (STAC 1.1, ``eo:common_name``) or ``eo:bands`` (``common_name``), else the
@@ -55,7 +56,8 @@ def parse_item(data: Any, base_url: str | None = None) -> StacScene:
 
     if not isinstance(data, dict) or data.get("type") != "Feature":
         raise InvalidInputError('not a STAC item: a JSON object with "type": "Feature" is expected')
-    props_in = data.get("properties") if isinstance(data.get("properties"), dict) else {}
+    raw_props = data.get("properties")
+    props_in: dict[str, Any] = raw_props if isinstance(raw_props, dict) else {}
     timeless = props_in.get("datetime") is None and props_in.get("start_datetime") is None
     parsed = data if not timeless else {**data, "properties": {**props_in, "datetime": "1970-01-01T00:00:00Z"}}
     try:

@@ -122,17 +122,15 @@ def test_big_cog_by_url_makes_one_observation_per_covered_facility_reading_a_fra
         assert up.json()["counts"] == made[fid]["observation"]["counts"]
         assert up.json()["coverage"] == made[fid]["observation"]["coverage"]
 
-    # delivered again: the same observations, none new
-    again = _wait(
-        client,
-        client.post("/v1/scenes", json={"href": server.url("/scene.tif"), "captured_at": WHEN}).json()["status_url"],
-    )
+    # delivered again (to the first three): the same observations, none new
+    body = {"href": server.url("/scene.tif"), "captured_at": WHEN, "facilities": ["a", "b", "c"]}
+    again = _wait(client, client.post("/v1/scenes", json=body).json()["status_url"])
     assert again["status"] == "done", again
     assert {o["facility_id"]: (o["observation"]["id"], o["created"]) for o in again["result"]["observations"]} == {
         f: (o["observation"]["id"], False) for f, o in made.items()
     }
     for fid in ("a", "b"):
-        assert len(client.get(f"/v1/facilities/{fid}/observations").json()["items"]) == 1
+        assert len(client.get(f"/v1/facilities/{fid}/observations").json()["observations"]) == 1
 
 
 def _item(href: str, **props: Any) -> dict[str, Any]:
