@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("facility", help="facility id")
     reprocess.add_argument("--model", default=None, help="weights file (default: WAGON_MODEL_PATH)")
 
+    scene = sub.add_parser(
+        "scene", help="analyse one scene for every facility it covers and store the observations (configured database)"
+    )
+    scene.add_argument("source", help="a GeoTIFF/COG path or URL, or a STAC item (.json path or URL)")
+    scene.add_argument("--captured-at", default=None, help="acquisition time, ISO 8601 (default: the STAC item's)")
+    scene.add_argument("--facility", action="append", default=None, help="limit to this facility (repeatable)")
+    scene.add_argument("--gsd-m", type=float, default=None, help="ground sample distance, m/pixel")
+    scene.add_argument("--model", default=None, help="weights file (default: WAGON_MODEL_PATH)")
+
     worker = sub.add_parser("worker", help="consume background jobs (large uploads) from the queue")
     worker.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
 
@@ -133,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _reprocess(args.facility, args.model)
     if args.command == "worker":
         return _worker(args.workers)
+    if args.command == "scene":
+        return _scene(args.source, args.captured_at, args.facility, args.gsd_m, args.model)
     if args.command == "keys":
         return _keys(args)
     if args.command == "db":
@@ -300,11 +311,66 @@ def _worker(workers: int) -> int:
     from app.database import Store
     from app.usecases import images
     from app.usecases.jobs import JobQueue
+    from app.usecases.scene_jobs import SceneJobs
 
     settings = get_settings()
     store = Store(settings.database_url)
-    JobQueue(settings, store, lambda: images.load_configured_detector(settings)).run_worker(workers)
+    queue = JobQueue(settings, store, lambda: images.load_configured_detector(settings))
+    SceneJobs(queue).resume()  # scene jobs run on the same queue
+    queue.run_worker(workers)
     store.dispose()
+    return 0
+
+
+def _scene(
+    source: str, captured_at: str | None, facilities: list[str] | None, gsd_m: float | None, model: str | None
+) -> int:
+    """``wagon-detector scene``: as ``POST /v1/scenes`` by an admin, run here; a local file is read in place."""
+    import json
+    from pathlib import Path
+
+    from app.core import errors, validation
+    from app.core.remote_file import FetchError
+    from app.core.settings import get_settings
+    from app.database import Store
+    from app.detection.imaging import ImageError
+    from app.usecases import images, keys, scene_runs, scene_sources
+
+    settings = get_settings()
+    if model is not None:
+        settings = settings.model_copy(update={"model_path": Path(model)})
+    store = Store(settings.database_url)
+    try:
+        when = None if captured_at is None else validation.parse_capture_time(captured_at, settings.capture_window)
+        chosen, skipped = scene_runs.choose_facilities(store, keys.ANONYMOUS, facilities)
+        if "://" in source:
+            is_item = source.split("?")[0].endswith(".json")
+            item = scene_sources.fetch_item(settings, source) if is_item else None
+            scene = (
+                scene_sources.source_of_item(settings, item)[0]
+                if item is not None
+                else scene_sources.source_of_href(settings, source)
+            )
+        elif source.endswith(".json"):
+            item = json.loads(Path(source).read_text())
+            item.setdefault("links", []).append({"rel": "self", "href": Path(source).resolve().as_uri()})
+            stac = scene_sources.parse_item(item)
+            scene = scene_sources.SceneSource("path", str(Path(stac.href.removeprefix("file://")).resolve()), item)
+            if "://" in stac.href and not stac.href.startswith("file://"):
+                scene = scene_sources.source_of_item(settings, item)[0]
+        else:
+            if not Path(source).is_file():
+                raise errors.NotFoundError(f"no such file: {source}")
+            scene = scene_sources.SceneSource("path", str(Path(source).resolve()))
+        request = scene_runs.make_request(settings, scene, when, gsd_m, chosen, skipped)
+        detector = images.load_configured_detector(settings)
+        outcome = scene_runs.analyse_scene(store, settings, detector, request)
+    except (errors.ServiceError, ImageError, FetchError, PermissionError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.dispose()
+    print(json.dumps(outcome.to_dict(), indent=2))
     return 0
 
 
