@@ -100,9 +100,8 @@ def _run(size: int, runs: int) -> None:
         median_sent = statistics.median(sent)
         print(f"runs: {runs}")
         print(f"bytes sent by URL: median {median_sent / 1e6:.2f} MB = {median_sent / file_size:.2%} of the file")
-        print(
-            f"wall time by URL:    median {statistics.median(by_url):.2f} s  (runs {', '.join(f'{v:.2f}' for v in by_url)})"
-        )
+        url_runs = ", ".join(f"{v:.2f}" for v in by_url)
+        print(f"wall time by URL:    median {statistics.median(by_url):.2f} s  (runs {url_runs})")
         print(
             f"wall time by upload: median {statistics.median(by_upload):.2f} s  "
             f"(runs {', '.join(f'{v:.2f}' for v in by_upload)})"
