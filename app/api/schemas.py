@@ -282,21 +282,39 @@ class JobAcceptedOut(BaseModel):
     image_sha256: str
 
 
+class ImportJobAcceptedOut(BaseModel):
+    """A large import accepted (validated) and queued: follow it at ``status_url``."""
+
+    job_id: str
+    status: Literal["queued", "running", "done", "failed"]
+    status_url: str
+
+
+class ImportJobResultOut(BaseModel):
+    """What a background import stored."""
+
+    imported: int = Field(description="Observations stored by this import.")
+    duplicates: int = Field(description="Rows not stored because they repeat stored observations (or earlier rows).")
+    observation_ids: list[int] = Field(description="Ids of the observations stored, oldest first.")
+
+
 class JobOut(BaseModel):
-    """A background analysis job: progress, and the observation when done."""
+    """A background job: progress, and the observation (upload) or what was imported (import) when done."""
 
     id: str
+    kind: Literal["upload", "import"] = Field(description="`upload`: a large image; `import`: a large import.")
     status: Literal["queued", "running", "done", "failed"]
-    progress: float = Field(description="Share of the scene's windows processed, 0-1.")
+    progress: float = Field(description="Share done, 0-1: the scene's windows, or an import's points scored.")
     facility_id: str
-    captured_at: datetime
-    image_sha256: str
+    captured_at: datetime | None = Field(description="The upload's capture time (null for an import).")
+    image_sha256: str | None = Field(description="The upload's image (null for an import).")
     created_at: datetime
     updated_at: datetime
     error: str | None
-    error_status: int | None = Field(description="HTTP status the error would have had in a direct upload.")
+    error_status: int | None = Field(description="HTTP status the error would have had in a direct request.")
     observation_id: int | None
-    result: UploadOut | None
+    result: UploadOut | None = Field(description="An upload's observation when done.")
+    import_result: ImportJobResultOut | None = Field(description="What an import stored, when done.")
 
 
 class SceneIn(BaseModel):

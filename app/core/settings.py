@@ -200,6 +200,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Uploads larger than this (MiB) are analysed in the background: 202 with a job id.",
     )
+    async_import_rows: int = Field(
+        default=5000,
+        ge=0,
+        description="Imports of more rows than this are validated, then stored in the background: 202 with a job id.",
+    )
     jobs_backend: Literal["sqlite", "redis"] = Field(
         default="sqlite",
         description="Task queue of background jobs (huey): `sqlite` (embedded, no server) or `redis` "

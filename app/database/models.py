@@ -247,15 +247,21 @@ class DetectionRow(Base):
 
 
 class Job(Base):
-    """An image upload analysed in the background (large scenes): its inputs, progress and result."""
+    """Work done in the background: an image upload analysed (large scenes, ``kind`` ``upload``) or a large import
+    of counts (``import``); its inputs, progress and result."""
 
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"), index=True)
-    captured_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(16), default="upload", server_default="upload")  # upload, import
+    captured_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)  # an upload's
     gsd_m: Mapped[float | None] = mapped_column(Float, default=None)
-    image_sha256: Mapped[str] = mapped_column(String(64))
+    image_sha256: Mapped[str | None] = mapped_column(String(64), default=None)  # an upload's
+    #: An import's archived payload (its media type, a newline, its body), by SHA-256: also its idempotency digest.
+    payload_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    #: What an import stored: ``{"imported", "duplicates", "observation_ids"}`` (ids oldest first).
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     status: Mapped[str] = mapped_column(String(16), default="queued")  # queued, running, done, failed
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(String(2000), default=None)

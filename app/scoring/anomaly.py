@@ -472,10 +472,20 @@ def _ml_alpha(y: np.ndarray, mu: np.ndarray, w: np.ndarray, start: float) -> flo
     return float(math.exp(_LOG_ALPHA_GRID[i]))
 
 
+_GRID_R = np.exp(-_LOG_ALPHA_GRID)[:, None]
+_GRID_GAMMALN_R = special.gammaln(_GRID_R)
+
+
 def _alpha_grid_loglik(y: np.ndarray, mu: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted NB log-likelihood (up to a constant in ``alpha``) on :data:`_LOG_ALPHA_GRID`."""
-    r = np.exp(-_LOG_ALPHA_GRID)[:, None]
-    return (special.gammaln(y + r) - special.gammaln(r) + r * np.log(r / (r + mu)) + y * np.log(mu / (r + mu))) @ w
+    """Weighted NB log-likelihood (up to a constant in ``alpha``) on :data:`_LOG_ALPHA_GRID`.
+
+    ``gammaln(y + r)`` is evaluated once per distinct count and spread to the points (counts repeat: a window of
+    300 points holds a few dozen values), which gives the same numbers as evaluating it at every point.
+    """
+    r = _GRID_R
+    values, where = np.unique(y, return_inverse=True)
+    s = r + mu
+    return (special.gammaln(values + r)[:, where] - _GRID_GAMMALN_R + r * np.log(r / s) + y * np.log(mu / s)) @ w
 
 
 def _alpha_posterior(
@@ -966,6 +976,7 @@ def score_series(
     prior: PooledPrior | None = None,
     count_sd: Sequence[float | None] | None = None,
     fit: Fitter | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[AnomalyScore | None]:
     """Score every point of a series against the points strictly earlier in time.
 
@@ -973,6 +984,7 @@ def score_series(
     ``since`` get ``None`` (not recomputed). ``count_sd`` gives each point's count uncertainty (``None``: exact).
     ``fit``: where a point's fitted history comes from (default :func:`fit_predictor`; e.g. a cache of such fits,
     which must return what :func:`fit_predictor` would, or a fit that :meth:`Predictor.covers` the point).
+    ``progress`` is called with each scored point's index.
     """
     n = len(times)
     if n != len(counts):
@@ -991,6 +1003,8 @@ def score_series(
         k = bisect.bisect_left(times, times[i], 0, i)  # history = points [0, k), strictly earlier
         sd = None if count_sd is None else count_sd[i]
         out.append(_score_point(int(c[i]), days[:k], c[:k], float(days[i]), prior, sd, fit))
+        if progress is not None:
+            progress(i)
     return out
 
 

@@ -12,7 +12,7 @@ would give.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -28,6 +28,8 @@ from app.scoring.review_calibration import effective_series
 from app.usecases import alerts
 from app.usecases.observations import STORED_SCORE_FIELDS, ObservationRecord
 
+#: Points scored between two progress reports.
+PROGRESS_EVERY = 100
 #: Sort key of the i-th new row: after every stored id (new rows get the next ids, in the order given).
 _NEW = 1 << 62
 
@@ -91,9 +93,18 @@ def read_snapshot(session: Session, facility_id: str, fresh: Sequence[Row]) -> S
     return Snapshot(facility_id, out)
 
 
-def compute_scores(snapshot: Snapshot) -> Scores:
-    """Score every point at or after each class's earliest new row (no database needed: may run unlocked)."""
+def compute_scores(snapshot: Snapshot, progress: Callable[[float], None] | None = None) -> Scores:
+    """Score every point at or after each class's earliest new row (no database needed: may run unlocked);
+    ``progress`` is told the share of those points scored (0-1), at most every :data:`PROGRESS_EVERY` points."""
     out: Scores = {}
+    total = sum(sum(1 for p in s.points if p[0] >= s.since) for s in snapshot.series)
+    done = [0]
+
+    def scored(i: int) -> None:
+        done[0] += 1
+        if progress is not None and (done[0] % PROGRESS_EVERY == 0 or done[0] == total):
+            progress(done[0] / max(total, 1))
+
     for s in snapshot.series:
         scores = score_series(
             [p[0] for p in s.points],
@@ -102,6 +113,7 @@ def compute_scores(snapshot: Snapshot) -> Scores:
             prior=s.prior,
             count_sd=[p[3] for p in s.points],
             fit=fit_cache.CACHE.fitter(snapshot.facility_id, s.class_name),
+            progress=scored if progress is not None else None,
         )
         for (_, key, _, _), score in zip(s.points, scores, strict=True):
             if score is not None:

@@ -8,7 +8,7 @@ import io
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -264,6 +264,7 @@ def import_counts(
     rows: Sequence[ImportRow],
     idempotency: Idempotency | None = None,
     payload_sha256: str = "",
+    progress: Callable[[float], None] | None = None,
 ) -> ImportResult:
     """Store historical counts (no images) in one transaction and rescore every later observation.
 
@@ -276,7 +277,8 @@ def import_counts(
     with the same time and source but other counts raises :class:`ConflictError` naming it, and nothing is stored.
     With ``idempotency`` (an ``Idempotency-Key`` and its scope), a repeat of the same key with the same
     ``payload_sha256`` returns the first result (``replayed``) and stores nothing; with another payload it raises
-    :class:`IdempotencyConflictError`. The key is recorded in the same transaction as the rows.
+    :class:`IdempotencyConflictError`. The key is recorded in the same transaction as the rows. ``progress`` is
+    told the share of the points scored (0-1) as scoring goes.
     """
     if not rows:
         raise InvalidInputError("nothing to import: no observations given")
@@ -292,7 +294,7 @@ def import_counts(
                 fingerprint = db.history_fingerprint(session, facility_id)
                 fresh, duplicates = _new_rows(session, facility_id, rows)
                 snapshot = import_store.read_snapshot(session, facility_id, fresh)
-            scores = import_store.compute_scores(snapshot)  # the slow part, holding no lock
+            scores = import_store.compute_scores(snapshot, progress)  # the slow part, holding no lock
             prepared = import_store.prepare(facility_id, fresh, scores, db.utcnow())
         with store.transaction() as session:
             require_facility(session, facility_id, lock=True)
@@ -302,7 +304,7 @@ def import_counts(
                     return _replay_import(session, prior, idempotency[1], payload_sha256)
             if locked:
                 fresh, duplicates = _new_rows(session, facility_id, rows)
-                scores = import_store.compute_scores(import_store.read_snapshot(session, facility_id, fresh))
+                scores = import_store.compute_scores(import_store.read_snapshot(session, facility_id, fresh), progress)
                 prepared = import_store.prepare(facility_id, fresh, scores, db.utcnow())
             elif db.history_fingerprint(session, facility_id) != fingerprint:
                 log.info("facility %s: history changed while an import was scored; scoring again", facility_id)

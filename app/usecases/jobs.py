@@ -1,7 +1,9 @@
-"""Background analysis of large uploads on huey: SQLite queue by default (no server), Redis for several machines.
+"""Background jobs on huey (SQLite queue by default, no server; Redis for several machines): analysis of large
+uploads, and large imports of counts (:mod:`app.usecases.import_jobs`).
 
-A job is a row in the service database (``jobs``: inputs, status, progress, result) plus a huey task carrying its
-id. The original upload is already in the content-addressed archive, so a job needs nothing else.
+A job is a row in the service database (``jobs``: kind, inputs, status, progress, result) plus a huey task carrying
+its id. The original upload is already in the content-addressed archive, and an import's validated rows are kept
+beside it, so a job needs nothing else.
 
 Never run twice: before a worker runs a job it claims it with one conditional ``UPDATE`` (``queued``, or
 ``running`` with an expired lease, becomes ``running`` with ``claimed_by`` = this worker and ``lease_until`` = now +
@@ -23,7 +25,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -34,7 +36,10 @@ from app import database as db
 from app.core.errors import IdempotencyConflictError, NotFoundError, ServiceError
 from app.core.validation import check_gsd, iso
 from app.detection.imaging import ImageError
+from app.usecases import import_jobs
+from app.usecases.facilities import require_facility
 from app.usecases.images import DetectorProtocol, record_upload
+from app.usecases.imports import ImportRow
 from app.usecases.observations import Idempotency
 
 if TYPE_CHECKING:
@@ -135,6 +140,41 @@ class JobQueue:
         log.info("job %s queued (facility %s, image %s)", job_id, facility_id, sha256[:12])
         return job_id
 
+    def submit_import(
+        self, facility_id: str, rows: Sequence[ImportRow], digest: str, idempotency: Idempotency | None = None
+    ) -> tuple[str, str] | None:
+        """Queue a large import of validated ``rows`` (:mod:`app.usecases.import_jobs`); return the job's id and
+        status. A repeat returns the first job's (:func:`import_jobs.existing_job`). None: an import already stored
+        with this ``Idempotency-Key`` directly (not as a job), whose answer
+        :func:`app.usecases.imports.import_counts` gives."""
+        import_jobs.save_rows(self.settings.archive_dir, digest, rows)
+        with self.store.transaction() as session:
+            require_facility(session, facility_id, lock=True)  # one submission of a key at a time
+            existing = import_jobs.existing_job(session, facility_id, digest, idempotency)
+            if existing is not None:
+                log.info("import job %s repeated; not queued again", existing.id)
+                return existing.id, existing.status
+            if idempotency is not None and session.get(db.ImportRequest, (facility_id, *idempotency)) is not None:
+                return None
+            job_id = str(uuid.uuid4())
+            session.add(
+                db.Job(
+                    id=job_id,
+                    facility_id=facility_id,
+                    kind=import_jobs.KIND,
+                    payload_sha256=digest,
+                    status="queued",
+                    progress=0.0,
+                    created_at=db.utcnow(),
+                    updated_at=db.utcnow(),
+                    idempotency_scope=None if idempotency is None else idempotency[0],
+                    idempotency_key=None if idempotency is None else idempotency[1],
+                )
+            )
+        self.task(job_id)
+        log.info("import job %s queued (facility %s, %d rows)", job_id, facility_id, len(rows))
+        return job_id, "queued"
+
     def resume(self) -> int:
         """Enqueue again every job left behind (after a restart): ``queued`` ones whose task is not pending, and
         ``running`` ones whose lease has expired; return how many. A job with a live lease is left to its worker."""
@@ -227,13 +267,19 @@ class JobQueue:
         with self.store.session() as session:
             job = session.get(db.Job, job_id)
             assert job is not None  # just claimed
-            facility_id, when, gsd, sha = job.facility_id, job.captured_at, job.gsd_m, job.image_sha256
+            kind, facility_id, when, gsd = job.kind, job.facility_id, job.captured_at, job.gsd_m
+            sha = job.payload_sha256 if kind == import_jobs.KIND else job.image_sha256
             idempotency = None if job.idempotency_key is None else (job.idempotency_scope or "-", job.idempotency_key)
+        assert sha is not None  # every job has its upload's image or its import's payload
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job_id, stop), name=f"lease-{job_id[:8]}", daemon=True)
         beat.start()
         try:
-            self._run_claimed(job_id, facility_id, when, gsd, sha, idempotency)
+            if kind == import_jobs.KIND:
+                self._run_import(job_id, facility_id, sha, idempotency)
+            else:
+                assert when is not None  # an upload's capture time
+                self._run_claimed(job_id, facility_id, when, gsd, sha, idempotency)
         finally:
             stop.set()
             beat.join()
@@ -296,6 +342,36 @@ class JobQueue:
         self._update(job_id, status="done", progress=1.0, observation_id=record.id, timing_ms=timing, lease_until=None)
         log.info("job %s done: observation %d", job_id, record.id)
 
+    def _run_import(self, job_id: str, facility_id: str, digest: str, idempotency: Idempotency | None) -> None:
+        """Import a job's rows this worker holds; record the result (or the error) and release the lease."""
+        last = [0.0]
+
+        def progress(share: float) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_INTERVAL_S:
+                last[0] = now
+                self._update(job_id, progress=round(min(share, 0.99), 4))
+
+        t0 = time.perf_counter()
+        try:
+            result = import_jobs.run_import(
+                self.store, self.settings.archive_dir, facility_id, digest, idempotency, progress
+            )
+        except (ServiceError, FileNotFoundError) as exc:
+            log.warning("import job %s failed: %s", job_id, exc)
+            self._update(job_id, status="failed", error=str(exc)[:2000], error_status=_status_of(exc), lease_until=None)
+            return
+        except Exception as exc:
+            # report, never lose a job silently
+            log.exception("import job %s failed", job_id)
+            self._update(
+                job_id, status="failed", error=f"internal error: {exc}"[:2000], error_status=500, lease_until=None
+            )
+            return
+        timing = {"total": round((time.perf_counter() - t0) * 1000.0, 1)}
+        self._update(job_id, status="done", progress=1.0, result=result, timing_ms=timing, lease_until=None)
+        log.info("import job %s done: %d imported, %d duplicates", job_id, result["imported"], result["duplicates"])
+
     def _update(self, job_id: str, **fields: Any) -> None:
         with self.store.transaction() as session:
             job = session.get(db.Job, job_id)
@@ -317,10 +393,11 @@ class JobQueue:
                 raise NotFoundError(f"job {job_id!r} not found")
             out: dict[str, Any] = {
                 "id": job.id,
+                "kind": job.kind,
                 "status": job.status,
                 "progress": job.progress,
                 "facility_id": job.facility_id,
-                "captured_at": iso(job.captured_at),
+                "captured_at": None if job.captured_at is None else iso(job.captured_at),
                 "image_sha256": job.image_sha256,
                 "created_at": iso(job.created_at),
                 "updated_at": iso(job.updated_at),
@@ -328,6 +405,7 @@ class JobQueue:
                 "error_status": job.error_status,
                 "observation_id": job.observation_id,
                 "result": None,
+                "import_result": job.result,
             }
             timing = job.timing_ms
         if out["observation_id"] is not None:
@@ -396,7 +474,7 @@ def facility_of_job(store: db.Store, job_id: str) -> str | None:
 
 
 def _status_of(exc: Exception) -> int:
-    from app.core.errors import ConflictError, InvalidInputError, ModelUnavailableError
+    from app.core.errors import ConflictError, DatabaseBusyError, InvalidInputError, ModelUnavailableError
     from app.detection.imaging import CorruptImageError, EmptyImageError, ImageTooLargeError, UnsupportedImageError
 
     for cls, status in (
@@ -404,6 +482,7 @@ def _status_of(exc: Exception) -> int:
         (ConflictError, 409),
         (InvalidInputError, 422),
         (ModelUnavailableError, 503),
+        (DatabaseBusyError, 503),
         (EmptyImageError, 422),
         (CorruptImageError, 422),
         (UnsupportedImageError, 415),

@@ -28,7 +28,14 @@ from app.core.offline import CLASS_NAMES
 from app.core.validation import iso
 from app.detection.matching import LOOSE_CLASSES, Outcome, match_detections
 from app.scoring.anomaly import count_uncertainty
-from app.scoring.review_calibration import ClassCalibration, Pool, ReviewEvidence, calibrate_class, logit
+from app.scoring.review_calibration import (
+    ClassCalibration,
+    Pool,
+    ReviewEvidence,
+    calibrate_class,
+    effective_series,
+    logit,
+)
 from app.usecases.observations import ObservationRecord, observation_record, rescore, review_dict
 
 log = logging.getLogger(__name__)
@@ -250,6 +257,7 @@ def put_review(
         if obs is None:
             raise NotFoundError(f"observation {observation_id} not found")
         db.lock_facility(session, obs.facility_id)
+        before = scored_histories(session, obs.facility_id)
         width = obs.image_width if obs.image_sha256 is not None else None
         height = obs.image_height if obs.image_sha256 is not None else None
         review = parse_review(body, width, height)
@@ -278,7 +286,7 @@ def put_review(
         )
         _set_verified(obs, verified)
         session.flush()
-        apply_reviews(session, obs.facility_id, defaults)
+        apply_reviews(session, obs.facility_id, defaults, before)
         session.refresh(obs)
         record = record_with_review(session, obs)
     log.info("observation %d reviewed by %s: verified %s", observation_id, reviewer, verified)
@@ -294,13 +302,14 @@ def withdraw_review(
         if obs is None:
             raise NotFoundError(f"observation {observation_id} not found")
         db.lock_facility(session, obs.facility_id)
+        before = scored_histories(session, obs.facility_id)
         current = db.current_review(session, observation_id)
         if current is None:
             raise NotFoundError(f"observation {observation_id} has no review in force")
         current.status, current.ended_at, current.ended_by = db.REVIEW_WITHDRAWN, db.utcnow(), reviewer
         _set_verified(obs, {})
         session.flush()
-        apply_reviews(session, obs.facility_id, defaults)
+        apply_reviews(session, obs.facility_id, defaults, before)
         session.refresh(obs)
         record = record_with_review(session, obs)
     log.info("observation %d: review withdrawn by %s", observation_id, reviewer)
@@ -365,9 +374,38 @@ def pool_for(session: Session, facility_id: str, cls: str, default_threshold: fl
     )
 
 
-def apply_reviews(session: Session, facility_id: str, defaults: CountingDefaults) -> dict[str, ClassCalibration]:
+History = dict[str, list[tuple[int, Any, int, float | None]]]
+
+
+def scored_histories(session: Session, facility_id: str) -> History:
+    """Per class, the series the facility's anomaly scores are computed on: ``(id, time, count, count_sd)`` with
+    verified counts and bias-corrected detector counts (:func:`app.scoring.review_calibration.effective_series`)."""
+    histories = db.count_histories(session, facility_id, CLASS_NAMES)
+    biases = {c: cal.count_bias for c, cal in db.facility_calibrations(session, facility_id).items()}
+    out: History = {}
+    for cls, history in histories.items():
+        counts, sds = effective_series(history, biases.get(cls, 0.0))
+        out[cls] = [(h[0], h[1], c, sd) for h, c, sd in zip(history, counts, sds, strict=True)]
+    return out
+
+
+def rescore_changes(session: Session, facility_id: str, before: History) -> None:
+    """Rescore each class from its first point whose scored value differs from ``before`` (a point's score depends
+    only on the points before it, so the earlier ones keep theirs exactly)."""
+    after = scored_histories(session, facility_id)
+    for cls in sorted(set(before) | set(after)):
+        old, new = before.get(cls, []), after.get(cls, [])
+        first = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new)))
+        if first < len(new):
+            rescore(session, facility_id, since=new[first][1], classes=[cls])
+
+
+def apply_reviews(
+    session: Session, facility_id: str, defaults: CountingDefaults, before: History
+) -> dict[str, ClassCalibration]:
     """Recalibrate a facility from its reviews in force, re-threshold its stored images at the new thresholds and
-    rescore its whole history (inside the caller's transaction, facility locked). Returns the calibration."""
+    rescore its history from the first point the change reaches (inside the caller's transaction, facility
+    locked; ``before``: :func:`scored_histories` read before the change). Returns the calibration."""
     classes = list(CLASS_NAMES)
     evidence = review_evidence(session, facility_id, classes)
     stored = db.facility_calibrations(session, facility_id)
@@ -394,9 +432,7 @@ def apply_reviews(session: Session, facility_id: str, defaults: CountingDefaults
     }
     spreads = {c: (cal.count_rel_sd if cal.reviews else defaults.rel_sd) for c, cal in result.items()}
     rethreshold_facility(session, facility_id, thresholds, spreads)
-    first = db.list_observations(session, facility_id)
-    if first:
-        rescore(session, facility_id, since=first[0].captured_at, classes=classes)
+    rescore_changes(session, facility_id, before)
     return result
 
 

@@ -39,6 +39,9 @@ EXPECTED_RULES: dict[tuple[str, str], Access] = {
     ("GET", "/v1/observations/{observation_id}"): Access.READ,
     ("GET", "/v1/observations/{observation_id}/detections.geojson"): Access.READ,
     ("GET", "/v1/observations/{observation_id}/overlay.png"): Access.READ,
+    ("PUT", "/v1/observations/{observation_id}/review"): Access.REVIEW,
+    ("DELETE", "/v1/observations/{observation_id}/review"): Access.REVIEW,
+    ("GET", "/v1/observations/{observation_id}/reviews"): Access.READ,
     ("GET", "/v1/facilities/{facility_id}/alerts"): Access.READ,
     ("PUT", "/v1/facilities/{facility_id}/alerts"): Access.ADMIN,
     ("DELETE", "/v1/facilities/{facility_id}/alerts"): Access.ADMIN,
@@ -56,12 +59,13 @@ EXPECTED_RULES: dict[tuple[str, str], Access] = {
 
 #: Which roles each rule lets through (uploaders: only to a granted facility / a granted facility's job).
 ALLOWED: dict[Access, set[str]] = {
-    Access.READ: {"admin", "reader"},
+    Access.READ: {"admin", "reader", "analyst"},
+    Access.REVIEW: {"admin", "analyst"},
     Access.ADMIN: {"admin"},
     Access.UPLOAD: {"admin", "uploader"},
-    Access.JOB: {"admin", "reader", "uploader"},
+    Access.JOB: {"admin", "reader", "analyst", "uploader"},
     Access.SCENE: {"admin", "uploader"},
-    Access.SCENE_JOB: {"admin", "reader", "uploader"},
+    Access.SCENE_JOB: {"admin", "reader", "analyst", "uploader"},
 }
 
 
@@ -135,6 +139,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "admin": ADMIN_KEY,
             "reader": keys.create_key(store, "reader").key,
             "uploader": keys.create_key(store, "uploader", ["granted"]).key,
+            "analyst": keys.create_key(store, "analyst").key,
         }
         yield {"client": client, "tokens": tokens, "jobs": jobs, "store": store}
 

@@ -6,12 +6,15 @@ Every refusal must be a 4xx with a JSON ``detail`` string and must leave the obs
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
 import pytest
 
+from app import database as db
 from tests.support.images import crafted_png_header, encode_image, gradient_rgb
 from tests.support.network import NetworkAccessError
 
@@ -174,6 +177,68 @@ def test_import_refusals_store_nothing(client: Any, kwargs: dict, status: int, w
     before = _n_obs(client)
     _refused(client.post("/v1/facilities/yard/observations", **kwargs), status, *words)
     assert _n_obs(client) == before == 0
+
+
+def _csv(days: int, offset: int = 0) -> str:
+    return "captured_at,railcar\n" + "".join(
+        f"{(date(2021, 1, 1) + timedelta(days=d + offset)).isoformat()}T00:00:00Z,{10 + d % 4}\n" for d in range(days)
+    )
+
+
+def _wait_job(client: Any, url: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(url).json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job not finished: {job}")
+
+
+def test_large_import_is_a_background_job_for_its_uploader(make_client: Callable[..., Any]) -> None:
+    admin = make_client(async_import_rows=5)
+    _facility(admin)
+    _facility(admin, "other")
+    token = admin.post("/v1/keys", json={"role": "uploader", "facilities": ["yard"]}).json()["key"]
+    client = make_client(api_key=token, async_import_rows=5)
+    small = client.post("/v1/facilities/yard/observations", content=_csv(5), headers={"Content-Type": "text/csv"})
+    assert small.status_code == 201 and small.json()["imported"] == 5  # at the limit: answered directly
+    headers = {"Content-Type": "text/csv", "Idempotency-Key": "big-1"}
+    r = client.post("/v1/facilities/yard/observations", content=_csv(12, offset=5), headers=headers)
+    assert r.status_code == 202, r.text
+    accepted = r.json()
+    assert set(accepted) == {"job_id", "status", "status_url"} and r.headers["Location"] == accepted["status_url"]
+    job = _wait_job(client, accepted["status_url"])
+    assert job["kind"] == "import" and job["status"] == "done" and job["progress"] == 1.0, job
+    ids = job["import_result"]["observation_ids"]
+    assert job["import_result"]["imported"] == 12 and job["import_result"]["duplicates"] == 0
+    series = admin.get("/v1/facilities/yard/observations", params={"limit": 100}).json()["observations"]
+    assert [o["id"] for o in series][5:] == ids and series[-1]["anomaly"]["railcar"]["history_size"] == 16
+    again = client.post("/v1/facilities/yard/observations", content=_csv(12, offset=5), headers=headers)
+    assert again.status_code == 202 and again.json() == {**accepted, "status": "done"}  # the same job
+    _refused(
+        client.post("/v1/facilities/yard/observations", content=_csv(13, offset=5), headers=headers),
+        422,
+        "Idempotency-Key",
+    )
+    other = admin.post("/v1/keys", json={"role": "uploader", "facilities": ["other"]}).json()["key"]
+    r = make_client(api_key=other).get(accepted["status_url"])
+    assert r.status_code == 403  # an uploader of another facility does not see the job
+    assert len(admin.get("/v1/facilities/yard/observations", params={"limit": 100}).json()["observations"]) == 17
+
+
+def test_large_import_with_a_bad_row_is_refused_before_queueing(make_client: Callable[..., Any]) -> None:
+    client = make_client(async_import_rows=5)
+    _facility(client)
+    body = _csv(12).replace(",13\n", ",x\n", 1)
+    _refused(
+        client.post("/v1/facilities/yard/observations", content=body, headers={"Content-Type": "text/csv"}),
+        422,
+        "whole number",
+    )
+    with client.app.state.runtime.store.session() as session:
+        assert session.query(db.Job).count() == 0
+    assert _n_obs(client) == 0
 
 
 def test_import_unknown_facility(client: Any) -> None:

@@ -190,8 +190,45 @@ def test_reviews_revision_goes_down_and_up_keeping_other_data(database_url: str)
         again.dispose()
 
 
+def test_import_jobs_revision_goes_down_and_up_keeping_upload_jobs(database_url: str) -> None:
+    """Revision 0005 (job kinds, import payloads and results) downgrades to 0004 keeping the upload jobs (import
+    jobs cannot exist there), and back."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from app import database as db
+
+    store = Store(database_url)
+    facilities.create_facility(store, "yard", "Yard", "rail")
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    with store.transaction() as session:
+        session.add(db.Job(id="up", facility_id="yard", captured_at=now, image_sha256="a" * 64, created_at=now))
+        session.add(db.Job(id="imp", facility_id="yard", kind="import", payload_sha256="b" * 64, created_at=now))
+    store.dispose()
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            command.downgrade(migrate.alembic_config(conn), "0004")
+        columns = {c["name"]: c for c in inspect(engine).get_columns("jobs")}
+        assert {"kind", "payload_sha256", "result"}.isdisjoint(columns)
+        assert not columns["captured_at"]["nullable"] and not columns["image_sha256"]["nullable"]
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT id, image_sha256 FROM jobs")).all() == [("up", "a" * 64)]
+        assert migrate.upgrade(engine) == migrate.head_revision()
+    finally:
+        engine.dispose()
+    again = Store(database_url)
+    try:
+        assert _schema_diff(again) == []
+        with again.session() as session:
+            job = session.get(db.Job, "up")
+            assert job is not None and job.kind == "upload" and job.captured_at == now
+    finally:
+        again.dispose()
+
+
 def test_scene_sources_revision_goes_down_and_up_keeping_other_data(database_url: str) -> None:
-    """Revision 0005 (observations.scene_source, scene_jobs) downgrades to 0004 without touching the rest, and
+    """Revision 0006 (observations.scene_source, scene_jobs) downgrades to 0005 without touching the rest, and
     back."""
     from alembic import command
     from sqlalchemy import inspect
@@ -203,7 +240,7 @@ def test_scene_sources_revision_goes_down_and_up_keeping_other_data(database_url
     engine = make_engine(database_url)
     try:
         with engine.begin() as conn:
-            command.downgrade(migrate.alembic_config(conn), "0004")
+            command.downgrade(migrate.alembic_config(conn), "0005")
         inspector = inspect(engine)
         assert "scene_jobs" not in inspector.get_table_names()
         assert "scene_source" not in {c["name"] for c in inspector.get_columns("observations")}

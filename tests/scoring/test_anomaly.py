@@ -497,3 +497,21 @@ def test_mixture_fast_tails_and_quantiles_match_the_direct_computation() -> None
     far = NbMixture(3.0, np.asarray([0.01, 0.02]), np.asarray([0.5, 0.5]))  # tails below 1e-250: computed in logs
     up, _ = far.tail_probs(400, 2.0)
     assert math.isfinite(up) and up < math.log(1e-250)
+
+
+@pytest.mark.parametrize("values", ["counts", "fractions"])
+def test_grid_loglik_equals_the_per_point_formula_bit_for_bit(values: str) -> None:
+    """Evaluating ``gammaln(y + r)`` once per distinct count changes no bit of the likelihood (nor any score)."""
+    from scipy import special
+
+    from app.scoring.anomaly import _LOG_ALPHA_GRID, _alpha_grid_loglik
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 40, 300).astype(np.float64)
+    if values == "fractions":
+        y = y + rng.uniform(0, 1, 300).round(1)
+    mu = rng.uniform(0.5, 60.0, 300)
+    w = rng.uniform(0.1, 1.0, 300)
+    r = np.exp(-_LOG_ALPHA_GRID)[:, None]
+    reference = (special.gammaln(y + r) - special.gammaln(r) + r * np.log(r / (r + mu)) + y * np.log(mu / (r + mu))) @ w
+    assert np.array_equal(_alpha_grid_loglik(y, mu, w), reference)

@@ -58,11 +58,11 @@ def test_history_changed_while_scoring_is_scored_again(store: Store, monkeypatch
     compute = import_store.compute_scores
     calls: list[int] = []
 
-    def meddling(snapshot: Any) -> Any:
+    def meddling(snapshot: Any, progress: Any = None) -> Any:
         calls.append(1)
         if len(calls) == 1:  # another writer stores an observation in the middle of the history meanwhile
             imports.import_counts(store, "yard", [ImportRow(T0 + timedelta(days=31), {"railcar": 90}, "other")])
-        return compute(snapshot)
+        return compute(snapshot, progress)
 
     monkeypatch.setattr(import_store, "compute_scores", meddling)
     result = imports.import_counts(store, "yard", _rows(20, T0 + timedelta(days=1), timedelta(days=3)))

@@ -13,10 +13,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api import json_body, web
 from app.api.auth import allow
-from app.api.deps import SettingsDep, StoreDep, request_prefit
+from app.api.deps import RuntimeDep, SettingsDep, StoreDep, request_prefit
 from app.api.limits import disarm_timeout
 from app.api.routes.common import DEFAULT_PAGE, MAX_PAGE, FacilityId, ObservationId, errors
-from app.api.schemas import ImportOut, ObservationDetailOut, ObservationOut, ObservationPageOut
+from app.api.schemas import ImportJobAcceptedOut, ImportOut, ObservationDetailOut, ObservationOut, ObservationPageOut
 from app.core import offline, validation
 from app.usecases import facilities, imports, observations, reviews, scenes
 from app.usecases.keys import Access, Principal
@@ -43,7 +43,8 @@ _IMPORT_BODY = {
     response_model=ImportOut,
     responses={
         200: {"model": ImportOut, "description": "A repeated `Idempotency-Key`: the original result."},
-        **errors(404, 409, 413, 415, 422),
+        202: {"model": ImportJobAcceptedOut, "description": "A large import: validated, stored in the background."},
+        **errors(404, 409, 413, 415, 422, 503),
     },
     openapi_extra=_IMPORT_BODY,
 )
@@ -52,6 +53,7 @@ async def import_observations(
     request: Request,
     store: StoreDep,
     settings: SettingsDep,
+    runtime: RuntimeDep,
     principal: Annotated[Principal, allow(Access.UPLOAD)],
     idempotency_key: Annotated[
         str | None,
@@ -72,7 +74,11 @@ async def import_observations(
     Never counted twice: a row with the same `captured_at`, `source` and counts as a stored observation is skipped
     (`duplicates`); one with the same time and source but other counts is refused with 409 (nothing is imported).
     A repeated `Idempotency-Key` with the same body answers 200 with the original result (header
-    `Idempotent-Replayed: true`); with another body, 422."""
+    `Idempotent-Replayed: true`); with another body, 422.
+
+    An import of more than `WAGON_ASYNC_IMPORT_ROWS` rows is validated (a bad row: 422, nothing queued), then
+    answered 202 with a job (`Location`: its `status_url`, `GET /v1/jobs/{id}`) that stores it as above; a repeat
+    of the same body (same `Idempotency-Key`, or none while the job is unfinished) gets the same job."""
     await run_in_threadpool(facilities.get_facility, store, facility_id)
     media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     body = await request.body()
@@ -94,6 +100,14 @@ async def import_observations(
     disarm_timeout(request.scope)  # storing: the request finishes, so a 504 never hides a stored import
     idempotency = None if idempotency_key is None else (principal.scope, idempotency_key)
     digest = hashlib.sha256(media_type.encode() + b"\n" + body).hexdigest()
+    if runtime.jobs is not None and len(rows) > settings.async_import_rows:
+        queued = await run_in_threadpool(runtime.jobs.submit_import, facility_id, rows, digest, idempotency)
+        if queued is not None:  # else: imported directly before under this key; the replay follows
+            url = f"/v1/jobs/{queued[0]}"
+            accepted = ImportJobAcceptedOut.model_validate(
+                {"job_id": queued[0], "status": queued[1], "status_url": url}
+            )
+            return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": url})
     result = await run_in_threadpool(imports.import_counts, store, facility_id, rows, idempotency, digest)
     out = ImportOut(
         imported=len(result.observations),

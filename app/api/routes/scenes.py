@@ -20,7 +20,7 @@ from app.api import json_body
 from app.api.auth import allow
 from app.api.deps import RuntimeDep
 from app.api.routes.common import TextId, errors
-from app.api.routes.images import _archive_upload
+from app.api.routes.images import archive_upload
 from app.api.schemas import SceneAcceptedOut, SceneIn, SceneJobOut
 from app.core import validation
 from app.core.errors import InvalidInputError, ModelUnavailableError, NotFoundError
@@ -148,7 +148,7 @@ async def _from_form(request: Request, runtime: Any, principal: Principal) -> sc
     requested = [f.strip() for v in names for f in v.split(",") if f.strip()] or None
     facilities, skipped = await run_in_threadpool(_choose, runtime, principal, requested)
     sha, _path, _size, _head = await run_in_threadpool(
-        _archive_upload, cast(Any, file), settings.max_upload_bytes, settings
+        archive_upload, cast(Any, file), settings.max_upload_bytes, settings
     )
     return scene_runs.make_request(settings, SceneSource("upload", sha), when, gsd, facilities, skipped)
 
