@@ -32,6 +32,8 @@ from app.database.models import (
     ObservationCount,
     Review,
     SceneJob,
+    Subscription,
+    SubscriptionItem,
     UTCDateTime,
     utcnow,
 )
@@ -82,6 +84,8 @@ __all__ = [
     "ObservationCount",
     "SQLITE_IMMEDIATE",
     "Store",
+    "Subscription",
+    "SubscriptionItem",
     "UTCDateTime",
     "all_thresholds",
     "anomalous_counts",
