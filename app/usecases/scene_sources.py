@@ -11,7 +11,6 @@ final URL (after redirects), its ``ETag`` and size.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,16 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from app.core.errors import InvalidInputError, NotFoundError
-from app.core.remote_file import FetchError, RemoteFile, guarded_client, send_checked
-from app.core.url_policy import UrlPolicy, UrlRefused
+from app.core.remote_file import FetchError, RemoteFile
+from app.core.url_policy import UrlRefused
 from app.detection.raster import OpenedSource, SceneHints
+from app.usecases.remote_json import MAX_JSON_BYTES, fetch_json, policy_of, with_self_link
 from app.usecases.stac import StacScene, parse_item
 
 if TYPE_CHECKING:
     from app.core.settings import Settings
 
 #: Largest STAC item fetched by URL, bytes.
-MAX_ITEM_BYTES = 4 * 1024 * 1024
+MAX_ITEM_BYTES = MAX_JSON_BYTES
 
 SourceKind = Literal["upload", "path", "url"]
 
@@ -55,11 +55,6 @@ class SceneSource:
     def stac(self) -> StacScene | None:
         """The STAC item read (None without one)."""
         return None if self.stac_item is None else parse_item(self.stac_item)
-
-
-def policy_of(settings: Settings) -> UrlPolicy:
-    """The URL policy of ``WAGON_FETCH_ALLOWED_HOSTS``."""
-    return UrlPolicy.from_entries(settings.fetch_allowed_hosts)
 
 
 # ---------------------------------------------------------------------------------------------- submission
@@ -98,38 +93,10 @@ def source_of_item(settings: Settings, item: Any, base_url: str | None = None) -
 def fetch_item(settings: Settings, url: str) -> dict[str, Any]:
     """Fetch a STAC item by URL (allowed hosts only, at most :data:`MAX_ITEM_BYTES`); the JSON, with a ``self``
     link to where it was found so that relative asset hrefs resolve. :class:`InvalidInputError` saying why not."""
-    policy = policy_of(settings)
-    policy.check(url)
-    try:
-        with guarded_client(policy, settings.fetch_connect_timeout_s, settings.fetch_read_timeout_s) as client:
-            response, final = send_checked(client, policy, url)
-            try:
-                if response.status_code != 200:
-                    raise InvalidInputError(f"the STAC item at {url} cannot be fetched: HTTP {response.status_code}")
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_ITEM_BYTES:
-                        raise InvalidInputError(f"the STAC item at {url} is larger than {MAX_ITEM_BYTES} bytes")
-            finally:
-                response.close()
-    except (InvalidInputError, FetchError) as exc:
-        raise InvalidInputError(str(exc)) from None
-    except Exception as exc:  # httpx's transport errors: a refusal, not a crash
-        raise InvalidInputError(f"the STAC item at {url} cannot be fetched: {type(exc).__name__}: {exc}") from None
-    try:
-        item = json.loads(bytes(body))
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInputError(f"the document at {url} is not JSON") from None
-    if isinstance(item, dict) and not any(
-        isinstance(link, dict) and link.get("rel") == "self" for link in item.get("links") or []
-    ):
-        item.setdefault("links", [])
-        if isinstance(item["links"], list):
-            item["links"].append({"rel": "self", "href": final, "type": "application/geo+json"})
+    item, final = fetch_json(settings, url, "the STAC item")
     if not isinstance(item, dict):
         raise InvalidInputError(f"the document at {url} is not a STAC item")
-    return item
+    return with_self_link(item, final)
 
 
 # ---------------------------------------------------------------------------------------------- opening
