@@ -226,6 +226,11 @@ class Settings(BaseSettings):
         description="Run a job worker thread inside the API process. Set false when separate "
         "`wagon-detector worker` processes consume the queue.",
     )
+    jobs_periodic: bool = Field(
+        default=True,
+        description="Run the periodic tasks (polling due subscriptions, every minute) in this process's job "
+        "workers. Several processes may: a lease lets one at a time poll a subscription.",
+    )
     scene_dirs: list[Path] = Field(
         default_factory=list,
         description="Directories whose scenes `POST /v1/scenes` may read in place by path (a JSON list, e.g. "

@@ -55,6 +55,11 @@ EXPECTED_RULES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/keys"): Access.ADMIN,
     ("GET", "/v1/keys"): Access.ADMIN,
     ("DELETE", "/v1/keys/{key_id}"): Access.ADMIN,
+    ("POST", "/v1/subscriptions"): Access.ADMIN,
+    ("GET", "/v1/subscriptions"): Access.ADMIN,
+    ("GET", "/v1/subscriptions/{subscription_id}"): Access.ADMIN,
+    ("DELETE", "/v1/subscriptions/{subscription_id}"): Access.ADMIN,
+    ("POST", "/v1/subscriptions/{subscription_id}/poll"): Access.ADMIN,
 }
 
 #: Which roles each rule lets through (uploaders: only to a granted facility / a granted facility's job).

@@ -1,5 +1,6 @@
 """A loopback HTTP server for scenes by URL: serves files honouring ``Range``, counts the bytes it sends, and can
-misbehave on purpose (redirect, 404, 5xx a few times, stall, drop the connection, ignore ``Range``).
+misbehave on purpose (redirect, 404, 5xx a few times, stall, drop the connection, ignore ``Range``); ``handlers``
+answer a path from code (``GET`` with the query string, or ``POST`` with the body), e.g. a fake STAC API search.
 
     with RangeServer() as server:
         server.files["/scene.tif"] = path_or_bytes
@@ -8,9 +9,10 @@ misbehave on purpose (redirect, 404, 5xx a few times, stall, drop the connection
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +47,8 @@ class RangeServer:
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.files: dict[str, bytes | Path] = {}
         self.behaviour: dict[str, Behaviour] = {}
+        #: path -> handler(method, query string, body) -> (status, JSON-serialisable answer)
+        self.handlers: dict[str, Callable[[str, str, bytes], tuple[int, Any]]] = {}
         self.stats = Stats()
         self._lock = threading.Lock()
         server = self
@@ -59,6 +63,9 @@ class RangeServer:
                 server._answer(self, head=True)
 
             def do_GET(self) -> None:
+                server._answer(self, head=False)
+
+            def do_POST(self) -> None:
                 server._answer(self, head=False)
 
         self.httpd = ThreadingHTTPServer((host, 0), Handler)
@@ -91,7 +98,16 @@ class RangeServer:
         return src if isinstance(src, bytes) else Path(src).read_bytes()
 
     def _answer(self, h: BaseHTTPRequestHandler, head: bool) -> None:
-        path = h.path.split("?", 1)[0]
+        path, _, query = h.path.partition("?")
+        handler = self.handlers.get(path)
+        if handler is not None:
+            length = int(h.headers.get("Content-Length") or 0)
+            body = h.rfile.read(length) if length else b""
+            status, answer = handler(h.command, query, body)
+            with self._lock:
+                self.stats.requests += 1
+            self._send(h, status, {"Content-Type": "application/geo+json"}, json.dumps(answer).encode(), False)
+            return
         b = self.behaviour.get(path, Behaviour())
         with self._lock:
             self.stats.requests += 1
