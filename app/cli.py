@@ -1,4 +1,5 @@
-"""Command line: ``wagon-detector serve | detect | reprocess | worker | keys | db | train | evaluate | export``."""
+"""Command line: ``wagon-detector serve | detect | reprocess | scene | worker | keys | subscriptions | review |
+export-reviews | db | train | evaluate | export``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.core.settings import Settings
+    from app.database import Store
+    from app.usecases.subscription_polls import SubscriptionPoller
 
 from app import __version__
 
@@ -56,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("facility", help="facility id")
     reprocess.add_argument("--model", default=None, help="weights file (default: WAGON_MODEL_PATH)")
 
+    scene = sub.add_parser(
+        "scene", help="analyse one scene for every facility it covers and store the observations (configured database)"
+    )
+    scene.add_argument("source", help="a GeoTIFF/COG path or URL, or a STAC item (.json path or URL)")
+    scene.add_argument("--captured-at", default=None, help="acquisition time, ISO 8601 (default: the STAC item's)")
+    scene.add_argument("--facility", action="append", default=None, help="limit to this facility (repeatable)")
+    scene.add_argument("--gsd-m", type=float, default=None, help="ground sample distance, m/pixel")
+    scene.add_argument("--model", default=None, help="weights file (default: WAGON_MODEL_PATH)")
+
     worker = sub.add_parser("worker", help="consume background jobs (large uploads) from the queue")
     worker.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
 
@@ -81,6 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id", help="the key's id (the 12 hex digits after wd_, as listed)")
     revoke.add_argument("--force", action="store_true", help="revoke even the last active admin key")
+    subs = sub.add_parser("subscriptions", help="follow vendors' STAC catalogs: add, list, poll and remove")
+    subs_sub = subs.add_subparsers(dest="subscriptions_command", required=True, metavar="ACTION")
+    add = subs_sub.add_parser("add", help="follow a static STAC catalog/collection or a STAC API (URL)")
+    add.add_argument("url", help="catalog or collection JSON, or STAC API search endpoint or landing page")
+    add.add_argument("--interval", type=int, required=True, help="minutes between polls (5-10080)")
+    add.add_argument("--kind", choices=("static", "api"), default=None, help="default: told from the document")
+    add.add_argument("--collection", action="append", default=None, help="keep this collection (repeatable)")
+    add.add_argument("--facility", action="append", default=None, help="limit scenes to this facility (repeatable)")
+    add.add_argument("--name", default=None, help="a name to show in listings")
+    subs_sub.add_parser("list", help="list subscriptions with their last poll, last error and counts")
+    poll = subs_sub.add_parser("poll", help="poll one now; new items are queued as scene jobs for the workers")
+    poll.add_argument("id", help="subscription id")
+    remove = subs_sub.add_parser("remove", help="stop following a catalog")
+    remove.add_argument("id", help="subscription id")
     review = sub.add_parser(
         "review", help="record an analyst's review of an observation (counts or a JSON file of boxes), or withdraw it"
     )
@@ -133,8 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _reprocess(args.facility, args.model)
     if args.command == "worker":
         return _worker(args.workers)
+    if args.command == "scene":
+        return _scene(args.source, args.captured_at, args.facility, args.gsd_m, args.model)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "subscriptions":
+        return _subscriptions(args)
     if args.command == "db":
         return _db(args.action)
     if args.command == "review":
@@ -300,11 +334,69 @@ def _worker(workers: int) -> int:
     from app.database import Store
     from app.usecases import images
     from app.usecases.jobs import JobQueue
+    from app.usecases.scene_jobs import SceneJobs
+    from app.usecases.subscription_polls import SubscriptionPoller
 
     settings = get_settings()
     store = Store(settings.database_url)
-    JobQueue(settings, store, lambda: images.load_configured_detector(settings)).run_worker(workers)
+    queue = JobQueue(settings, store, lambda: images.load_configured_detector(settings))
+    scene_jobs = SceneJobs(queue)  # scene jobs run on the same queue
+    scene_jobs.resume()
+    SubscriptionPoller(scene_jobs)  # polls due subscriptions every minute (WAGON_JOBS_PERIODIC)
+    queue.run_worker(workers)
     store.dispose()
+    return 0
+
+
+def _scene(
+    source: str, captured_at: str | None, facilities: list[str] | None, gsd_m: float | None, model: str | None
+) -> int:
+    """``wagon-detector scene``: as ``POST /v1/scenes`` by an admin, run here; a local file is read in place."""
+    import json
+    from pathlib import Path
+
+    from app.core import errors, validation
+    from app.core.remote_file import FetchError
+    from app.core.settings import get_settings
+    from app.database import Store
+    from app.detection.imaging import ImageError
+    from app.usecases import images, keys, scene_runs, scene_sources
+
+    settings = get_settings()
+    if model is not None:
+        settings = settings.model_copy(update={"model_path": Path(model)})
+    store = Store(settings.database_url)
+    try:
+        when = None if captured_at is None else validation.parse_capture_time(captured_at, settings.capture_window)
+        chosen, skipped = scene_runs.choose_facilities(store, keys.ANONYMOUS, facilities)
+        if "://" in source:
+            is_item = source.split("?")[0].endswith(".json")
+            item = scene_sources.fetch_item(settings, source) if is_item else None
+            scene = (
+                scene_sources.source_of_item(settings, item)[0]
+                if item is not None
+                else scene_sources.source_of_href(settings, source)
+            )
+        elif source.endswith(".json"):
+            item = json.loads(Path(source).read_text())
+            item.setdefault("links", []).append({"rel": "self", "href": Path(source).resolve().as_uri()})
+            stac = scene_sources.parse_item(item)
+            scene = scene_sources.SceneSource("path", str(Path(stac.href.removeprefix("file://")).resolve()), item)
+            if "://" in stac.href and not stac.href.startswith("file://"):
+                scene = scene_sources.source_of_item(settings, item)[0]
+        else:
+            if not Path(source).is_file():
+                raise errors.NotFoundError(f"no such file: {source}")
+            scene = scene_sources.SceneSource("path", str(Path(source).resolve()))
+        request = scene_runs.make_request(settings, scene, when, gsd_m, chosen, skipped)
+        detector = images.load_configured_detector(settings)
+        outcome = scene_runs.analyse_scene(store, settings, detector, request)
+    except (errors.ServiceError, ImageError, FetchError, PermissionError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.dispose()
+    print(json.dumps(outcome.to_dict(), indent=2))
     return 0
 
 
@@ -347,6 +439,54 @@ def _keys(args: argparse.Namespace) -> int:
     finally:
         store.dispose()
     return 0
+
+
+def _subscriptions(args: argparse.Namespace) -> int:
+    """``wagon-detector subscriptions add | list | poll | remove`` on the configured database and queue."""
+    from app.core import errors
+    from app.core.settings import get_settings
+    from app.database import Store
+    from app.usecases import subscriptions
+    from app.usecases.keys import ANONYMOUS_SCOPE
+
+    settings = get_settings()
+    store = Store(settings.database_url)
+    try:
+        action = args.subscriptions_command
+        if action == "add":
+            new = subscriptions.NewSubscription(
+                args.url, args.interval, args.kind, args.collection, args.facility, args.name
+            )
+            print(json.dumps(subscriptions.create(store, settings, new, ANONYMOUS_SCOPE), indent=2))
+        elif action == "list":
+            print(f"{'id':<38}{'kind':<8}{'every':<8}{'seen':>6}{'sent':>6}{'failed':>7}  {'next poll (UTC)':<21}url")
+            for s in subscriptions.list_all(store):
+                print(
+                    f"{s['id']:<38}{s['kind']:<8}{str(s['interval_minutes']) + 'm':<8}{s['items_seen']:>6}"
+                    f"{s['scenes_submitted']:>6}{s['failures']:>7}  {s['next_poll_at'][:19].replace('T', ' '):<21}"
+                    f"{s['url']}" + (f"\n    last error: {s['last_error']}" if s["last_error"] else "")
+                )
+        elif action == "poll":
+            print(json.dumps(_poller(settings, store).poll(args.id), indent=2))
+        else:
+            gone = subscriptions.delete(store, args.id)
+            print(f"removed subscription {gone['id']} ({gone['url']})")
+    except errors.ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.dispose()
+    return 0
+
+
+def _poller(settings: Settings, store: Store) -> SubscriptionPoller:
+    """A subscription poller submitting to the configured queue (its jobs run in the workers)."""
+    from app.usecases.jobs import JobQueue
+    from app.usecases.scene_jobs import SceneJobs
+    from app.usecases.subscription_polls import SubscriptionPoller
+
+    queue = JobQueue(settings, store, None)
+    return SubscriptionPoller(SceneJobs(queue))
 
 
 def _review(args: argparse.Namespace) -> int:

@@ -66,3 +66,36 @@ def test_reprocess_command(env: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert observations.get_observation(store, rec.id).model == {"name": "blob-detector", "version": "cli"}
     store.dispose()
     assert cli.main(["reprocess", "nope"]) == 2
+
+
+def test_scene_command_counts_every_covered_facility_once(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``wagon-detector scene PATH``: one observation per covered facility; the same scene again adds none."""
+    settings = get_settings()
+    store = Store(settings.database_url)
+    gs = make_geotiff(env / "s.tif", blob_scene(centres=CENTRES), 0.5)
+
+    def fp(x0: float, y0: float, x1: float, y1: float) -> dict:
+        ring = gs.pixel_to_lonlat(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]))
+        return {"type": "Polygon", "coordinates": [ring.tolist()]}
+
+    facilities.create_facility(store, "west", "West", "rail", footprint=fp(50, 20, 280, 250))
+    facilities.create_facility(store, "east", "East", "rail", footprint=fp(300, 30, 380, 100))
+    facilities.create_facility(store, "away", "Away", "rail", footprint=fp(5000, 5000, 5100, 5100))
+    store.dispose()
+    args = ["scene", str(gs.path), "--captured-at", "2024-01-01T00:00:00Z"]
+    assert cli.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    made = {o["facility_id"]: o["created"] for o in out["observations"]}
+    assert made == {"west": True, "east": True}
+    assert out["skipped"] == [{"facility_id": "away", "reason": "outside the scene"}]
+    assert cli.main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert {o["facility_id"]: o["created"] for o in again["observations"]} == {"west": False, "east": False}
+    store = Store(settings.database_url)
+    try:
+        counts = [o.counts["railcar"] for f in ("west", "east") for o in observations.list_observations(store, f)]
+    finally:
+        store.dispose()
+    assert counts == [2, 1]
+    assert cli.main(["scene", str(gs.path)]) == 2
+    assert "captured_at is required" in capsys.readouterr().err

@@ -157,6 +157,8 @@ def _refusal(principal: Principal, access: Access, facility: str | None) -> str:
         return f"{who} may not upload to facility {facility!r}"
     if access is Access.JOB:
         return f"{who} may not read this job (readers, and uploaders of the job's facility, may)"
+    if access is Access.SCENE:
+        return f"{who} may not submit scenes (admins and uploaders may)"
     needs = {Access.ADMIN: "admin", Access.REVIEW: "analyst or admin"}.get(access, "reader, analyst or admin")
     return f"{who} may not do this (needs role {needs})"
 

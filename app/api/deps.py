@@ -13,6 +13,8 @@ from app.database import Store
 from app.scoring.fit_cache import Prefitter
 from app.usecases.images import DetectorProtocol
 from app.usecases.jobs import JobQueue
+from app.usecases.scene_jobs import SceneJobs
+from app.usecases.subscription_polls import SubscriptionPoller
 
 
 @dataclass
@@ -24,6 +26,8 @@ class Runtime:
     detector: DetectorProtocol | None
     inference_gate: InferenceGate
     jobs: JobQueue | None = None
+    scenes: SceneJobs | None = None  # scene jobs, on the same queue
+    subscriptions: SubscriptionPoller | None = None  # polls subscriptions, submitting scene jobs
     prefitter: Prefitter | None = None  # fits a facility's next anomaly models after its writes
 
 

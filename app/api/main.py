@@ -20,7 +20,18 @@ from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimitMiddleware, RequestTimeoutMiddleware
 from app.api.observability import Metrics, RequestContextMiddleware, metrics_endpoint, route_templates
 from app.api.routes import alerts as alert_routes
-from app.api.routes import dashboard, facilities, health, images, jobs, keys, observations, reviews
+from app.api.routes import (
+    dashboard,
+    facilities,
+    health,
+    images,
+    jobs,
+    keys,
+    observations,
+    reviews,
+    scenes,
+    subscriptions,
+)
 from app.api.routes.common import reject_unknown_params
 from app.api.schemas import ImportIn, ValidationErrorOut
 from app.api.web import ETagMiddleware
@@ -32,6 +43,8 @@ from app.scoring.fit_cache import Prefitter
 from app.usecases.images import DetectorProtocol, load_configured_detector
 from app.usecases.jobs import JobQueue
 from app.usecases.keys import AUTH_OFF_WARNING, bootstrap_admin
+from app.usecases.scene_jobs import SceneJobs
+from app.usecases.subscription_polls import SubscriptionPoller
 
 log = logging.getLogger("app.api")
 
@@ -54,7 +67,10 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
         if model is None and settings.load_model:
             model = await anyio.to_thread.run_sync(load_configured_detector, settings)
         queue = await anyio.to_thread.run_sync(JobQueue, settings, store, model)
+        scene_jobs = SceneJobs(queue)  # its task registered before the worker starts
+        poller = SubscriptionPoller(scene_jobs)  # and the periodic poll of subscriptions
         await anyio.to_thread.run_sync(queue.resume)
+        await anyio.to_thread.run_sync(scene_jobs.resume)
         if settings.jobs_worker:
             queue.start_worker()
         gate = InferenceGate(
@@ -64,7 +80,14 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
         prefitter = Prefitter(store, busy=lambda: gate.running + gate.waiting > 0)  # fits fill idle time only
         prefitter.start()
         app.state.runtime = Runtime(
-            settings=settings, store=store, detector=model, inference_gate=gate, jobs=queue, prefitter=prefitter
+            settings=settings,
+            store=store,
+            detector=model,
+            inference_gate=gate,
+            jobs=queue,
+            scenes=scene_jobs,
+            subscriptions=poller,
+            prefitter=prefitter,
         )
         log.info("wagon-detector %s ready (model: %s)", __version__, "none" if model is None else model.name)
         async with anyio.create_task_group() as tasks:
@@ -108,7 +131,7 @@ def create_app(settings: Settings | None = None, detector: DetectorProtocol | No
     app.add_api_route(
         "/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False, dependencies=[allow(Access.READ)]
     )
-    for module in (facilities, observations, reviews, images, alert_routes, jobs, keys):
+    for module in (facilities, observations, reviews, images, alert_routes, jobs, scenes, subscriptions, keys):
         app.include_router(module.router, prefix="/v1", dependencies=[Depends(reject_unknown_params)])
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to customise it
     return app

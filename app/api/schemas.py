@@ -317,6 +317,79 @@ class JobOut(BaseModel):
     import_result: ImportJobResultOut | None = Field(description="What an import stored, when done.")
 
 
+class SceneIn(BaseModel):
+    """A scene by reference: exactly one of `href`, `stac_item` and `stac_item_href`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    href: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="URL of a GeoTIFF/COG (JPEG 2000, NITF) on a host of `WAGON_FETCH_ALLOWED_HOSTS`, or the path "
+        "of a file under `WAGON_SCENE_DIRS`.",
+    )
+    stac_item: dict[str, Any] | None = Field(default=None, description="A STAC Item (JSON).")
+    stac_item_href: str | None = Field(default=None, max_length=4096, description="URL of a STAC Item.")
+    captured_at: str | None = Field(
+        default=None,
+        description="Acquisition time, ISO 8601 with timezone; required unless the STAC item has a `datetime`.",
+    )
+    gsd_m: float | None = Field(default=None, description="Ground sample distance, m/pixel (overrides the image's).")
+    facilities: list[str] | None = Field(
+        default=None, max_length=10_000, description="Facility ids to limit the scene to (default: all)."
+    )
+
+
+class SceneAcceptedOut(BaseModel):
+    """A scene accepted for background analysis."""
+
+    job_id: str
+    status: str
+    status_url: str
+
+
+class SceneSkipOut(BaseModel):
+    """A facility the scene made no observation for, and why."""
+
+    facility_id: str
+    reason: str = Field(
+        description="`not granted`, `no footprint`, `outside the scene`, `all nodata` or `facility deleted`."
+    )
+
+
+class SceneObservationOut(BaseModel):
+    """The observation a scene made at one facility (`created` false: it had been made before)."""
+
+    facility_id: str
+    created: bool
+    observation: ObservationDetailOut
+
+
+class SceneResultOut(BaseModel):
+    """What a scene job did."""
+
+    observations: list[SceneObservationOut]
+    skipped: list[SceneSkipOut]
+    source: dict[str, Any] = Field(description="For a URL: `bytes_read`, `size` and `requests` of the fetch.")
+    timing_ms: dict[str, float]
+
+
+class SceneJobOut(BaseModel):
+    """A scene job: progress, then the observations per facility and the facilities skipped."""
+
+    id: str
+    status: Literal["queued", "running", "done", "failed"]
+    progress: float
+    captured_at: datetime
+    source: dict[str, Any] = Field(description="`kind` (upload, path or url) and `location`.")
+    facilities: list[str] = Field(description="The facilities the scene was sent to and may reach.")
+    created_at: datetime
+    updated_at: datetime
+    error: str | None
+    error_status: int | None = Field(description="HTTP status that best says why the job failed.")
+    result: SceneResultOut | None
+
+
 class ImportRowIn(BaseModel):
     """One historical observation (documentation of the JSON import body)."""
 

@@ -226,6 +226,35 @@ class Settings(BaseSettings):
         description="Run a job worker thread inside the API process. Set false when separate "
         "`wagon-detector worker` processes consume the queue.",
     )
+    jobs_periodic: bool = Field(
+        default=True,
+        description="Run the periodic tasks (polling due subscriptions, every minute) in this process's job "
+        "workers. Several processes may: a lease lets one at a time poll a subscription.",
+    )
+    scene_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Directories whose scenes `POST /v1/scenes` may read in place by path (a JSON list, e.g. "
+        '`["/data/scenes"]`). Empty: no path is read.',
+    )
+    fetch_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts scenes and STAC items may be fetched from by URL (a JSON list of host names, IP "
+        'addresses or networks, e.g. `["data.vendor.example", "10.1.2.0/24"]`). A host name reaches public '
+        "addresses only: an address in a private, loopback or link-local range is reached only when it (or its "
+        "network) is listed itself. Empty: scenes by reference are off.",
+    )
+    fetch_max_mb: float = Field(
+        default=4096, gt=0, description="Largest scene fetched by URL, MiB (its size, and the bytes read of it)."
+    )
+    fetch_connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="Seconds to connect to a scene's server before giving up."
+    )
+    fetch_read_timeout_s: float = Field(
+        default=30.0, gt=0, description="Seconds a scene's server may stay silent during a response before giving up."
+    )
+    fetch_retries: int = Field(
+        default=3, ge=0, le=10, description="Retries (with backoff) of a scene request answered 5xx or dropped."
+    )
     overlay_max_px: int = Field(default=2048, ge=128, description="Longest side of `overlay.png`, pixels.")
     cors_origins: str = Field(
         default="",
@@ -284,6 +313,11 @@ class Settings(BaseSettings):
     def max_counts(self) -> dict[str, int]:
         """The most objects of each class one observation may count."""
         return {"railcar": self.max_railcars, "container": self.max_containers}
+
+    @property
+    def fetch_max_bytes(self) -> int:
+        """``fetch_max_mb`` in bytes."""
+        return int(self.fetch_max_mb * MIB)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -5,8 +5,9 @@ when there was an image); ``observation_counts`` (one row per observation and *k
 anomaly score; a class absent here is unknown, not zero); ``detections`` (oriented boxes of uploaded images);
 ``api_keys`` and ``api_key_facilities`` (hashed API keys, their roles and the facilities an uploader may upload to);
 ``alert_thresholds`` and ``alert_deliveries``; ``jobs``; ``import_requests`` (imports sent with an
-``Idempotency-Key``: what they stored, to answer a repeat). The schema is made and changed by the Alembic migrations
-in ``app/database/migrations`` (:mod:`app.database.migrate`).
+``Idempotency-Key``: what they stored, to answer a repeat); ``scene_jobs``; ``subscriptions`` and
+``subscription_items`` (STAC catalogs followed, and the items they found). The schema is made and changed by the
+Alembic migrations in ``app/database/migrations`` (:mod:`app.database.migrate`).
 """
 
 from __future__ import annotations
@@ -113,6 +114,9 @@ class Observation(Base):
     #: ``Idempotency-Key`` header of the upload, and whose it was (the API key id; ``-`` with authentication off).
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     idempotency_scope: Mapped[str | None] = mapped_column(String(32), default=None)
+    #: Where a scene delivered by reference came from: ``{"href", "etag", "size", "identity", "stac_item"}`` (the
+    #: STAC item as given, when there was one); None for uploads and imports.
+    scene_source: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
     counts: Mapped[list[ObservationCount]] = relationship(
         back_populates="observation", cascade="all, delete-orphan", order_by="ObservationCount.class_name"
@@ -274,6 +278,76 @@ class Job(Base):
     #: lease has expired is taken to be abandoned by a dead worker and may be claimed again).
     claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class SceneJob(Base):
+    """A scene (``POST /v1/scenes``) analysed in the background for every facility it covers: the request, who
+    sent it, progress, and the result (per facility: the observation made, or why it was skipped)."""
+
+    __tablename__ = "scene_jobs"
+    __table_args__ = (Index("uq_scene_jobs_idempotency", "submitted_by", "idempotency_key", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued, running, done, failed
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    #: What was asked: source, capture time, GSD, facilities to reach and those skipped at submission.
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: Whose it is: the submitting API key's id (``-`` with authentication off); also the Idempotency-Key scope.
+    submitted_by: Mapped[str] = mapped_column(String(32))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    error: Mapped[str | None] = mapped_column(String(2000), default=None)
+    error_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class Subscription(Base):
+    """A vendor's STAC catalog followed: a static catalog or collection (walked) or a STAC API search endpoint
+    (searched by collection and time), polled every ``interval_minutes``; each new item becomes a scene job."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (Index("ix_subscriptions_next_poll_at", "next_poll_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
+    url: Mapped[str] = mapped_column(String(4096))
+    kind: Mapped[str] = mapped_column(String(8))  # static, api
+    #: Collection ids to keep (None: all).
+    collections: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    #: Facility ids the scenes are limited to (None: all).
+    facilities: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    interval_minutes: Mapped[int] = mapped_column(Integer)
+    #: The creating API key's id (``-`` with authentication off): the scene jobs' submitter.
+    created_by: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    #: Start of the last poll that read the whole catalog (a STAC API search's time window starts here).
+    searched_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    next_poll_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(String(2000), default=None)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class SubscriptionItem(Base):
+    """An item a subscription found (once per collection and item id): the scene job it became, or why not."""
+
+    __tablename__ = "subscription_items"
+    __table_args__ = (Index("uq_subscription_items_item", "subscription_id", "collection", "item_id", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
+    collection: Mapped[str] = mapped_column(String(255))  # "" when the item names none
+    item_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))  # submitting, submitted, failed, given_up
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    scene_job_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    error: Mapped[str | None] = mapped_column(String(2000), default=None)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class ImportRequest(Base):

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,11 +177,30 @@ def _transform(src: str, dst: str, xy: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(xs, np.float64), np.asarray(ys, np.float64)], axis=1)
 
 
+def make_georef(crs_text: str, transform: tuple[float, ...]) -> Georef:
+    """A :class:`Georef` from a CRS (``EPSG:n``, WKT or PROJJSON text) and a GDAL-order transform (a, b, c, d, e, f),
+    e.g. a STAC item's ``proj:code`` and ``proj:transform``; :class:`ValueError` for a CRS that cannot be read."""
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        crs = CRS.from_user_input(crs_text)
+    except CRSError as exc:
+        raise ValueError(f"unknown CRS {crs_text!r}") from exc
+    georef = _georef_from(crs, Affine(*transform[:6]))
+    if georef is None:
+        raise ValueError("the transform is the identity: no georeference")
+    return georef
+
+
 def _georef_of(ds: Any) -> Georef | None:
-    crs = ds.crs
-    if crs is None:
+    if ds.crs is None:
         return None
-    t = ds.transform
+    return _georef_from(ds.crs, ds.transform)
+
+
+def _georef_from(crs: Any, t: Any) -> Georef | None:
     if t.is_identity:
         return None
     epsg = crs.to_epsg()
@@ -222,6 +241,26 @@ class Scene(Protocol):
     def native_gsd_m(self) -> float | None:
         """Ground sample distance from the georeferencing, metres per pixel."""
         ...
+
+
+@dataclass(frozen=True)
+class SceneHints:
+    """What a scene's metadata (a STAC item) says that the file may not: the bands' names in file order (common
+    names such as ``red``, ``green``, ``blue``, ``nir``, ``pan``) and a georeference for a file without one."""
+
+    band_names: tuple[str, ...] = ()
+    georef: Georef | None = None
+
+
+@dataclass(frozen=True)
+class OpenedSource:
+    """A file GDAL reads through a Python file opener (a scene fetched by URL): the name to open, the opener
+    (rasterio's ``opener``), its first bytes and its identity (stored as the image digest)."""
+
+    name: str
+    opener: Callable[..., Any]
+    head: bytes
+    sha256: str
 
 
 class ArrayScene:
@@ -265,13 +304,17 @@ class ArrayScene:
 class RasterScene:
     """A GDAL dataset read window by window, with band selection, stretch and validity mask."""
 
-    def __init__(self, ds: Any, sha256: str, stretch_8bit: bool = False) -> None:
+    def __init__(self, ds: Any, sha256: str, stretch_8bit: bool = False, hints: SceneHints | None = None) -> None:
         self.ds = ds
         self.width, self.height = int(ds.width), int(ds.height)
         self.format = _DRIVER_FORMAT.get(ds.driver, ds.driver[:8].upper())
         self.sha256 = sha256
-        self.georef = _georef_of(ds)
+        hints = hints or SceneHints()
+        self.georef = _georef_of(ds) or hints.georef
         self.rgb_bands, self.bands = pick_rgb_bands(ds)
+        named = bands_from_names(hints.band_names, int(ds.count))
+        if named is not None and not self.bands.startswith("RGB from colour"):
+            self.rgb_bands, self.bands = named
         self.dtype = np.dtype(ds.dtypes[self.rgb_bands[0] - 1])
         self.needs_stretch = self.dtype != np.uint8 or stretch_8bit
         self.stretch: list[tuple[float, float]] | None = None
@@ -377,6 +420,20 @@ def pick_rgb_bands(ds: Any) -> tuple[tuple[int, int, int], str]:
     raise UnsupportedImageError("the image has no data bands")
 
 
+def bands_from_names(names: tuple[str, ...], count: int) -> tuple[tuple[int, int, int], str] | None:
+    """RGB band numbers from the bands' names in file order (a STAC item's ``eo:bands``/``bands``), or ``None``
+    when they name no red, green and blue (nor one panchromatic band) within the file's ``count`` bands."""
+    lowered = [n.strip().lower() for n in names[:count]]
+    if all(c in lowered for c in ("red", "green", "blue")):
+        rgb = (lowered.index("red") + 1, lowered.index("green") + 1, lowered.index("blue") + 1)
+        return rgb, "RGB from the scene metadata's band names"
+    for pan in ("pan", "panchromatic"):
+        if pan in lowered:
+            i = lowered.index(pan) + 1
+            return (i, i, i), "panchromatic from the scene metadata's band names"
+    return None
+
+
 # --------------------------------------------------------------------------------------------------- open
 
 
@@ -391,20 +448,32 @@ def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
 
 @contextmanager
 def open_scene(
-    source: Path | bytes,
+    source: Path | bytes | OpenedSource,
     *,
     sha256: str | None = None,
     max_pixels: int = 100_000_000,
     max_scene_pixels: int = 2_500_000_000,
     stretch_8bit: bool = False,
     gdal_cache_mb: int = 256,
+    hints: SceneHints | None = None,
 ) -> Iterator[Scene]:
-    """Open image bytes or a file as a :class:`Scene` (format from the content).
+    """Open image bytes, a file or an :class:`OpenedSource` as a :class:`Scene` (format from the content).
 
     JPEG and PNG are decoded whole by Pillow (EXIF orientation honoured, ``max_pixels`` applies). TIFF, JPEG 2000
     and NITF are opened through rasterio and read window by window later (``max_scene_pixels`` applies); GDAL's
-    block cache is bounded by ``gdal_cache_mb`` while the scene is open.
+    block cache is bounded by ``gdal_cache_mb`` while the scene is open. An :class:`OpenedSource` must be one of
+    the GDAL formats. ``hints`` supply band names and a georeference the file lacks.
     """
+    if isinstance(source, OpenedSource):
+        fmt = sniff_format(source.head)
+        if fmt not in RASTER_FORMATS:
+            raise UnsupportedImageError(
+                "a scene read by reference must be a GeoTIFF/COG, JPEG 2000 or NITF file "
+                f"(this one is {fmt or 'not an image'})"
+            )
+        with _open_raster(source, fmt, source.sha256, max_scene_pixels, stretch_8bit, gdal_cache_mb, hints) as scene:
+            yield scene
+        return
     src: bytes | Path  # the image's bytes, or the path of its file
     if isinstance(source, (bytes, bytearray, memoryview)):
         src = bytes(source)
@@ -422,11 +491,26 @@ def open_scene(
         raw = src if isinstance(src, bytes) else src.read_bytes()
         yield ArrayScene(decode_image(raw, max_pixels=max_pixels, sha256=sha256))  # refuses what it cannot decode
         return
+    digest = sha256 or (hashlib.sha256(src).hexdigest() if isinstance(src, bytes) else sha256_file(src))
+    with _open_raster(src, fmt, digest, max_scene_pixels, stretch_8bit, gdal_cache_mb, hints) as scene:
+        yield scene
+
+
+@contextmanager
+def _open_raster(
+    src: bytes | Path | OpenedSource,
+    fmt: str,
+    digest: str,
+    max_scene_pixels: int,
+    stretch_8bit: bool,
+    gdal_cache_mb: int,
+    hints: SceneHints | None,
+) -> Iterator[Scene]:
+    """Open a GDAL format from bytes, a path or an opener (GDAL's own network access stays off)."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
     from rasterio.io import MemoryFile
 
-    digest = sha256 or (hashlib.sha256(src).hexdigest() if isinstance(src, bytes) else sha256_file(src))
     with ExitStack() as stack:
         stack.enter_context(
             rasterio.Env(
@@ -441,6 +525,8 @@ def open_scene(
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 if isinstance(src, bytes):
                     ds = stack.enter_context(stack.enter_context(MemoryFile(src)).open())
+                elif isinstance(src, OpenedSource):
+                    ds = stack.enter_context(rasterio.open(src.name, opener=src.opener))
                 else:
                     ds = stack.enter_context(rasterio.open(src))
         except RasterioError as exc:
@@ -455,4 +541,4 @@ def open_scene(
             )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            yield RasterScene(ds, digest, stretch_8bit=stretch_8bit)
+            yield RasterScene(ds, digest, stretch_8bit=stretch_8bit, hints=hints)

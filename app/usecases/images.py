@@ -200,11 +200,13 @@ def record_upload(
     idempotency: Idempotency | None = None,
     count_rel_error: float = DEFAULT_COUNT_REL_ERROR,
     repeat_checked: bool = False,
+    scene_source: dict[str, Any] | None = None,
 ) -> tuple[ObservationRecord, bool]:
     """Store an analysed upload (:func:`record_analysis`) unless it repeats a stored one (:func:`find_upload`):
     ``(observation, True)`` when stored, ``(original, False)`` when repeated. The database's unique indexes decide
     between concurrent duplicates: the loser gets the winner's observation. ``repeat_checked``: the caller has
     just called :func:`find_upload` (a repeat stored since is refused by the unique indexes and found then).
+    ``scene_source``: where a scene read by reference came from (stored with the observation).
 
     A store that finds the database locked by other writers (after the busy timeout) is tried again rather than the
     analysis thrown away, :data:`STORE_ATTEMPTS` times in all; then :class:`DatabaseBusyError` (nothing stored)."""
@@ -214,7 +216,13 @@ def record_upload(
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
             return record_analysis(
-                store, facility_id, captured_at, analysis, count_rel_error=count_rel_error, idempotency=idempotency
+                store,
+                facility_id,
+                captured_at,
+                analysis,
+                count_rel_error=count_rel_error,
+                idempotency=idempotency,
+                scene_source=scene_source,
             ), True
         except IntegrityError:
             found = find_upload(store, facility_id, captured_at, analysis.image.sha256, idempotency)
@@ -246,6 +254,7 @@ def record_analysis(
     source: str = SOURCE_IMAGE,
     count_rel_error: float = DEFAULT_COUNT_REL_ERROR,
     idempotency: Idempotency | None = None,
+    scene_source: dict[str, Any] | None = None,
 ) -> ObservationRecord:
     """Store an analysed image as an observation with its detections, score it and rescore later ones.
 
@@ -273,6 +282,7 @@ def record_analysis(
             exposure=None if analysis.coverage is None else analysis.coverage.get("share"),
             idempotency_scope=None if idempotency is None else idempotency[0],
             idempotency_key=None if idempotency is None else idempotency[1],
+            scene_source=scene_source,
         )
         thresholds, spreads = calibrated_thresholds(session, facility_id)
         result = rethreshold(analysis.result, thresholds) if thresholds else analysis.result

@@ -417,7 +417,8 @@ class JobQueue:
     # ---------------------------------------------------------------------------------------------- worker
 
     def start_worker(self) -> None:
-        """Start an embedded consumer (one worker thread, no signal handlers) in this process."""
+        """Start an embedded consumer (one worker thread, no signal handlers; the periodic tasks when
+        ``WAGON_JOBS_PERIODIC``) in this process."""
         from huey.consumer import Consumer
 
         class _EmbeddedConsumer(Consumer):
@@ -425,7 +426,13 @@ class JobQueue:
                 pass
 
         self._consumer = _EmbeddedConsumer(
-            self.huey, workers=1, worker_type="thread", periodic=False, initial_delay=0.1, backoff=1.15, max_delay=1.0
+            self.huey,
+            workers=1,
+            worker_type="thread",
+            periodic=self.settings.jobs_periodic,
+            initial_delay=0.1,
+            backoff=1.15,
+            max_delay=1.0,
         )
         self._consumer.start()
         log.info("embedded job worker started (%s queue)", self.settings.jobs_backend)
@@ -441,7 +448,9 @@ class JobQueue:
         from huey.consumer import Consumer
 
         self.resume()
-        Consumer(self.huey, workers=workers, worker_type="thread", periodic=False, max_delay=2.0).run()
+        Consumer(
+            self.huey, workers=workers, worker_type="thread", periodic=self.settings.jobs_periodic, max_delay=2.0
+        ).run()
 
 
 def _unfinished_job(
@@ -492,3 +501,7 @@ def _status_of(exc: Exception) -> int:
         if isinstance(exc, cls):
             return status
     return 400
+
+
+#: The HTTP status that an analysis error would have had in a direct upload (shared with scene jobs).
+status_of = _status_of

@@ -56,6 +56,8 @@ class Access(StrEnum):
     REVIEW = "review"  # analysts and admins
     UPLOAD = "upload"  # admins, and uploaders granted the facility
     JOB = "job"  # readers and admins, and uploaders granted the job's facility
+    SCENE = "scene"  # admins, and uploaders (reaching the facilities they were granted)
+    SCENE_JOB = "scene_job"  # readers and admins, and the uploader who submitted the scene
     ADMIN = "admin"  # admins only
 
 
@@ -84,6 +86,10 @@ class Principal:
             return self.role == "uploader" and facility_id in self.facilities
         if access is Access.JOB:
             return self.role in READING_ROLES or (self.role == "uploader" and facility_id in self.facilities)
+        if access is Access.SCENE:
+            return self.role == "uploader"
+        if access is Access.SCENE_JOB:
+            return self.role in READING_ROLES or self.role == "uploader"
         return False
 
 

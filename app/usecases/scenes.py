@@ -23,7 +23,7 @@ from app.core.errors import InvalidInputError, ModelUnavailableError, NotFoundEr
 from app.core.offline import CLASS_NAMES
 from app.core.validation import iso
 from app.detection.pipeline import Progress, RegionError, check_georef, detect_scene
-from app.detection.raster import open_scene
+from app.detection.raster import OpenedSource, SceneHints, open_scene
 from app.detection.results import DetectionResult, rethreshold, split_counted
 from app.detection.workload import MAX_ASPECT_RATIO, MAX_UPSAMPLE
 from app.scoring.anomaly import count_uncertainty
@@ -41,6 +41,10 @@ CLASS_COLOURS: dict[str, tuple[int, int, int]] = {"railcar": (255, 140, 0), "con
 FOOTPRINT_COLOUR = (255, 255, 0)
 
 
+class OutsideSceneError(InvalidInputError):
+    """The facility footprint lies wholly outside the image."""
+
+
 @dataclass(frozen=True)
 class SceneInfo:
     """What is stored about an analysed image (no pixels: big scenes are never whole in memory)."""
@@ -56,7 +60,7 @@ class SceneInfo:
 
 def analyse_source(
     detector: DetectorProtocol | None,
-    source: Path | bytes,
+    source: Path | bytes | OpenedSource,
     gsd_m: float | None = None,
     footprint: dict[str, Any] | None = None,
     *,
@@ -71,14 +75,17 @@ def analyse_source(
     facility_gsd_m: float | None = None,
     max_aspect_ratio: float = MAX_ASPECT_RATIO,
     max_upsample: float = MAX_UPSAMPLE,
+    hints: SceneHints | None = None,
 ) -> Analysis:
-    """Open an image (bytes or file), detect over it window by window and return the :class:`Analysis`.
+    """Open an image (bytes, file or a scene by reference) and detect over it window by window: the :class:`Analysis`.
 
     ``gsd_m`` overrides the geotransform's GSD; with neither, ``facility_gsd_m`` (:func:`facility_gsd`) is used,
     and without that ``estimate_gsd`` estimates one from a first pass.
     With a ``footprint`` and a georeferenced image only the window covering the footprint (plus ``margin_m``) is
-    read and only detections centred inside it are counted. The image is checked before the model's presence, so
-    bad input is reported as such on a service without a model. CPU-bound: call it from a worker thread.
+    read and only detections centred inside it are counted (:class:`OutsideSceneError` when the footprint lies
+    outside the image). ``hints``: band names and georeference from the scene's metadata. The image is checked
+    before the model's presence, so bad input is reported as such on a service without a model. CPU-bound: call it
+    from a worker thread.
     """
     check_gsd(gsd_m)
     t0 = time.perf_counter()
@@ -89,6 +96,7 @@ def analyse_source(
         max_scene_pixels=max_scene_pixels,
         stretch_8bit=stretch_8bit,
         gdal_cache_mb=gdal_cache_mb,
+        hints=hints,
     ) as scene:
         decode_ms = (time.perf_counter() - t0) * 1000.0
         check_georef(scene)
@@ -110,7 +118,7 @@ def analyse_source(
                 max_resampled_pixels=max_scene_pixels,
             )
         except RegionError as exc:
-            raise InvalidInputError(str(exc)) from None
+            raise OutsideSceneError(str(exc)) from None
         geo = None
         if scene.georef is not None or out.gsd_source is not None:
             geo = {
@@ -159,13 +167,14 @@ def analyse_image(
 
 def analyse_with_settings(
     detector: DetectorProtocol | None,
-    source: Path | bytes,
+    source: Path | bytes | OpenedSource,
     settings: Settings,
     gsd_m: float | None = None,
     footprint: dict[str, Any] | None = None,
     sha256: str | None = None,
     progress: Progress | None = None,
     facility_gsd_m: float | None = None,
+    hints: SceneHints | None = None,
 ) -> Analysis:
     """:func:`analyse_source` with the limits and options of ``settings``."""
     return analyse_source(
@@ -184,6 +193,7 @@ def analyse_with_settings(
         facility_gsd_m=facility_gsd_m,
         max_aspect_ratio=settings.max_aspect_ratio,
         max_upsample=settings.max_upsample,
+        hints=hints,
     )
 
 
@@ -488,6 +498,7 @@ def replace_analysis(store: db.Store, observation_id: int, analysis: Analysis) -
 
 
 __all__ = [
+    "OutsideSceneError",
     "SceneInfo",
     "analyse_source",
     "analyse_with_settings",

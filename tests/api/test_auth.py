@@ -50,9 +50,16 @@ EXPECTED_RULES: dict[tuple[str, str], Access] = {
     ("GET", "/v1/alerts/deliveries"): Access.READ,
     ("POST", "/v1/alerts/deliveries/retry"): Access.ADMIN,
     ("GET", "/v1/jobs/{job_id}"): Access.JOB,
+    ("POST", "/v1/scenes"): Access.SCENE,
+    ("GET", "/v1/scenes/{job_id}"): Access.SCENE_JOB,
     ("POST", "/v1/keys"): Access.ADMIN,
     ("GET", "/v1/keys"): Access.ADMIN,
     ("DELETE", "/v1/keys/{key_id}"): Access.ADMIN,
+    ("POST", "/v1/subscriptions"): Access.ADMIN,
+    ("GET", "/v1/subscriptions"): Access.ADMIN,
+    ("GET", "/v1/subscriptions/{subscription_id}"): Access.ADMIN,
+    ("DELETE", "/v1/subscriptions/{subscription_id}"): Access.ADMIN,
+    ("POST", "/v1/subscriptions/{subscription_id}/poll"): Access.ADMIN,
 }
 
 #: Which roles each rule lets through (uploaders: only to a granted facility / a granted facility's job).
@@ -62,6 +69,8 @@ ALLOWED: dict[Access, set[str]] = {
     Access.ADMIN: {"admin"},
     Access.UPLOAD: {"admin", "uploader"},
     Access.JOB: {"admin", "reader", "analyst", "uploader"},
+    Access.SCENE: {"admin", "uploader"},
+    Access.SCENE_JOB: {"admin", "reader", "analyst", "uploader"},
 }
 
 

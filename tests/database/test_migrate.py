@@ -225,3 +225,63 @@ def test_import_jobs_revision_goes_down_and_up_keeping_upload_jobs(database_url:
             assert job is not None and job.kind == "upload" and job.captured_at == now
     finally:
         again.dispose()
+
+
+def test_scene_sources_revision_goes_down_and_up_keeping_other_data(database_url: str) -> None:
+    """Revision 0006 (observations.scene_source, scene_jobs) downgrades to 0005 without touching the rest, and
+    back."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    store = Store(database_url)
+    facilities.create_facility(store, "yard", "Yard", "rail")
+    imports.import_counts(store, "yard", [imports.ImportRow(datetime(2021, 1, 1, tzinfo=UTC), {"railcar": 5})])
+    store.dispose()
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            command.downgrade(migrate.alembic_config(conn), "0005")
+        inspector = inspect(engine)
+        assert "scene_jobs" not in inspector.get_table_names()
+        assert "scene_source" not in {c["name"] for c in inspector.get_columns("observations")}
+        assert "reviews" in inspector.get_table_names()
+        assert migrate.upgrade(engine) == migrate.head_revision()
+        assert "scene_jobs" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    again = Store(database_url)
+    try:
+        assert _schema_diff(again) == []
+        assert [o.counts["railcar"] for o in observations.list_observations(again, "yard")] == [5]
+    finally:
+        again.dispose()
+
+
+def test_subscriptions_revision_goes_down_and_up_keeping_other_data(database_url: str) -> None:
+    """Revision 0007 (subscriptions, subscription_items) downgrades to 0006 without touching the rest, and back."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    store = Store(database_url)
+    facilities.create_facility(store, "yard", "Yard", "rail")
+    imports.import_counts(store, "yard", [imports.ImportRow(datetime(2021, 1, 1, tzinfo=UTC), {"railcar": 5})])
+    store.dispose()
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            command.downgrade(migrate.alembic_config(conn), "0006")
+        inspector = inspect(engine)
+        assert not {"subscriptions", "subscription_items"} & set(inspector.get_table_names())
+        assert "scene_jobs" in inspector.get_table_names()
+        with engine.connect() as conn:
+            assert migrate.current_revision(conn) == "0006"
+        assert migrate.upgrade(engine) == migrate.head_revision() == "0007"
+        assert {"subscriptions", "subscription_items"} <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    again = Store(database_url)
+    try:
+        assert _schema_diff(again) == []
+        assert [o.counts["railcar"] for o in observations.list_observations(again, "yard")] == [5]
+    finally:
+        again.dispose()

@@ -177,11 +177,11 @@ def _receive(
     repeats, if any."""
     footprint = scenes.facility_footprint(store, facility_id)
     when = validation.parse_capture_time(captured_at, settings.capture_window)
-    archived = _archive_upload(file, settings.max_upload_bytes, settings)
+    archived = archive_upload(file, settings.max_upload_bytes, settings)
     return footprint, when, archived, images.find_upload(store, facility_id, when, archived[0], idempotency)
 
 
-def _archive_upload(file: UploadFile, max_bytes: int, settings: Settings) -> tuple[str, Path, int, bytes]:
+def archive_upload(file: UploadFile, max_bytes: int, settings: Settings) -> tuple[str, Path, int, bytes]:
     """Stream the upload (spooled by the multipart parser) into the archive, refusing with 413 as soon as it
     exceeds ``max_bytes`` (blocking: call it from a worker thread).
 
