@@ -6,7 +6,7 @@ Idempotent like the earlier revisions: what exists already is left as it is.
 
 Revision ID: 0007
 Revises: 0006
-Create Date: 2026-12-08
+Create Date: 2026-12-07
 """
 
 from __future__ import annotations
