@@ -163,3 +163,45 @@ def test_review_and_export_reviews(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "0 reviewed image(s)" in capsys.readouterr().out
     assert (tmp_path / "out" / "manifest.json").exists()
     assert cli.main(["export-reviews", str(tmp_path / "out")]) == 2  # not empty now
+
+
+def test_subscriptions_add_list_poll_remove(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The subscription commands on the configured database: each item of a static catalog is queued once."""
+    from app.database import Store
+    from app.usecases import facilities
+    from tests.support.range_server import RangeServer
+    from tests.support.scenes import footprint, make_cog
+    from tests.support.stac_catalogs import serve_static_catalog, stac_item
+
+    monkeypatch.setenv("WAGON_FETCH_ALLOWED_HOSTS", '["127.0.0.1"]')
+    monkeypatch.setenv("WAGON_ARCHIVE_DIR", str(tmp_path / "originals"))
+    monkeypatch.setenv("WAGON_JOBS_SQLITE_PATH", str(tmp_path / "jobs.db"))
+    get_settings.cache_clear()
+    cog = make_cog(tmp_path / "s.tif", 512, 0.5, centres=((200.0, 200.0),))
+    store = Store(get_settings().database_url)
+    facilities.create_facility(store, "yard", "Yard", "rail", footprint=footprint(cog, (100.0, 100.0, 400.0, 400.0)))
+    store.dispose()
+    with RangeServer() as server:
+        for name in ("a", "b"):
+            server.files[f"/scenes/{name}.tif"] = cog.path
+        items = [
+            stac_item(f"scene-{n}", f"../../../scenes/{n}.tif", f"2023-10-1{i}T02:30:00Z") for i, n in enumerate("ab")
+        ]
+        url = serve_static_catalog(server, items)
+        assert cli.main(["subscriptions", "add", url, "--interval", "60", "--name", "vendor"]) == 0
+        sub_id = json.loads(capsys.readouterr().out)["id"]
+        assert cli.main(["subscriptions", "list"]) == 0
+        assert sub_id in capsys.readouterr().out
+        assert cli.main(["subscriptions", "poll", sub_id]) == 0
+        first = json.loads(capsys.readouterr().out)
+        assert len(first["submitted"]) == 2 and first["error"] is None
+        assert cli.main(["subscriptions", "poll", sub_id]) == 0
+        again = json.loads(capsys.readouterr().out)
+        assert again["submitted"] == [] and again["already_seen"] == 2
+        assert cli.main(["subscriptions", "add", "http://example.invalid/catalog.json", "--interval", "60"]) == 2
+        assert "error:" in capsys.readouterr().err
+        assert cli.main(["subscriptions", "remove", sub_id]) == 0
+        assert sub_id in capsys.readouterr().out
+        assert cli.main(["subscriptions", "poll", sub_id]) == 2
