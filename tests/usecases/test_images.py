@@ -298,6 +298,7 @@ def test_store_is_retried_while_the_database_is_locked(
     assert refused.value.retry_after_s > 0 and _rows(store)["observations"] == 1
 
 
+@pytest.mark.databases("sqlite")  # SQLite's single write lock; imports as jobs are tested on both databases
 def test_writers_during_a_large_import_all_store(store: Store) -> None:
     """Uploads, imports and key creation while a 5,000-row import is written all succeed, and nothing is lost."""
     from datetime import UTC, datetime, timedelta

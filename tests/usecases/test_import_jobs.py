@@ -206,6 +206,7 @@ def test_other_writers_during_a_background_import(make_client: Any, png_bytes: b
 
 
 @pytest.mark.slow
+@pytest.mark.databases("sqlite")  # SQLite's single write lock is the contended case; the 400-row test runs on both
 def test_other_writers_during_a_background_import_of_100000_rows(
     make_client: Any, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
