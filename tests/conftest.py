@@ -182,6 +182,20 @@ def make_client(settings: Settings) -> Iterator[Callable[..., Any]]:
     yield factory
     for client in opened:
         client.__exit__(None, None, None)
+        stop_background_threads(client.app)
+
+
+def stop_background_threads(app: Any) -> None:
+    """Stop the job worker and the anomaly prefitter an app started: the lifespan's own cleanup does not run when
+    Starlette's test client closes, and every test app would leave its three threads running."""
+    runtime = getattr(app.state, "runtime", None)
+    if runtime is None:
+        return
+    if runtime.jobs is not None:
+        runtime.jobs.stop_worker()
+    if runtime.prefitter is not None:
+        runtime.prefitter.stop()
+    runtime.store.dispose()
 
 
 @pytest.fixture
